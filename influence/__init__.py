@@ -1,0 +1,1 @@
+"""datablame.influence"""

@@ -1,0 +1,96 @@
+"""Per-example gradients over a chosen parameter subset, batched with ``torch.func.vmap``.
+
+Gradients are flattened in the order of :func:`select_params` and returned as (b, p) float32 tensors, where p
+is the number of selected parameters.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.func import grad, vmap
+
+from .errors import DatablameError
+from .task import Batch, Task, model_device, to_device
+
+HEAD = "head"
+LAST_LAYER = "last-layer"
+SHORTCUTS = {HEAD: "the classification head", LAST_LAYER: "the classification head + the last encoder layer"}
+_LAYER_INDEX = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")
+
+
+def select_params(model: nn.Module, task: Task, patterns: Sequence[str] | None = None) -> list[str]:
+    """Names of the parameters to differentiate, in the model's order.
+
+    ``patterns``: globs on parameter names (``classifier.*``, ``*.layer.5.*``) or the shortcuts ``head`` and
+    ``last-layer`` (head + the highest-numbered encoder layer). None or empty: every trainable parameter.
+    """
+    named = [(n, p) for n, p in model.named_parameters()]
+    if not patterns:
+        chosen = [n for n, p in named if p.requires_grad]
+    else:
+        head_prefix = task.head_name + "."
+        last = max((int(m.group(1)) for n, _ in named if (m := _LAYER_INDEX.search(n))), default=None)
+        chosen = []
+        for n, _ in named:
+            for pat in patterns:
+                if pat in (HEAD, LAST_LAYER) and n.startswith(head_prefix):
+                    hit = True
+                elif pat == LAST_LAYER:
+                    m = _LAYER_INDEX.search(n)
+                    hit = m is not None and last is not None and int(m.group(1)) == last
+                else:
+                    hit = fnmatch.fnmatchcase(n, pat)
+                if hit:
+                    chosen.append(n)
+                    break
+    if not chosen:
+        raise DatablameError(f"--params {','.join(patterns or [])!r} matches no parameter of the model",
+                             f"use globs on parameter names such as '{named[-1][0] if named else 'classifier.*'}', "
+                             f"or the shortcuts {', '.join(SHORTCUTS)}")
+    return chosen
+
+
+def num_params(model: nn.Module, names: Sequence[str]) -> int:
+    """p: the total number of entries of the named parameters."""
+    params = dict(model.named_parameters())
+    return sum(params[n].numel() for n in names)
+
+
+def per_example_grads(
+    task: Task, model: nn.Module, batch: Batch, labels: Tensor, names: Sequence[str], chunk_size: int | None = None
+) -> Tensor:
+    """(b, p) float32: row i is the gradient of example i's cross-entropy loss (nats) w.r.t. the named parameters.
+
+    The model is evaluated in eval mode (no dropout); other parameters and buffers are held fixed. ``chunk_size``
+    bounds how many examples ``vmap`` runs at once.
+    """
+    device = model_device(model)
+    batch, labels = to_device(batch, device), labels.to(device)
+    was_training = model.training
+    model.eval()
+    params, fixed = split_params(model, names)
+
+    def loss_one(p: dict[str, Tensor], inputs: Batch, label: Tensor) -> Tensor:
+        one = {k: v.unsqueeze(0) for k, v in inputs.items()}
+        logits = task.functional_logits(model, {**fixed, **p}, one)
+        return task.loss(logits, label.unsqueeze(0)).sum()
+
+    try:
+        g = vmap(grad(loss_one), in_dims=(None, 0, 0), chunk_size=chunk_size)(params, batch, labels)
+    finally:
+        model.train(was_training)
+    return torch.cat([g[n].reshape(labels.shape[0], -1) for n in names], dim=1).float()
+
+
+def split_params(model: nn.Module, names: Sequence[str]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(selected, fixed): detached tensors of the named parameters, and of every other parameter and buffer."""
+    selected = set(names)
+    params = {n: p.detach() for n, p in model.named_parameters() if n in selected}
+    fixed = {n: p.detach() for n, p in model.named_parameters() if n not in selected}
+    fixed.update(dict(model.named_buffers()))
+    return params, fixed

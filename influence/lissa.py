@@ -1,0 +1,164 @@
+"""Inverse-Hessian-vector products by LiSSA (Agarwal et al. 2017; Koh & Liang 2017).
+
+H is the Hessian of the mean training loss (cross-entropy, nats) w.r.t. the selected parameters (p of them);
+Hessian-vector products come from double backpropagation on minibatches. The recursion
+
+    h_0 = v,   h_t = v + h_{t-1} - (H_t + λ I) h_{t-1} / s
+
+(H_t the Hessian on the t-th minibatch, λ the damping, s the scale) converges, when 0 < λ_min(H + λI) and
+λ_max(H + λI) < 2 s, to s (H + λI)^{-1} v; the estimate returned is h_T / s, averaged over ``repeats`` runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .data import Examples
+from .errors import DatablameError
+from .grads import split_params
+from .task import Task, model_device, to_device
+
+Progress = Callable[[int, int], None]
+"""progress(done, total): called as work advances."""
+
+
+@dataclass
+class LissaConfig:
+    """damping λ (added to H), scale s (None: 2 × the estimated top eigenvalue), depth T, repeats, minibatch size
+    (None: the whole training set every step, i.e. exact HVPs), seed for the minibatch order."""
+
+    damping: float = 0.01
+    scale: float | None = None
+    depth: int = 100
+    repeats: int = 1
+    batch_size: int | None = 8
+    seed: int = 0
+
+
+@dataclass
+class LissaReport:
+    """How the recursion went: the scale used, ‖h_t‖/s after each step (first repeat), and the relative change
+    ‖x_T − x_{T'}‖/‖x_T‖ over the last tenth of the steps (max over vectors and repeats)."""
+
+    scale: float
+    norms: list[float] = field(default_factory=list)
+    relative_change: float = float("nan")
+    converged: bool = False
+
+
+class HessianVectorProducts:
+    """H v for the mean loss over minibatches of ``train``, by double backpropagation.
+
+    ``__call__(vs)`` takes (m, p) vectors and returns (m, p) products on the next minibatch (the first
+    backward pass is shared by the m vectors).
+    """
+
+    def __init__(self, task: Task, model: nn.Module, names: Sequence[str], train: Examples,
+                 batch_size: int | None = 8, seed: int = 0):
+        self.task, self.model, self.names, self.train = task, model, list(names), train
+        self.batch_size = batch_size
+        self.rng = np.random.default_rng(seed)
+        self.device = model_device(model)
+        self._order: list[int] = []
+        self._full = None
+
+    def _next_batch(self):
+        if self.batch_size is None or self.batch_size >= len(self.train):
+            if self._full is None:
+                self._full = self._encode(self.train)
+            return self._full
+        if len(self._order) < self.batch_size:
+            self._order.extend(self.rng.permutation(len(self.train)).tolist())
+        ids, self._order = self._order[: self.batch_size], self._order[self.batch_size:]
+        return self._encode(self.train.subset(ids))
+
+    def _encode(self, ex: Examples):
+        return (to_device(self.task.encode(ex.texts), self.device),
+                torch.as_tensor(ex.labels, device=self.device))
+
+    def __call__(self, vs: Tensor) -> Tensor:
+        batch, labels = self._next_batch()
+        params, fixed = split_params(self.model, self.names)
+        leaves = [params[n].clone().requires_grad_(True) for n in self.names]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.enable_grad():
+                logits = self.task.functional_logits(self.model, {**fixed, **dict(zip(self.names, leaves))}, batch)
+                loss = self.task.loss(logits, labels).mean()
+                grads = torch.autograd.grad(loss, leaves, create_graph=True)
+                flat = torch.cat([g.reshape(-1) for g in grads])
+                out = []
+                for i, v in enumerate(vs):
+                    hv = torch.autograd.grad(flat @ v.to(flat), leaves, retain_graph=i < len(vs) - 1)
+                    out.append(torch.cat([h.reshape(-1) for h in hv]))
+        finally:
+            self.model.train(was_training)
+        return torch.stack(out).detach().float()
+
+
+def top_eigenvalue(hvp: Callable[[Tensor], Tensor], p: int, iters: int = 20, seed: int = 0) -> float:
+    """Power-iteration estimate of the Hessian's largest eigenvalue (in absolute value)."""
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(1, p, generator=g)
+    v /= v.norm()
+    value = 0.0
+    for _ in range(iters):
+        hv = hvp(v)
+        value = float(hv.norm())
+        if not math.isfinite(value) or value == 0.0:
+            break
+        v = hv / value
+    return value
+
+
+def lissa(hvp: Callable[[Tensor], Tensor], v: Tensor, config: LissaConfig = LissaConfig(),
+          progress: Progress | None = None) -> tuple[Tensor, LissaReport]:
+    """(m, p) estimates of (H + λI)^{-1} v for (m, p) vectors v, and a :class:`LissaReport`.
+
+    Raises DatablameError, naming the setting to raise, when the recursion diverges (a NaN or inf, or a norm
+    past the s/λ · ‖v‖ that a converging recursion cannot exceed).
+    """
+    v = v.float().reshape(-1, v.shape[-1])
+    scale = config.scale
+    if scale is None:
+        scale = 2.0 * (top_eigenvalue(hvp, v.shape[1], seed=config.seed) + config.damping)
+    if not scale > 0:
+        raise DatablameError(f"LiSSA scale must be positive, got {scale}", "set --lissa-scale above the largest "
+                             "Hessian eigenvalue")
+    report = LissaReport(scale=scale)
+    bound = 10.0 * scale / config.damping * v.norm(dim=1, keepdim=True) if config.damping > 0 else None
+    total, done = config.depth * config.repeats, 0
+    tail = max(1, config.depth // 10)
+    estimates = []
+    for r in range(config.repeats):
+        h = v.clone()
+        marker = h.clone()
+        for t in range(config.depth):
+            h = v + h - (hvp(h) + config.damping * h) / scale
+            norms = h.norm(dim=1, keepdim=True)
+            if not torch.isfinite(norms).all():
+                raise DatablameError(f"LiSSA diverged at step {t + 1} (the estimate became NaN or inf)",
+                                     f"raise --lissa-scale above {scale:g} or raise --lissa-damping")
+            if bound is not None and (norms > bound).any():
+                raise DatablameError(f"LiSSA diverged at step {t + 1} (the estimate's norm keeps growing)",
+                                     f"raise --lissa-damping above {config.damping:g} (the Hessian has negative "
+                                     f"curvature) or --lissa-scale above {scale:g}")
+            if r == 0:
+                report.norms.append(float(norms.max()) / scale)
+            if t == config.depth - 1 - tail:
+                marker = h.clone()
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        change = float(((h - marker).norm(dim=1) / h.norm(dim=1).clamp_min(1e-30)).max())
+        report.relative_change = change if r == 0 else max(report.relative_change, change)
+        estimates.append(h / scale)
+    report.converged = report.relative_change < 0.01
+    return torch.stack(estimates).mean(0), report

@@ -1,0 +1,287 @@
+"""The three attribution methods, each reduced to one vector space: score(i, q) = <v_i, u_q>.
+
+=================== =========================================== ========================================
+method              training vector v_i, (D,)                   query vector u_q, (D,)
+=================== =========================================== ========================================
+TracIn              concat_c sqrt(lr_c) · P g_c(z_i)            concat_c sqrt(lr_c) · P g_c(z_q, ŷ)
+influence functions P g(z_i) at the final checkpoint            P (H + λI)^{-1} g(z_q, ŷ)   (LiSSA)
+representer points  α_i ⊗ [f_i, 1]                              e_ŷ ⊗ [f_q, 1]
+=================== =========================================== ========================================
+
+g = ∇_θ cross-entropy over the selected parameters, P a seeded projection (:mod:`.sketch`), ŷ the model's
+predicted label for the query, f the penultimate features, α_i = −1/(2λn) ∂L/∂φ_i after the L2 refit of the
+head. Sign everywhere: score > 0 means training example i supports the prediction (training on it lowered the
+query's loss for the predicted label, or raised its logit for the representer), score < 0 means it opposes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .data import Examples, Text
+from .errors import DatablameError
+from .grads import per_example_grads
+from .lissa import HessianVectorProducts, LissaConfig, LissaReport, lissa
+from .sketch import Projector
+from .task import Task
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Queries:
+    """Query vectors (b, D) float32, with the model's predicted labels (b,) and class probabilities (b, K)."""
+
+    vectors: Tensor
+    predictions: Tensor
+    probabilities: Tensor
+
+
+class Method(Protocol):
+    """What every method provides; nothing downstream knows which method it holds."""
+
+    name: str
+    dim: int
+
+    def train_vectors(self, batch: Examples) -> Tensor:
+        """(b, D) float32 training vectors v_i."""
+
+    def query_vectors(self, texts: Sequence[Text]) -> Queries:
+        """Query vectors u_q for the model's predicted labels."""
+
+    def self_influence(self, vectors: Tensor, labels: Tensor) -> Tensor:
+        """(n,) self-influence of training examples from their (n, D) vectors and (n,) labels."""
+
+    def describe(self) -> dict:
+        """JSON-able settings to record beside the vectors."""
+
+
+@torch.no_grad()
+def predict(task: Task, model: nn.Module, texts: Sequence[Text]) -> tuple[Tensor, Tensor]:
+    """(b,) predicted labels and (b, K) probabilities, on CPU."""
+    model.eval()
+    probs = task.logits(model, task.encode(texts)).float().softmax(-1).cpu()
+    return probs.argmax(-1), probs
+
+
+def _labels(x) -> Tensor:
+    return torch.as_tensor(np.asarray(x), dtype=torch.long)
+
+
+class TracIn:
+    """TracInCP: score(z, z') = Σ_c lr_c <g_c(z), g_c(z')>, over checkpoints c (models with learning rates)."""
+
+    name = "tracin"
+
+    def __init__(self, task: Task, checkpoints: Sequence[tuple[nn.Module, float]], names: Sequence[str],
+                 projector: Projector):
+        if not checkpoints:
+            raise DatablameError("TracIn needs at least one checkpoint", "train with --checkpoints 1 or more")
+        self.task, self.checkpoints, self.names, self.projector = task, list(checkpoints), list(names), projector
+        self.dim = projector.out_dim * len(self.checkpoints)
+
+    def _vectors(self, texts: Sequence[Text], labels: Tensor) -> Tensor:
+        batch = self.task.encode(texts)
+        parts = [math.sqrt(lr) * self.projector(per_example_grads(self.task, m, batch, labels, self.names)).cpu()
+                 for m, lr in self.checkpoints]
+        return torch.cat(parts, dim=1)
+
+    def train_vectors(self, batch: Examples) -> Tensor:
+        return self._vectors(batch.texts, _labels(batch.labels))
+
+    def query_vectors(self, texts: Sequence[Text]) -> Queries:
+        pred, probs = predict(self.task, self.checkpoints[-1][0], texts)
+        return Queries(self._vectors(texts, pred), pred, probs)
+
+    def self_influence(self, vectors: Tensor, labels: Tensor) -> Tensor:
+        """Σ_c lr_c ‖P g_c(z_i)‖², the sketch of Σ_c lr_c ‖g_c(z_i)‖²."""
+        return vectors.float().pow(2).sum(1)
+
+    def describe(self) -> dict:
+        return {"method": self.name, "params": self.names, "projection": self.projector.describe(),
+                "learning_rates": [lr for _, lr in self.checkpoints]}
+
+
+class InfluenceFunctions:
+    """Koh & Liang influence: score(i, q) = g(z_q)ᵀ (H + λI)^{-1} g(z_i) = −I_up,loss(z_i, z_q).
+
+    H is the Hessian of the mean training loss at ``model`` (the final checkpoint). Query vectors cost one LiSSA
+    run (``lissa.depth × repeats`` Hessian-vector products for the whole batch of queries); the last run's
+    convergence report is kept in ``last_report``.
+
+    Self-influence g_iᵀ H^{-1} g_i is approximated in sketch space by a damped Gauss-Newton (empirical Fisher)
+    matrix, as TRAK does: v_iᵀ (VᵀV/n + λI)^{-1} v_i with V the (n, k) training sketches.
+    """
+
+    name = "influence"
+
+    def __init__(self, task: Task, model: nn.Module, names: Sequence[str], projector: Projector,
+                 train: Examples, config: LissaConfig = LissaConfig()):
+        self.task, self.model, self.names, self.projector = task, model, list(names), projector
+        self.train, self.config = train, config
+        self.dim = projector.out_dim
+        self.last_report: LissaReport | None = None
+        self.progress: Progress | None = None
+
+    def train_vectors(self, batch: Examples) -> Tensor:
+        g = per_example_grads(self.task, self.model, self.task.encode(batch.texts), _labels(batch.labels),
+                              self.names)
+        return self.projector(g).cpu()
+
+    def inverse_hvp(self, grads: Tensor) -> Tensor:
+        """(m, p) → (m, p): (H + λI)^{-1} applied to each row by LiSSA."""
+        hvp = HessianVectorProducts(self.task, self.model, self.names, self.train, self.config.batch_size,
+                                    self.config.seed)
+        ihvp, self.last_report = lissa(hvp, grads, self.config, self.progress)
+        return ihvp
+
+    def query_vectors(self, texts: Sequence[Text]) -> Queries:
+        pred, probs = predict(self.task, self.model, texts)
+        g = per_example_grads(self.task, self.model, self.task.encode(texts), pred, self.names)
+        return Queries(self.projector(self.inverse_hvp(g)).cpu(), pred, probs)
+
+    def self_influence(self, vectors: Tensor, labels: Tensor) -> Tensor:
+        v = vectors.double()
+        curvature = v.T @ v / v.shape[0] + self.config.damping * torch.eye(v.shape[1], dtype=v.dtype)
+        return (v * torch.linalg.solve(curvature, v.T).T).sum(1).float()
+
+    def describe(self) -> dict:
+        return {"method": self.name, "params": self.names, "projection": self.projector.describe(),
+                "lissa": vars(self.config).copy()}
+
+
+@dataclass
+class RefitReport:
+    """The L2 refit of the head: λ, the final objective (nats + penalty), the gradient norm at the end, the
+    training accuracy of the refit head against the original head's."""
+
+    lam: float
+    objective: float
+    grad_norm: float
+    accuracy: float = float("nan")
+    original_accuracy: float = float("nan")
+
+
+class Representer:
+    """Representer points (Yeh et al. 2018) on the penultimate features.
+
+    ``fit`` refits the head W (K × (h+1), bias as a constant feature) on the training features by L-BFGS to
+    stationarity of (1/n) Σ_i CE(W f̃_i, y_i) + λ‖W‖², where f̃ = [f, 1]. Stationarity gives
+    W = Σ_i α_i f̃_iᵀ with α_i = −1/(2λn) ∂L/∂φ_i, so the logit of class c for a query is Σ_i α_ic <f̃_i, f̃_q>:
+    the scores sum exactly to the refit head's logits.
+    """
+
+    name = "representer"
+
+    def __init__(self, task: Task, model: nn.Module, lam: float = 1e-3, batch_size: int = 64):
+        self.task, self.model, self.lam, self.batch_size = task, model, lam, batch_size
+        self.weight: Tensor | None = None  # (K, h+1) float64, after fit
+        self.n = 0
+        self.report: RefitReport | None = None
+        self.dim = 0
+
+    @torch.no_grad()
+    def features(self, texts: Sequence[Text]) -> tuple[Tensor, Tensor]:
+        """(b, K) model logits and (b, h+1) float64 features [f, 1], on CPU."""
+        self.model.eval()
+        logits, f = self.task.logits_and_features(self.model, self.task.encode(texts))
+        f = f.double().cpu()
+        return logits.float().cpu(), torch.cat([f, torch.ones(f.shape[0], 1, dtype=f.dtype)], 1)
+
+    def fit(self, train: Examples, progress: Progress | None = None, max_iter: int = 500) -> RefitReport:
+        feats, orig_logits = [], []
+        for i, batch in enumerate(train.batches(self.batch_size)):
+            logits, f = self.features(batch.texts)
+            feats.append(f)
+            orig_logits.append(logits)
+            if progress is not None:
+                progress(min((i + 1) * self.batch_size, len(train)), len(train))
+        x = torch.cat(feats)
+        y = _labels(train.labels)
+        head = self.task.head(self.model)
+        w0 = torch.cat([head.weight.detach().double().cpu().reshape(head.out_features, -1),
+                        (head.bias.detach().double().cpu() if head.bias is not None
+                         else torch.zeros(head.out_features, dtype=torch.float64))[:, None]], 1)
+        w = w0.clone().requires_grad_(True)
+        opt = torch.optim.LBFGS([w], lr=1.0, max_iter=max_iter, tolerance_grad=1e-12, tolerance_change=1e-16,
+                                history_size=50, line_search_fn="strong_wolfe")
+
+        def objective() -> Tensor:
+            opt.zero_grad()
+            loss = F.cross_entropy(x @ w.T, y) + self.lam * w.pow(2).sum()
+            loss.backward()
+            return loss
+
+        loss = opt.step(objective)
+        loss = objective()
+        grad_norm = float(w.grad.norm())
+        self.weight, self.n = w.detach(), len(train)
+        self.dim = self.weight.numel()
+        self.report = RefitReport(self.lam, float(loss), grad_norm,
+                                  accuracy=float(((x @ self.weight.T).argmax(1) == y).double().mean()),
+                                  original_accuracy=float((torch.cat(orig_logits).argmax(1) == y).double().mean()))
+        return self.report
+
+    def _require_fit(self) -> Tensor:
+        if self.weight is None:
+            raise RuntimeError("Representer.fit(train) must run before vectors are computed")
+        return self.weight
+
+    def alphas(self, feats: Tensor, labels: Tensor) -> Tensor:
+        """(b, K) float64 α_i = −1/(2λn) (softmax(W f̃_i) − onehot(y_i))."""
+        w = self._require_fit()
+        dl = (feats @ w.T).softmax(-1) - F.one_hot(labels, w.shape[0]).double()
+        return -dl / (2 * self.lam * self.n)
+
+    def train_vectors(self, batch: Examples) -> Tensor:
+        _, f = self.features(batch.texts)
+        a = self.alphas(f, _labels(batch.labels))
+        return (a[:, :, None] * f[:, None, :]).reshape(len(batch), -1).float()
+
+    def query_vectors(self, texts: Sequence[Text]) -> Queries:
+        w = self._require_fit()
+        logits, f = self.features(texts)
+        probs = logits.softmax(-1)
+        pred = probs.argmax(-1)
+        onehot = F.one_hot(pred, w.shape[0]).double()
+        return Queries((onehot[:, :, None] * f[:, None, :]).reshape(len(texts), -1).float(), pred, probs)
+
+    def refit_logits(self, texts: Sequence[Text]) -> Tensor:
+        """(b, K) float64 logits of the refit head."""
+        return self.features(texts)[1] @ self._require_fit().T
+
+    def self_influence(self, vectors: Tensor, labels: Tensor) -> Tensor:
+        """|α_{i, y_i}|: read from v_i = α_i ⊗ [f_i, 1], whose last feature is the constant 1."""
+        k = self._require_fit().shape[0]
+        v = vectors.reshape(vectors.shape[0], k, -1)
+        return v[torch.arange(v.shape[0]), _labels(labels), -1].abs().float()
+
+    def describe(self) -> dict:
+        return {"method": self.name, "lambda": self.lam,
+                "refit": vars(self.report).copy() if self.report else None}
+
+
+def compute_train_vectors(method: Method, train: Examples, batch_size: int = 32,
+                          progress: Progress | None = None) -> np.ndarray:
+    """(n, D) float32 training vectors of every example, in id order."""
+    out = np.empty((len(train), method.dim), dtype=np.float32)
+    done = 0
+    for batch in train.batches(batch_size):
+        out[done:done + len(batch)] = method.train_vectors(batch).numpy()
+        done += len(batch)
+        if progress is not None:
+            progress(done, len(train))
+    return out
+
+
+def scores(method: Method, train_vectors: np.ndarray | Tensor, texts: Sequence[Text]) -> tuple[Tensor, Queries]:
+    """(b, n) scores of every training example for each query (brute force), and the queries."""
+    q = method.query_vectors(texts)
+    return q.vectors @ torch.as_tensor(np.asarray(train_vectors)).T, q

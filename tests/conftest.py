@@ -1,0 +1,100 @@
+"""Shared fixtures: small labelled data written to disk and a tiny BERT built from a config (no downloads)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+WORDS = {
+    "sports": ["goal", "match", "team", "score", "coach", "league", "win", "player"],
+    "food": ["pasta", "soup", "bread", "spicy", "sweet", "dinner", "recipe", "bake"],
+    "tech": ["laptop", "code", "phone", "battery", "software", "chip", "screen", "app"],
+}
+FILLER = ["the", "a", "was", "very", "really", "today", "and", "my", "new", "great"]
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2"
+
+
+def make_rows(n: int, seed: int = 0) -> list[dict]:
+    """n short sentences, labels cycling through sports / food / tech, each with two topic words."""
+    rng = random.Random(seed)
+    labels = list(WORDS)
+    rows = []
+    for i in range(n):
+        label = labels[i % len(labels)]
+        words = rng.sample(WORDS[label], 2) + rng.sample(FILLER, 3)
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def build_tiny_bert(folder: Path, num_labels: int = 3, layers: int = 2, hidden: int = 32, seed: int = 0) -> Path:
+    """Save a randomly initialised BERT (hidden 32, 2 layers) and a word-level tokenizer into ``folder``."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted({w for ws in WORDS.values() for w in ws} | set(FILLER))
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    tok.save_pretrained(folder)
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                     intermediate_size=2 * hidden, max_position_embeddings=64, num_labels=num_labels)
+    BertForSequenceClassification(cfg).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_csv(tmp_path_factory) -> Path:
+    return write_csv(tmp_path_factory.mktemp("data") / "train.csv", make_rows(48))
+
+
+@pytest.fixture(scope="session")
+def tiny_examples(tiny_csv):
+    from datablame.influence.data import load_examples
+
+    return load_examples(tiny_csv)
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tiny_bert, tiny_examples, tmp_path_factory):
+    """A workdir with 3 checkpoints of the tiny BERT trained for 3 epochs on the 48 tiny examples."""
+    from datablame.influence.train import TrainSettings, train
+
+    wd = tmp_path_factory.mktemp("workdir")
+    train(tiny_examples, str(tiny_bert), wd, TrainSettings(epochs=3, lr=2e-3, batch_size=8, checkpoints=3,
+                                                          device="cpu"))
+    return wd
+
+
+@pytest.fixture(scope="session")
+def trained(trained_workdir, tiny_examples):
+    """(models, learning rates, task) of the trained tiny BERT's checkpoints, in order."""
+    from datablame.influence.models import load_classifier
+    from datablame.influence.workdir import Workdir
+
+    wd = Workdir(trained_workdir)
+    cfg = wd.load()
+    loaded = [load_classifier(wd.checkpoint_path(c), cfg.label_names, "cpu") for c in cfg.checkpoints]
+    return [m for m, _ in loaded], [c.learning_rate for c in cfg.checkpoints], loaded[-1][1]
