@@ -219,8 +219,8 @@ class Representer:
             loss.backward()
             return loss
 
-        loss = opt.step(objective)
-        loss = objective()
+        opt.step(objective)
+        loss = objective().detach()
         grad_norm = float(w.grad.norm())
         self.weight, self.n = w.detach(), len(train)
         self.dim = self.weight.numel()

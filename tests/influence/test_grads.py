@@ -8,19 +8,7 @@ from datablame.influence.errors import DatablameError
 from datablame.influence.grads import per_example_grads, select_params
 from datablame.influence.task import ModuleTask
 
-
-def loop_grads(task, model, texts, labels, names):
-    """Reference: one forward/backward per example, unpadded."""
-    params = dict(model.named_parameters())
-    rows = []
-    for text, label in zip(texts, labels):
-        for p in params.values():
-            p.requires_grad_(True)
-        model.zero_grad()
-        loss = task.loss(task.logits(model, task.encode([text])), torch.tensor([label])).sum()
-        gs = torch.autograd.grad(loss, [params[n] for n in names])
-        rows.append(torch.cat([g.reshape(-1) for g in gs]))
-    return torch.stack(rows)
+from brute import loop_grads
 
 
 @pytest.mark.parametrize("params", [None, ["last-layer"], ["classifier.*"]])
