@@ -42,7 +42,7 @@ def load_classifier(path: str | os.PathLike, label_names: Sequence[str], device:
     folder = Path(path)
     if not (folder / "config.json").is_file():
         raise DatablameError(f"model folder {folder} not found or has no config.json",
-                             "pass a local folder saved by save_pretrained (hub ids are not downloaded)")
+                             "pass a local folder saved by save_pretrained; hub ids are never downloaded")
     names = list(label_names)
     try:
         config = AutoConfig.from_pretrained(folder, local_files_only=True)

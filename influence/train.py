@@ -105,14 +105,14 @@ def train(examples: Examples, base_model: str, workdir: str | Path, settings: Tr
             logits = task.logits(model, task.encode(batch.texts))
             loss = task.loss(logits, torch.as_tensor(batch.labels, device=device)).mean()
             if not torch.isfinite(loss):
-                raise DatablameError(f"the training loss became {float(loss)} at step {step + 1}",
+                raise DatablameError(f"the training loss became {loss.item()} at step {step + 1}",
                                      f"lower --lr (now {settings.lr:g})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
             if progress is not None:
-                progress(step, total, float(loss))
+                progress(step, total, loss.item())
             if step in save_at:
                 rel = Path("checkpoints") / f"ck-{len(checkpoints):03d}"
                 model.eval()
@@ -138,3 +138,56 @@ def evaluate(model, task, examples: Examples, batch_size: int = 64) -> float:
             pred = task.logits(model, task.encode(batch.texts)).argmax(-1).cpu().numpy()
             correct += int(np.sum(pred == batch.labels))
     return correct / max(1, len(examples))
+
+
+def init_workdir(workdir: str | Path, examples: Examples, checkpoints: list[str | Path],
+                 learning_rates: list[float] | None = None, max_length: int = 128) -> Config:
+    """Record models trained elsewhere in a new workdir (nothing is copied).
+
+    ``checkpoints``: model folders, or one Hugging Face ``Trainer`` output folder (its ``checkpoint-*`` folders,
+    learning rates from ``trainer_state.json``). ``learning_rates``: one per folder, one for all, or None (1.0
+    each: TracIn then weights checkpoints equally). Every checkpoint is loaded and checked against the data's
+    classes and against the first checkpoint's parameters.
+    """
+    from .models import model_label_order
+    from .workdir import trainer_checkpoints
+
+    if not checkpoints:
+        raise DatablameError("no checkpoint given", "pass --checkpoint DIR (repeat it for several)")
+    paths = [Path(c) for c in checkpoints]
+    for p in paths:
+        if not p.is_dir():
+            raise DatablameError(f"checkpoint folder {p} not found", "check the path")
+    found = trainer_checkpoints(paths[0]) if len(paths) == 1 else []
+    if found:
+        cks = found
+    else:
+        lrs = list(learning_rates or [])
+        if len(lrs) not in (0, 1, len(paths)):
+            raise DatablameError(f"{len(lrs)} learning rates for {len(paths)} checkpoints",
+                                 "pass one --lr per --checkpoint, or one for all")
+        lrs = lrs * len(paths) if len(lrs) == 1 else (lrs or [1.0] * len(paths))
+        cks = [Checkpoint(path=str(p.resolve()), learning_rate=float(lr), step=i) for i, (p, lr) in
+               enumerate(zip(paths, lrs))]
+    names = model_label_order(cks[0].path, examples.label_names)
+    if names != examples.label_names:
+        order = {n: i for i, n in enumerate(names)}
+        remap = np.array([order[n] for n in examples.label_names])
+        examples = Examples(examples.texts, remap[examples.labels], names, examples.path, examples.fingerprint,
+                            examples.text_columns, examples.label_column)
+    reference = None
+    for ck in cks:
+        model, _ = load_classifier(ck.path, names, "cpu", max_length)
+        shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+        if reference is None:
+            reference = (ck.path, shapes)
+        elif shapes != reference[1]:
+            diff = next(n for n in {**shapes, **reference[1]} if shapes.get(n) != reference[1].get(n))
+            raise DatablameError(f"checkpoint {ck.path} does not match {reference[0]} (parameter {diff} differs)",
+                                 "pass checkpoints of one model architecture")
+        del model
+    config = Config(data_path=examples.path, data_fingerprint=examples.fingerprint,
+                    text_columns=list(examples.text_columns), label_column=examples.label_column,
+                    label_names=names, checkpoints=cks, max_length=max_length, base_model=cks[0].path)
+    Workdir(workdir).save(config)
+    return config

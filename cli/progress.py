@@ -1,0 +1,38 @@
+"""Rich progress bars for the library's ``progress(done, total, ...)`` callbacks."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+console = Console(stderr=True)
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, quiet: bool = False) -> Iterator:
+    """Yields ``update(done, total, *extra)``; the first extra value, if any, is shown as the loss.
+
+    The bar appears at the first update, so a command that fails while loading shows only its error.
+    """
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+    task = bar.add_task(description, total=None, info="")
+    started = False
+
+    def update(done: int, total: int, *extra) -> None:
+        nonlocal started
+        if quiet:
+            return
+        if not started:
+            bar.start()
+            started = True
+        bar.update(task, completed=done, total=total, info=f"loss {extra[0]:.4f}" if extra else "")
+
+    try:
+        yield update
+    finally:
+        if started:
+            bar.stop()

@@ -1,0 +1,59 @@
+"""Building a method from a workdir: load its checkpoints and data, select parameters, make the projector."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from .data import Examples
+from .errors import DatablameError
+from .grads import num_params, select_params
+from .lissa import LissaConfig
+from .methods import InfluenceFunctions, Method, Representer, TracIn
+from .models import load_classifier
+from .sketch import DEFAULT_DIM, make_projector
+from .workdir import Workdir
+
+METHODS = ("tracin", "influence", "representer")
+
+
+@dataclass
+class MethodSettings:
+    """params: globs or shortcuts (see :func:`.grads.select_params`); dim: sketch dimension k; projection:
+    countsketch | gaussian; seed: the projection's seed; lam: the representer refit's L2 penalty."""
+
+    params: Sequence[str] | None = None
+    dim: int = DEFAULT_DIM
+    projection: str = "countsketch"
+    seed: int = 0
+    lissa: LissaConfig = field(default_factory=LissaConfig)
+    lam: float = 1e-3
+    device: str = "auto"
+
+
+def build_method(workdir: str | Workdir, name: str, settings: MethodSettings = MethodSettings(),
+                 progress=None) -> tuple[Method, Examples]:
+    """The named method, ready to compute vectors, and the workdir's training examples.
+
+    The representer method is fitted here (one forward pass over the training data, then L-BFGS).
+    """
+    if name not in METHODS:
+        raise DatablameError(f"unknown method {name!r}", f"choose one of {', '.join(METHODS)}")
+    wd = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+    config = wd.load()
+    train = wd.load_examples(config)
+    if not config.checkpoints:
+        raise DatablameError(f"{wd.root} records no checkpoint", "run 'datablame train' or 'datablame init'")
+    chosen = config.checkpoints if name == "tracin" else config.checkpoints[-1:]
+    loaded = [load_classifier(wd.checkpoint_path(c), config.label_names, settings.device, config.max_length)
+              for c in chosen]
+    model, task = loaded[-1]
+    if name == "representer":
+        method = Representer(task, model, settings.lam)
+        method.fit(train, progress)
+        return method, train
+    names = select_params(model, task, settings.params)
+    projector = make_projector(settings.projection, num_params(model, names), settings.dim, settings.seed)
+    if name == "tracin":
+        return TracIn(task, [(m, c.learning_rate) for (m, _), c in zip(loaded, chosen)], names, projector), train
+    return InfluenceFunctions(task, model, names, projector, train, settings.lissa), train
