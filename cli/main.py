@@ -82,5 +82,40 @@ def init(
     print(workdir)
 
 
+@app.command()
+@report_errors
+def vectors(
+    workdir: Path = typer.Argument(..., help="Workdir made by 'datablame train' or 'datablame init'."),
+    method: str = typer.Option("all", help="tracin, influence, representer or all."),
+    params: Optional[List[str]] = typer.Option(None, "--params", help="Parameter globs, or the shortcuts head and "
+                                               "last-layer (repeatable; default: every trainable parameter)."),
+    dim: int = typer.Option(256, help="Sketch dimension k (per checkpoint for TracIn)."),
+    projection: str = typer.Option("countsketch", help="countsketch (sparse JL) or gaussian."),
+    seed: int = typer.Option(0, help="Seed of the random projection."),
+    dtype: str = typer.Option("float32", help="Stored precision: float32 or float16."),
+    lam: float = typer.Option(1e-3, "--lambda", help="L2 penalty of the representer refit."),
+    batch_size: int = typer.Option(32, help="Examples per gradient batch."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Compute every training example's vector and self-influence for each method (resumable)."""
+    from datablame.index.vectors import VectorStore
+    from datablame.influence.build import METHODS, MethodSettings, build_method
+
+    names = METHODS if method == "all" else (method,)
+    settings = MethodSettings(params=[p for arg in params or [] for p in arg.split(",") if p], dim=dim,
+                              projection=projection, seed=seed, lam=lam, device=device)
+    for name in names:
+        start = time.perf_counter()
+        built = build_method(workdir, name, settings)
+        store = VectorStore(Path(workdir) / "vectors" / name)
+        with progress_bar(name, quiet) as update:
+            manifest = store.compute(built.method, built.train, built.key, dtype, batch_size=batch_size,
+                                     progress=update)
+        if not quiet:
+            console.print(f"{name}: {manifest.n} × {manifest.dim} {manifest.dtype} vectors in "
+                          f"{time.perf_counter() - start:.1f} s → {store.folder}")
+
+
 def main() -> None:
     app()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 from .data import Examples
@@ -31,9 +31,19 @@ class MethodSettings:
     device: str = "auto"
 
 
+@dataclass
+class Built:
+    """A method ready to compute vectors, the workdir's training examples, and the key that identifies what the
+    vectors are computed from (method settings, data fingerprint, checkpoints with learning rates)."""
+
+    method: Method
+    train: Examples
+    key: dict
+
+
 def build_method(workdir: str | Workdir, name: str, settings: MethodSettings = MethodSettings(),
-                 progress=None) -> tuple[Method, Examples]:
-    """The named method, ready to compute vectors, and the workdir's training examples.
+                 progress=None) -> Built:
+    """The named method from a workdir's checkpoints (TracIn: all of them; the others: the last one).
 
     The representer method is fitted here (one forward pass over the training data, then L-BFGS).
     """
@@ -48,12 +58,17 @@ def build_method(workdir: str | Workdir, name: str, settings: MethodSettings = M
     loaded = [load_classifier(wd.checkpoint_path(c), config.label_names, settings.device, config.max_length)
               for c in chosen]
     model, task = loaded[-1]
+    method: Method
     if name == "representer":
         method = Representer(task, model, settings.lam)
         method.fit(train, progress)
-        return method, train
-    names = select_params(model, task, settings.params)
-    projector = make_projector(settings.projection, num_params(model, names), settings.dim, settings.seed)
-    if name == "tracin":
-        return TracIn(task, [(m, c.learning_rate) for (m, _), c in zip(loaded, chosen)], names, projector), train
-    return InfluenceFunctions(task, model, names, projector, train, settings.lissa), train
+    else:
+        names = select_params(model, task, settings.params)
+        projector = make_projector(settings.projection, num_params(model, names), settings.dim, settings.seed)
+        if name == "tracin":
+            method = TracIn(task, [(m, c.learning_rate) for (m, _), c in zip(loaded, chosen)], names, projector)
+        else:
+            method = InfluenceFunctions(task, model, names, projector, train, settings.lissa)
+    key = {**method.describe(), "data": config.data_fingerprint, "checkpoints": [asdict(c) for c in chosen]}
+    key.pop("lissa", None)  # LiSSA settings shape the query side only
+    return Built(method, train, key)

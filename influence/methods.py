@@ -264,8 +264,7 @@ class Representer:
         return v[torch.arange(v.shape[0]), _labels(labels), -1].abs().float()
 
     def describe(self) -> dict:
-        return {"method": self.name, "lambda": self.lam,
-                "refit": vars(self.report).copy() if self.report else None}
+        return {"method": self.name, "lambda": self.lam}
 
 
 def compute_train_vectors(method: Method, train: Examples, batch_size: int = 32,

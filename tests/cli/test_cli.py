@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "COLUMNS": "200"}
@@ -28,6 +29,12 @@ def test_train_then_init(tiny_bert, tiny_csv, tmp_path):
                   "--lr", "0.001")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "wd2" / "config.json").read_text())["checkpoints"][0]["learning_rate"] == 0.001
+    r = datablame("vectors", wd, "--params", "last-layer", "--dim", "16", "--dtype", "float16", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    for method, dim in [("tracin", 32), ("influence", 16), ("representer", 3 * 33)]:
+        v = np.load(wd / "vectors" / method / "shard-00000.npy")
+        assert v.shape == (48, dim) and v.dtype == np.float16
+        assert np.isfinite(np.load(wd / "vectors" / method / "self_influence.npy")).all()
 
 
 @pytest.mark.parametrize("args, message", [

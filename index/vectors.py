@@ -1,0 +1,122 @@
+"""Training vectors on disk: sharded, written atomically, resumable.
+
+Layout of ``WORKDIR/vectors/<method>/``::
+
+    manifest.json        what the vectors were computed from (the key), n, dim, dtype, shard size, done shards
+    shard-00000.npy …    (shard_size, D) rows in example-id order, float32 or float16
+    self_influence.npy   (n,) float32, once every shard is done
+
+A shard is whole or absent (temporary name, then rename), and the manifest lists it only after it exists, so an
+interrupted run resumes at the first missing shard. A manifest whose key differs (other data, checkpoints,
+parameters, projection or seed) is discarded and the vectors are recomputed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from datablame.influence.data import Examples
+from datablame.influence.errors import DatablameError
+from datablame.influence.methods import Method
+from datablame.influence.workdir import atomic_write_bytes, atomic_write_json
+
+DTYPES = ("float32", "float16")
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Manifest:
+    key: dict
+    n: int
+    dim: int
+    dtype: str = "float32"
+    shard_size: int = 4096
+    done: list[int] = field(default_factory=list)
+
+    @property
+    def shards(self) -> int:
+        return -(-self.n // self.shard_size)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.done) == self.shards
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+class VectorStore:
+    """The vectors of one method in one folder."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.folder / "manifest.json"
+
+    def manifest(self) -> Manifest | None:
+        if not self.manifest_path.is_file():
+            return None
+        return Manifest(**json.loads(self.manifest_path.read_text()))
+
+    def shard_path(self, index: int) -> Path:
+        return self.folder / f"shard-{index:05d}.npy"
+
+    def compute(self, method: Method, train: Examples, key: dict, dtype: str = "float32", shard_size: int = 4096,
+                batch_size: int = 32, progress: Progress | None = None) -> Manifest:
+        """Compute the missing shards, then the self-influence; returns the finished manifest."""
+        from datablame.influence.methods import compute_train_vectors
+
+        if dtype not in DTYPES:
+            raise DatablameError(f"unknown dtype {dtype!r}", f"choose one of {', '.join(DTYPES)}")
+        manifest = self.manifest()
+        wanted = Manifest(key=key, n=len(train), dim=method.dim, dtype=dtype, shard_size=shard_size)
+        if manifest is None or (manifest.key, manifest.n, manifest.dim, manifest.dtype, manifest.shard_size) != (
+                wanted.key, wanted.n, wanted.dim, wanted.dtype, wanted.shard_size):
+            if self.folder.exists():
+                shutil.rmtree(self.folder)
+            manifest = wanted
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for index in range(manifest.shards):
+            if index in manifest.done and self.shard_path(index).is_file():
+                continue
+            lo, hi = index * shard_size, min((index + 1) * shard_size, len(train))
+            part = train.subset(range(lo, hi))
+            report = None if progress is None else (lambda done, _total, lo=lo: progress(lo + done, len(train)))
+            vectors = compute_train_vectors(method, part, batch_size, report)
+            _save_npy(self.shard_path(index), vectors.astype(dtype))
+            manifest.done = sorted(set(manifest.done) | {index})
+            atomic_write_json(self.manifest_path, asdict(manifest))
+        if progress is not None:
+            progress(len(train), len(train))
+        vectors = torch.from_numpy(self.load(manifest).astype(np.float32))
+        self_influence = method.self_influence(vectors, torch.as_tensor(train.labels)).numpy().astype(np.float32)
+        _save_npy(self.folder / "self_influence.npy", self_influence)
+        return manifest
+
+    def load(self, manifest: Manifest | None = None) -> np.ndarray:
+        """(n, D) vectors in id order, in their stored dtype."""
+        manifest = manifest or self.manifest()
+        if manifest is None or not manifest.complete:
+            raise DatablameError(f"the vectors in {self.folder} are missing or unfinished",
+                                 "run 'datablame vectors' for this method (it resumes where it stopped)")
+        return np.concatenate([np.load(self.shard_path(i)) for i in range(manifest.shards)])
+
+    def self_influence(self) -> np.ndarray:
+        """(n,) float32 self-influence of every training example."""
+        path = self.folder / "self_influence.npy"
+        if not path.is_file():
+            raise DatablameError(f"no self-influence in {self.folder}", "run 'datablame vectors' for this method")
+        return np.load(path)
