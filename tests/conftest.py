@@ -44,20 +44,11 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
 
 
 def build_tiny_bert(folder: Path, num_labels: int = 3, layers: int = 2, hidden: int = 32, seed: int = 0) -> Path:
-    """Save a randomly initialised BERT (hidden 32, 2 layers) and a word-level tokenizer into ``folder``."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    """A randomly initialised BERT (hidden 32, 2 layers) over the test vocabulary."""
+    from datablame.influence.toy import build_small_bert
 
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted({w for ws in WORDS.values() for w in ws} | set(FILLER))
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
-    tok.save_pretrained(folder)
-    torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-                     intermediate_size=2 * hidden, max_position_embeddings=64, num_labels=num_labels)
-    BertForSequenceClassification(cfg).save_pretrained(folder)
-    return folder
+    words = [w for ws in WORDS.values() for w in ws] + FILLER
+    return build_small_bert(folder, words, num_labels, layers=layers, hidden=hidden, seed=seed, max_positions=64)
 
 
 @pytest.fixture(scope="session")
