@@ -88,7 +88,7 @@ def vectors(
     workdir: Path = typer.Argument(..., help="Workdir made by 'datablame train' or 'datablame init'."),
     method: str = typer.Option("all", help="tracin, influence, representer or all."),
     params: Optional[List[str]] = typer.Option(None, "--params", help="Parameter globs, or the shortcuts head and "
-                                               "last-layer (repeatable; default: every trainable parameter)."),
+                                               "last-layer (repeatable; default: the trained ones, the head after --freeze-encoder)."),
     dim: int = typer.Option(256, help="Sketch dimension k (per checkpoint for TracIn)."),
     projection: str = typer.Option("countsketch", help="countsketch (sparse JL) or gaussian."),
     seed: int = typer.Option(0, help="Seed of the random projection."),

@@ -19,8 +19,9 @@ METHODS = ("tracin", "influence", "representer")
 
 @dataclass
 class MethodSettings:
-    """params: globs or shortcuts (see :func:`.grads.select_params`); dim: sketch dimension k; projection:
-    countsketch | gaussian; seed: the projection's seed; lam: the representer refit's L2 penalty."""
+    """params: globs or shortcuts (see :func:`.grads.select_params`), None for the parameters that were trained;
+    dim: sketch dimension k; projection: countsketch | gaussian; seed: the projection's seed; lam: the
+    representer refit's L2 penalty."""
 
     params: Sequence[str] | None = None
     dim: int = DEFAULT_DIM
@@ -63,7 +64,9 @@ def build_method(workdir: str | Workdir, name: str, settings: MethodSettings = M
         method = Representer(task, model, settings.lam)
         method.fit(train, progress)
     else:
-        names = select_params(model, task, settings.params)
+        # default: the parameters that were trained (only the head, for a frozen encoder)
+        params = settings.params or (["head"] if config.training.get("freeze_encoder") else None)
+        names = select_params(model, task, params)
         projector = make_projector(settings.projection, num_params(model, names), settings.dim, settings.seed)
         if name == "tracin":
             method = TracIn(task, [(m, c.learning_rate) for (m, _), c in zip(loaded, chosen)], names, projector)
