@@ -18,18 +18,16 @@ import json
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
-
 import numpy as np
 import torch
 
 from datablame.influence.data import Examples
 from datablame.influence.errors import DatablameError
-from datablame.influence.methods import Method
+from datablame.influence.lissa import Progress
+from datablame.influence.methods import Method, compute_train_vectors
 from datablame.influence.workdir import atomic_write_bytes, atomic_write_json
 
 DTYPES = ("float32", "float16")
-Progress = Callable[[int, int], None]
 
 
 @dataclass
@@ -77,14 +75,11 @@ class VectorStore:
     def compute(self, method: Method, train: Examples, key: dict, dtype: str = "float32", shard_size: int = 4096,
                 batch_size: int = 32, progress: Progress | None = None) -> Manifest:
         """Compute the missing shards, then the self-influence; returns the finished manifest."""
-        from datablame.influence.methods import compute_train_vectors
-
         if dtype not in DTYPES:
             raise DatablameError(f"unknown dtype {dtype!r}", f"choose one of {', '.join(DTYPES)}")
         manifest = self.manifest()
         wanted = Manifest(key=key, n=len(train), dim=method.dim, dtype=dtype, shard_size=shard_size)
-        if manifest is None or (manifest.key, manifest.n, manifest.dim, manifest.dtype, manifest.shard_size) != (
-                wanted.key, wanted.n, wanted.dim, wanted.dtype, wanted.shard_size):
+        if manifest is None or asdict(manifest) | {"done": []} != asdict(wanted):
             if self.folder.exists():
                 shutil.rmtree(self.folder)
             manifest = wanted

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 import torch
@@ -28,12 +28,9 @@ from torch import Tensor, nn
 from .data import Examples, Text
 from .errors import DatablameError
 from .grads import per_example_grads
-from .lissa import HessianVectorProducts, LissaConfig, LissaReport, lissa
+from .lissa import HessianVectorProducts, LissaConfig, LissaReport, Progress, lissa
 from .sketch import Projector
 from .task import Task
-
-Progress = Callable[[int, int], None]
-
 
 @dataclass
 class Queries:

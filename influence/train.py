@@ -6,6 +6,7 @@ that every checkpoint keeps a non-zero TracIn weight. A checkpoint's learning ra
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 import tempfile
@@ -173,8 +174,7 @@ def init_workdir(workdir: str | Path, examples: Examples, checkpoints: list[str 
     if names != examples.label_names:
         order = {n: i for i, n in enumerate(names)}
         remap = np.array([order[n] for n in examples.label_names])
-        examples = Examples(examples.texts, remap[examples.labels], names, examples.path, examples.fingerprint,
-                            examples.text_columns, examples.label_column)
+        examples = dataclasses.replace(examples, labels=remap[examples.labels], label_names=names)
     reference = None
     for ck in cks:
         model, _ = load_classifier(ck.path, names, "cpu", max_length)

@@ -18,9 +18,10 @@ def loop_grads(task, model, texts, labels, names):
 
 def exact_hessian(task, model, names, examples):
     """(p, p) float64 Hessian of the mean training loss, built column by column from exact HVPs."""
+    from datablame.influence.grads import num_params
     from datablame.influence.lissa import HessianVectorProducts
 
     hvp = HessianVectorProducts(task, model, names, examples, batch_size=None)
-    p = sum(dict(model.named_parameters())[n].numel() for n in names)
+    p = num_params(model, names)
     h = hvp(torch.eye(p)).double()
     return (h + h.T) / 2

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from datablame.influence.grads import select_params
+from datablame.influence.grads import num_params, select_params
 from datablame.influence.lissa import LissaConfig
 from datablame.influence.methods import InfluenceFunctions, Representer, TracIn, compute_train_vectors, scores
 from datablame.influence.sketch import CountSketch, Identity
@@ -33,7 +33,7 @@ def exact_tracin(models, lrs, task, names, train, queries, preds):
 def test_tracin_exact_equals_brute_force(trained, tiny_examples):
     models, lrs, task = trained
     names = select_params(models[-1], task, None)
-    p = sum(dict(models[-1].named_parameters())[n].numel() for n in names)
+    p = num_params(models[-1], names)
     method = TracIn(task, list(zip(models, lrs)), names, Identity(p))
     train = tiny_examples.subset(range(10))
     got, q = scores(method, compute_train_vectors(method, train, batch_size=4), QUERIES)
@@ -49,7 +49,7 @@ def test_tracin_exact_equals_brute_force(trained, tiny_examples):
 def test_tracin_sketch_within_jl_error(trained, tiny_examples):
     models, lrs, task = trained
     names = select_params(models[-1], task, ["last-layer"])
-    p = sum(dict(models[-1].named_parameters())[n].numel() for n in names)
+    p = num_params(models[-1], names)
     k = 256
     method = TracIn(task, list(zip(models, lrs)), names, CountSketch(p, k, seed=0))
     got, q = scores(method, compute_train_vectors(method, tiny_examples, batch_size=16), QUERIES)
@@ -72,7 +72,7 @@ def test_tracin_sign_means_support(trained, tiny_examples):
     models, _, task = trained
     model = models[-1]
     names = select_params(model, task, ["last-layer"])
-    p = sum(dict(model.named_parameters())[n].numel() for n in names)
+    p = num_params(model, names)
     method = TracIn(task, [(model, 1.0)], names, Identity(p))
     query = QUERIES[:1]
     s, q = scores(method, method.train_vectors(tiny_examples.subset(range(8))), query)
@@ -105,7 +105,7 @@ def head_influence(trained, tiny_examples):
     models, _, task = trained
     model = models[-1]
     names = select_params(model, task, ["head"])
-    p = sum(dict(model.named_parameters())[n].numel() for n in names)
+    p = num_params(model, names)
     config = LissaConfig(damping=0.01, depth=1500, batch_size=None)
     method = InfluenceFunctions(task, model, names, Identity(p), tiny_examples, config)
     return method, exact_hessian(task, model, names, tiny_examples), names
@@ -163,7 +163,7 @@ def test_representer_decomposition_reproduces_logits(trained, tiny_examples):
 def test_deterministic_vectors(trained, tiny_examples):
     models, lrs, task = trained
     names = select_params(models[-1], task, ["last-layer"])
-    p = sum(dict(models[-1].named_parameters())[n].numel() for n in names)
+    p = num_params(models[-1], names)
 
     def run(seed):
         return compute_train_vectors(TracIn(task, list(zip(models, lrs)), names, CountSketch(p, 32, seed=seed)),
