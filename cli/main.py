@@ -9,6 +9,7 @@ from typing import List, Optional
 
 import typer
 
+from . import store_commands
 from .errors import report_errors
 from .progress import console, progress_bar
 
@@ -115,6 +116,9 @@ def vectors(
         if not quiet:
             console.print(f"{name}: {manifest.n} × {manifest.dim} {manifest.dtype} vectors in "
                           f"{time.perf_counter() - start:.1f} s → {store.folder}")
+
+
+store_commands.register(app)
 
 
 def main() -> None:
