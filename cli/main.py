@@ -83,30 +83,47 @@ def init(
     print(workdir)
 
 
+METHOD = typer.Option("all", help="tracin, influence, representer or all.")
+PARAMS = typer.Option(None, "--params", help="Parameter globs, or the shortcuts head and last-layer (repeatable; "
+                      "default: the trained ones, the head after --freeze-encoder).")
+DIM = typer.Option(256, help="Sketch dimension k (per checkpoint for TracIn).")
+PROJECTION = typer.Option("countsketch", help="countsketch (sparse JL) or gaussian.")
+SEED = typer.Option(0, help="Seed of the random projection.")
+DTYPE = typer.Option("float32", help="Stored precision: float32 or float16.")
+LAMBDA = typer.Option(1e-3, "--lambda", help="L2 penalty of the representer refit.")
+BATCH_SIZE = typer.Option(32, help="Examples per gradient batch.")
+DEVICE = typer.Option("auto", help="auto, cpu or cuda.")
+QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+
+
+def _settings(params: Optional[List[str]], dim: int, projection: str, seed: int, lam: float, device: str,
+              curvature: str = "lissa"):
+    from datablame.influence.build import MethodSettings
+
+    return MethodSettings(params=[p for arg in params or [] for p in arg.split(",") if p] or None, dim=dim,
+                          projection=projection, seed=seed, lam=lam, device=device, curvature=curvature)
+
+
+def _methods(method: str) -> tuple[str, ...]:
+    from datablame.influence.build import METHODS
+
+    return METHODS if method == "all" else (method,)
+
+
 @app.command()
 @report_errors
 def vectors(
     workdir: Path = typer.Argument(..., help="Workdir made by 'datablame train' or 'datablame init'."),
-    method: str = typer.Option("all", help="tracin, influence, representer or all."),
-    params: Optional[List[str]] = typer.Option(None, "--params", help="Parameter globs, or the shortcuts head and "
-                                               "last-layer (repeatable; default: the trained ones, the head after --freeze-encoder)."),
-    dim: int = typer.Option(256, help="Sketch dimension k (per checkpoint for TracIn)."),
-    projection: str = typer.Option("countsketch", help="countsketch (sparse JL) or gaussian."),
-    seed: int = typer.Option(0, help="Seed of the random projection."),
-    dtype: str = typer.Option("float32", help="Stored precision: float32 or float16."),
-    lam: float = typer.Option(1e-3, "--lambda", help="L2 penalty of the representer refit."),
-    batch_size: int = typer.Option(32, help="Examples per gradient batch."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    method: str = METHOD, params: Optional[List[str]] = PARAMS, dim: int = DIM, projection: str = PROJECTION,
+    seed: int = SEED, dtype: str = DTYPE, lam: float = LAMBDA, batch_size: int = BATCH_SIZE, device: str = DEVICE,
+    quiet: bool = QUIET,
 ) -> None:
     """Compute every training example's vector and self-influence for each method (resumable)."""
     from datablame.index.vectors import VectorStore
-    from datablame.influence.build import METHODS, MethodSettings, build_method
+    from datablame.influence.build import build_method
 
-    names = METHODS if method == "all" else (method,)
-    settings = MethodSettings(params=[p for arg in params or [] for p in arg.split(",") if p], dim=dim,
-                              projection=projection, seed=seed, lam=lam, device=device)
-    for name in names:
+    settings = _settings(params, dim, projection, seed, lam, device)
+    for name in _methods(method):
         start = time.perf_counter()
         built = build_method(workdir, name, settings)
         store = VectorStore(Path(workdir) / "vectors" / name)
@@ -116,6 +133,65 @@ def vectors(
         if not quiet:
             console.print(f"{name}: {manifest.n} × {manifest.dim} {manifest.dtype} vectors in "
                           f"{time.perf_counter() - start:.1f} s → {store.folder}")
+
+
+@app.command()
+@report_errors
+def index(
+    workdir: Path = typer.Argument(..., help="Workdir made by 'datablame train' or 'datablame init'."),
+    method: str = METHOD, params: Optional[List[str]] = PARAMS, dim: int = DIM, projection: str = PROJECTION,
+    seed: int = SEED,
+    score: str = typer.Option("all", "--score", help="Scoring to index: cosine, raw or all."),
+    approximate: bool = typer.Option(False, "--approximate", help="HNSW instead of exact search (for large data); "
+                                     "its recall@10 against exact search is measured and printed."),
+    curvature: str = typer.Option("lissa", help="Influence queries: lissa (per query) or sketch (once)."),
+    dtype: str = DTYPE, lam: float = LAMBDA, batch_size: int = BATCH_SIZE, device: str = DEVICE, quiet: bool = QUIET,
+) -> None:
+    """Compute the training vectors (resumable) and build a FAISS index per method and scoring."""
+    from datablame.index.explain import index_workdir
+    from datablame.index.search import SCORINGS
+
+    settings = _settings(params, dim, projection, seed, lam, device, curvature)
+    for name in _methods(method):
+        start = time.perf_counter()
+        with progress_bar(name, quiet) as update:
+            metas = index_workdir(workdir, name, settings, SCORINGS if score == "all" else (score,), approximate,
+                                  dtype, batch_size, update)
+        for meta in metas:
+            recall = "" if meta.recall_at_10 is None else f", recall@10 {meta.recall_at_10:.3f} against exact"
+            console.print(f"{name} ({meta.scoring}): {meta.kind} index of {meta.n} × {meta.dim}{recall}; "
+                          f"{time.perf_counter() - start:.1f} s")
+
+
+@app.command()
+@report_errors
+def explain(
+    workdir: Path = typer.Argument(..., help="Workdir with an index ('datablame index')."),
+    text: Optional[str] = typer.Argument(None, help="The input to explain."),
+    method: str = typer.Option("tracin", help="tracin, influence or representer."),
+    top: int = typer.Option(10, "--top", "-k", help="Supporting and opposing examples to show."),
+    score: str = typer.Option(None, "--score", help="cosine or raw (default: cosine, the benchmark's winner)."),
+    queries: Optional[Path] = typer.Option(None, "--queries", help="A file of inputs, one per line."),
+    aggregate: bool = typer.Option(False, "--aggregate", help="Explain the --queries set as a whole (summed query "
+                                   "vectors): the training examples behind the model's behaviour on the slice."),
+    curvature: Optional[str] = typer.Option(None, help="Influence queries: lissa or sketch (default: as indexed)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    device: str = DEVICE,
+) -> None:
+    """The training examples that most support and most oppose the model's prediction for an input."""
+    from datablame.index.explain import Explainer
+    from datablame.index.search import DEFAULT_SCORING
+
+    from .render import explanation_json, print_explanation, read_queries
+
+    texts = read_queries(text, queries)
+    explainer = Explainer(workdir, method, score or DEFAULT_SCORING, device, curvature)
+    results = [explainer.explain_aggregate(texts, top)] if aggregate else explainer.explain(texts, top)
+    if as_json:
+        print(explanation_json(results, single=aggregate or queries is None))
+    else:
+        for result in results:
+            print_explanation(result)
 
 
 store_commands.register(app)

@@ -15,13 +15,15 @@ from .sketch import DEFAULT_DIM, make_projector
 from .workdir import Workdir
 
 METHODS = ("tracin", "influence", "representer")
+CURVATURES = ("lissa", "sketch")
 
 
 @dataclass
 class MethodSettings:
     """params: globs or shortcuts (see :func:`.grads.select_params`), None for the parameters that were trained;
     dim: sketch dimension k; projection: countsketch | gaussian; seed: the projection's seed; lam: the
-    representer refit's L2 penalty."""
+    representer refit's L2 penalty; curvature: what answers influence queries, ``lissa`` (per query, in
+    parameter space) or ``sketch`` (the damped Gauss-Newton matrix of the training sketches, once)."""
 
     params: Sequence[str] | None = None
     dim: int = DEFAULT_DIM
@@ -30,6 +32,17 @@ class MethodSettings:
     lissa: LissaConfig = field(default_factory=LissaConfig)
     lam: float = 1e-3
     device: str = "auto"
+    curvature: str = "lissa"
+
+    def to_dict(self) -> dict:
+        """JSON-able settings, without the device (a record says what was computed, not where)."""
+        d = asdict(self)
+        d.pop("device")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, device: str = "auto") -> "MethodSettings":
+        return cls(**{**d, "lissa": LissaConfig(**d.get("lissa", {})), "device": device})
 
 
 @dataclass
@@ -43,13 +56,16 @@ class Built:
 
 
 def build_method(workdir: str | Workdir, name: str, settings: MethodSettings = MethodSettings(),
-                 progress=None) -> Built:
+                 progress=None, fit: bool = True) -> Built:
     """The named method from a workdir's checkpoints (TracIn: all of them; the others: the last one).
 
-    The representer method is fitted here (one forward pass over the training data, then L-BFGS).
+    The representer method is fitted here (one forward pass over the training data, then L-BFGS) unless ``fit``
+    is False: its query vectors need no fit, only its training vectors do.
     """
     if name not in METHODS:
         raise DatablameError(f"unknown method {name!r}", f"choose one of {', '.join(METHODS)}")
+    if settings.curvature not in CURVATURES:
+        raise DatablameError(f"unknown curvature {settings.curvature!r}", f"choose one of {', '.join(CURVATURES)}")
     wd = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
     config = wd.load()
     train = wd.load_examples(config)
@@ -62,7 +78,8 @@ def build_method(workdir: str | Workdir, name: str, settings: MethodSettings = M
     method: Method
     if name == "representer":
         method = Representer(task, model, settings.lam)
-        method.fit(train, progress)
+        if fit:
+            method.fit(train, progress)
     else:
         # default: the parameters that were trained (only the head, for a frozen encoder)
         params = settings.params or (["head"] if config.training.get("freeze_encoder") else None)

@@ -114,7 +114,9 @@ class InfluenceFunctions:
     convergence report is kept in ``last_report``.
 
     Self-influence g_iᵀ H^{-1} g_i is approximated in sketch space by a damped Gauss-Newton (empirical Fisher)
-    matrix, as TRAK does: v_iᵀ (VᵀV/n + λI)^{-1} v_i with V the (n, k) training sketches.
+    matrix, as TRAK does: v_iᵀ (VᵀV/n + λI)^{-1} v_i with V the (n, k) training sketches. The same matrix can
+    stand in for LiSSA on the query side (:meth:`use_sketch_curvature`): u_q = (VᵀV/n + λI)^{-1} P g(z_q), a
+    (k × k) solve per query instead of ``depth`` Hessian-vector products.
     """
 
     name = "influence"
@@ -126,6 +128,16 @@ class InfluenceFunctions:
         self.dim = projector.out_dim
         self.last_report: LissaReport | None = None
         self.progress: Progress | None = None
+        self.curvature: Tensor | None = None  # (k, k) float64 sketch-space curvature, when used
+
+    def sketch_curvature(self, vectors: Tensor) -> Tensor:
+        """(k, k) float64 VᵀV/n + λI from the (n, k) training sketches V."""
+        v = vectors.double()
+        return v.T @ v / v.shape[0] + self.config.damping * torch.eye(v.shape[1], dtype=v.dtype)
+
+    def use_sketch_curvature(self, vectors: Tensor) -> None:
+        """Answer queries with the sketch-space curvature of these (n, k) training sketches instead of LiSSA."""
+        self.curvature = self.sketch_curvature(vectors)
 
     def train_vectors(self, batch: Examples) -> Tensor:
         g = per_example_grads(self.task, self.model, self.task.encode(batch.texts), _labels(batch.labels),
@@ -142,12 +154,14 @@ class InfluenceFunctions:
     def query_vectors(self, texts: Sequence[Text]) -> Queries:
         pred, probs = predict(self.task, self.model, texts)
         g = per_example_grads(self.task, self.model, self.task.encode(texts), pred, self.names)
+        if self.curvature is not None:
+            sketch = self.projector(g).cpu().double()
+            return Queries(torch.linalg.solve(self.curvature, sketch.T).T.float(), pred, probs)
         return Queries(self.projector(self.inverse_hvp(g)).cpu(), pred, probs)
 
     def self_influence(self, vectors: Tensor, labels: Tensor) -> Tensor:
         v = vectors.double()
-        curvature = v.T @ v / v.shape[0] + self.config.damping * torch.eye(v.shape[1], dtype=v.dtype)
-        return (v * torch.linalg.solve(curvature, v.T).T).sum(1).float()
+        return (v * torch.linalg.solve(self.sketch_curvature(v), v.T).T).sum(1).float()
 
     def describe(self) -> dict:
         return {"method": self.name, "params": self.names, "projection": self.projector.describe(),
@@ -182,7 +196,8 @@ class Representer:
         self.weight: Tensor | None = None  # (K, h+1) float64, after fit
         self.n = 0
         self.report: RefitReport | None = None
-        self.dim = 0
+        head = task.head(model)
+        self.dim = head.out_features * (head.in_features + 1)
 
     @torch.no_grad()
     def features(self, texts: Sequence[Text]) -> tuple[Tensor, Tensor]:
@@ -220,7 +235,6 @@ class Representer:
         loss = objective().detach()
         grad_norm = float(w.grad.norm())
         self.weight, self.n = w.detach(), len(train)
-        self.dim = self.weight.numel()
         self.report = RefitReport(self.lam, float(loss), grad_norm,
                                   accuracy=float(((x @ self.weight.T).argmax(1) == y).double().mean()),
                                   original_accuracy=float((torch.cat(orig_logits).argmax(1) == y).double().mean()))
@@ -243,11 +257,11 @@ class Representer:
         return (a[:, :, None] * f[:, None, :]).reshape(len(batch), -1).float()
 
     def query_vectors(self, texts: Sequence[Text]) -> Queries:
-        w = self._require_fit()
+        """e_ŷ ⊗ [f_q, 1] for the model's prediction ŷ; needs no refit (the training side holds the α)."""
         logits, f = self.features(texts)
         probs = logits.softmax(-1)
         pred = probs.argmax(-1)
-        onehot = F.one_hot(pred, w.shape[0]).double()
+        onehot = F.one_hot(pred, logits.shape[1]).double()
         return Queries((onehot[:, :, None] * f[:, None, :]).reshape(len(texts), -1).float(), pred, probs)
 
     def refit_logits(self, texts: Sequence[Text]) -> Tensor:

@@ -11,9 +11,7 @@ from datablame.influence.lissa import LissaConfig
 from datablame.influence.methods import InfluenceFunctions, Representer, TracIn, compute_train_vectors, scores
 from datablame.influence.sketch import CountSketch, Identity
 
-from brute import exact_hessian, loop_grads
-
-QUERIES = ["goal team the very", "soup bread and my", "code phone today", "match pasta app"]
+from brute import QUERIES, exact_hessian, loop_grads
 
 
 def spearman(a, b):

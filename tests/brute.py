@@ -2,6 +2,8 @@
 
 import torch
 
+QUERIES = ["goal team the very", "soup bread and my", "code phone today", "match pasta app"]
+
 
 def loop_grads(task, model, texts, labels, names):
     """(n, p) per-example gradients from one unpadded forward/backward per example."""

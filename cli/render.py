@@ -1,0 +1,63 @@
+"""Reading inputs and printing explanations: readable tables or JSON, on standard output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from datablame.index.explain import Explanation, Neighbour
+from datablame.influence.errors import DatablameError
+
+stdout = Console(soft_wrap=False)
+
+
+def read_queries(text: Optional[str], queries: Optional[Path]) -> list[str]:
+    """The inputs to explain: the TEXT argument, or the non-empty lines of a --queries file (not both)."""
+    if (text is None) == (queries is None):
+        raise DatablameError("give either TEXT or --queries FILE", "e.g. datablame explain WORKDIR 'some input'")
+    if queries is None:
+        if not text.strip():
+            raise DatablameError("the input text is empty", "give the sentence to explain")
+        return [text]
+    if not queries.is_file():
+        raise DatablameError(f"queries file {queries} not found", "give a text file with one input per line")
+    lines = [line.strip() for line in queries.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not lines:
+        raise DatablameError(f"queries file {queries} has no inputs", "write one input per line")
+    return lines
+
+
+def explanation_json(results: Sequence[Explanation], single: bool) -> str:
+    """One JSON object (a single input or an aggregate), else a JSON list with one object per input."""
+    objs = [r.to_json() for r in results]
+    return json.dumps(objs[0] if single else objs, ensure_ascii=False, indent=2)
+
+
+def _table(title: str, rows: list[Neighbour], style: str) -> Table:
+    table = Table(title=title, title_justify="left", title_style=f"bold {style}", expand=False)
+    table.add_column("id", justify="right")
+    table.add_column("label")
+    table.add_column("score", justify="right", style=style)
+    table.add_column("text", overflow="fold", max_width=90)
+    for row in rows:
+        table.add_row(str(row.id), row.label, f"{row.score:+.4f}", row.text)
+    return table
+
+
+def print_explanation(result: Explanation) -> None:
+    """The prediction, then the supporting and opposing training examples as tables, then the timing."""
+    p = result.prediction
+    what = result.text if isinstance(result.text, str) else f"{len(result.text)} inputs (aggregate)"
+    stdout.print(f"[bold]{what}[/bold]")
+    counts = f"  {p['counts']}" if "counts" in p else ""
+    stdout.print(f"prediction: [bold]{p['label']}[/bold] (probability {p['probability']:.3f}){counts}")
+    stdout.print(_table(f"supporting ({result.method}, {result.scoring})", result.supporting, "green"))
+    stdout.print(_table(f"opposing ({result.method}, {result.scoring})", result.opposing, "red"))
+    t = result.timing
+    cached = " (cached)" if t.get("cached") else ""
+    stdout.print(f"[dim]query vectors {t['query_vectors_s'] * 1000:.0f} ms{cached} ({t['cost']}); "
+                 f"search {t['search_s'] * 1000:.1f} ms ({t['index']} index)[/dim]\n")

@@ -1,0 +1,224 @@
+"""Explain predictions: the training examples that most support and most oppose them, found in the index.
+
+    index_workdir(workdir, "tracin")                 vectors (resumable) + one FAISS index per scoring
+    Explainer(workdir, "tracin").explain(["text"])   [Explanation(prediction, supporting, opposing, timing)]
+    Explainer(workdir, "tracin").explain_aggregate(texts)   one Explanation for the summed query vectors
+
+A query vector u_q comes from the method (:meth:`Method.query_vectors`) and is cached on disk under
+``WORKDIR/cache/queries/`` (keyed by the index's key, the query-side settings and the text), so an influence
+query pays for LiSSA once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from datablame.influence.build import MethodSettings, build_method
+from datablame.influence.data import Text
+from datablame.influence.errors import DatablameError
+from datablame.influence.lissa import Progress
+from datablame.influence.methods import Queries
+from datablame.influence.workdir import Workdir, atomic_write_bytes
+
+from .search import DEFAULT_SCORING, SCORINGS, IndexMeta, VectorIndex
+from .vectors import VectorStore
+
+QUERY_BATCH = 32
+
+
+def show(text: Text) -> str:
+    """An input as one line of text (a pair joined by ' || ')."""
+    return text if isinstance(text, str) else " || ".join(text)
+
+
+def index_workdir(workdir: str | Path, method: str, settings: MethodSettings = MethodSettings(),
+                  scorings: Sequence[str] = SCORINGS, approximate: bool = False, dtype: str = "float32",
+                  batch_size: int = 32, progress: Progress | None = None) -> list[IndexMeta]:
+    """Compute the method's training vectors (missing shards only) and build one index per scoring."""
+    wd = Workdir(workdir)
+    built = build_method(wd, method, settings, progress)
+    store = VectorStore(wd.root / "vectors" / method)
+    manifest = store.compute(built.method, built.train, built.key, dtype, batch_size=batch_size, progress=progress)
+    vectors = store.load(manifest)
+    metas = []
+    for scoring in scorings:
+        meta = IndexMeta(method=method, scoring=scoring, kind="exact", n=manifest.n, dim=manifest.dim,
+                         key=built.key, settings=settings.to_dict())
+        index = VectorIndex.build(vectors, meta, approximate, seed=settings.seed)
+        index.save(wd.root / "index")
+        metas.append(index.meta)
+    return metas
+
+
+@dataclass
+class Neighbour:
+    """A training example in an explanation: id (0-based row), text, label name, score (raw inner product or
+    cosine, per the explanation's scoring; > 0 supports the prediction, < 0 opposes it)."""
+
+    id: int
+    text: str
+    label: str
+    score: float
+
+
+@dataclass
+class Explanation:
+    """method, scoring, text (one input, or the inputs of an aggregate), prediction {label, probability}
+    (an aggregate: the most frequent predicted label, its mean probability and the counts per label), the
+    supporting and opposing training examples, best first, and timing in seconds."""
+
+    method: str
+    scoring: str
+    text: str | list[str]
+    prediction: dict
+    supporting: list[Neighbour]
+    opposing: list[Neighbour]
+    timing: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class QueryCache:
+    """Query vectors on disk, one ``.npz`` per (context, text): the vector (D,), probabilities (K,), prediction."""
+
+    def __init__(self, folder: Path, context: dict):
+        self.folder = folder
+        self.context = json.dumps(context, sort_keys=True)
+
+    def path(self, text: Text) -> Path:
+        digest = hashlib.sha256((self.context + "\0" + json.dumps(text)).encode()).hexdigest()
+        return self.folder / f"{digest[:32]}.npz"
+
+    def get(self, text: Text) -> tuple[np.ndarray, np.ndarray, int] | None:
+        path = self.path(text)
+        if not path.is_file():
+            return None
+        with np.load(path) as z:
+            return z["vector"], z["probabilities"], int(z["prediction"])
+
+    def put(self, text: Text, vector: np.ndarray, probabilities: np.ndarray, prediction: int) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, vector=vector, probabilities=probabilities, prediction=np.int64(prediction))
+        atomic_write_bytes(self.path(text), buf.getvalue())
+
+
+class Explainer:
+    """One method's index and query side, loaded once; refuses an index that no longer matches the workdir.
+
+    ``curvature`` (influence only) overrides the recorded query-side curvature: ``lissa`` or ``sketch``.
+    """
+
+    def __init__(self, workdir: str | Path, method: str = "tracin", scoring: str = DEFAULT_SCORING,
+                 device: str = "auto", curvature: str | None = None, cache: bool = True):
+        self.workdir = Workdir(workdir)
+        self.index = VectorIndex.load(self.workdir.root / "index", method, scoring)
+        settings = MethodSettings.from_dict(self.index.meta.settings, device)
+        if curvature is not None:
+            settings.curvature = curvature
+        built = build_method(self.workdir, method, settings, fit=False)
+        self.index.check_fresh(built.key)
+        self.method, self.train, self.settings = built.method, built.train, settings
+        if method == "influence" and settings.curvature == "sketch":
+            store = VectorStore(self.workdir.root / "vectors" / method)
+            manifest = store.manifest()
+            if manifest is None or manifest.key != built.key:
+                raise DatablameError(f"the {method} vectors in {store.folder} do not match the index",
+                                     f"rebuild with 'datablame index WORKDIR --method {method}'")
+            self.method.use_sketch_curvature(torch.from_numpy(store.load(manifest).astype(np.float32)))
+        query_side = {"lissa": asdict(settings.lissa), "curvature": settings.curvature} \
+            if method == "influence" else {}
+        self.cache = QueryCache(self.workdir.root / "cache" / "queries" / method,
+                                {"key": built.key, **query_side}) if cache else None
+
+    @property
+    def cost_note(self) -> str:
+        """What a query vector costs, for the timing line."""
+        if self.index.meta.method != "influence":
+            return "one gradient per checkpoint" if self.index.meta.method == "tracin" else "one forward pass"
+        if self.settings.curvature == "sketch":
+            return "gradient + sketch-space curvature solve"
+        return f"gradient + LiSSA ({self.settings.lissa.depth} Hessian-vector products per query)"
+
+    def queries(self, texts: Sequence[Text]) -> tuple[Queries, int]:
+        """Query vectors of the texts (cached ones read from disk) and how many came from the cache."""
+        rows: list = [self.cache.get(t) if self.cache else None for t in texts]
+        missing = [i for i, row in enumerate(rows) if row is None]
+        for lo in range(0, len(missing), QUERY_BATCH):
+            ids = missing[lo:lo + QUERY_BATCH]
+            q = self.method.query_vectors([texts[i] for i in ids])
+            for j, i in enumerate(ids):
+                rows[i] = (q.vectors[j].numpy(), q.probabilities[j].numpy(), int(q.predictions[j]))
+                if self.cache:
+                    self.cache.put(texts[i], *rows[i])
+        if not texts:
+            return Queries(torch.zeros(0, self.index.meta.dim), torch.zeros(0, dtype=torch.long),
+                           torch.zeros(0, self.train.num_labels)), 0
+        return Queries(torch.from_numpy(np.stack([r[0] for r in rows]).astype(np.float32)),
+                       torch.tensor([r[2] for r in rows]),
+                       torch.from_numpy(np.stack([r[1] for r in rows]))), len(texts) - len(missing)
+
+    def _neighbours(self, vectors: np.ndarray, top: int) -> tuple[list[list[Neighbour]], list[list[Neighbour]]]:
+        """Supporting (search with u) and opposing (search with −u, scores negated back) lists per (b, D) query."""
+        s_scores, s_ids = self.index.search(vectors, top)
+        o_scores, o_ids = self.index.search(-vectors, top)
+        return ([self._rows(s, i, 1.0) for s, i in zip(s_scores, s_ids)],
+                [self._rows(s, i, -1.0) for s, i in zip(o_scores, o_ids)])
+
+    def _rows(self, scores: np.ndarray, ids: np.ndarray, sign: float) -> list[Neighbour]:
+        names = self.train.label_names
+        return [Neighbour(int(i), show(self.train.texts[i]), names[int(self.train.labels[i])], sign * float(s))
+                for s, i in zip(scores, ids) if i >= 0]
+
+    def _timing(self, query_s: float, search_s: float, cached: int, n: int) -> dict:
+        return {"query_vectors_s": round(query_s, 4), "search_s": round(search_s, 4), "cached": cached,
+                "queries": n, "index": self.index.meta.kind, "cost": self.cost_note}
+
+    def explain(self, texts: Sequence[Text], top: int = 10) -> list[Explanation]:
+        """One explanation per input: its prediction and the ``top`` most supporting and opposing examples."""
+        start = time.perf_counter()
+        q, cached = self.queries(texts)
+        query_s = time.perf_counter() - start
+        start = time.perf_counter()
+        supporting, opposing = self._neighbours(q.vectors.numpy(), top)
+        search_s = time.perf_counter() - start
+        names = self.train.label_names
+        return [Explanation(self.index.meta.method, self.index.meta.scoring, show(t),
+                            {"label": names[int(q.predictions[i])],
+                             "probability": float(q.probabilities[i, q.predictions[i]])},
+                            supporting[i], opposing[i],
+                            self._timing(query_s / len(texts), search_s / len(texts), cached, 1))
+                for i, t in enumerate(texts)]
+
+    def explain_aggregate(self, texts: Sequence[Text], top: int = 10) -> Explanation:
+        """The training examples that most support or oppose the model's behaviour on the whole set: one search
+        with the sum of the query vectors (unit query vectors for cosine scoring, so each input counts once)."""
+        if not texts:
+            raise DatablameError("no inputs to aggregate", "give a --queries file with one input per line")
+        start = time.perf_counter()
+        q, cached = self.queries(texts)
+        query_s = time.perf_counter() - start
+        v = q.vectors.numpy()
+        if self.index.meta.scoring == "cosine":
+            v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-30)
+        start = time.perf_counter()
+        supporting, opposing = self._neighbours(v.sum(0, keepdims=True), top)
+        search_s = time.perf_counter() - start
+        names = self.train.label_names
+        counts = Counter(int(p) for p in q.predictions)
+        label = counts.most_common(1)[0][0]
+        chosen = q.predictions == label
+        prediction = {"label": names[label], "probability": float(q.probabilities[chosen, label].mean()),
+                      "counts": {names[k]: c for k, c in sorted(counts.items())}}
+        return Explanation(self.index.meta.method, self.index.meta.scoring, [show(t) for t in texts], prediction,
+                           supporting[0], opposing[0], self._timing(query_s, search_s, cached, len(texts)))

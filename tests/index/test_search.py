@@ -1,0 +1,72 @@
+"""FAISS indexes: exact search equals brute force, HNSW recall is measured, files are whole, meta refuses staleness."""
+
+import numpy as np
+import pytest
+
+from datablame.index.search import IndexMeta, VectorIndex, prepare, recall_at_k
+from datablame.influence.errors import DatablameError
+
+
+def sketches(n=2000, d=32, seed=0):
+    """Clustered vectors with a wide spread of norms, like gradient sketches."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(20, d))
+    x = centers[rng.integers(0, 20, n)] + 0.5 * rng.normal(size=(n, d))
+    return (x * np.exp(rng.normal(scale=1.0, size=(n, 1)))).astype(np.float32)
+
+
+def meta(scoring, d=32):
+    return IndexMeta(method="tracin", scoring=scoring, kind="exact", n=0, dim=d, key={"data": "x"})
+
+
+@pytest.mark.parametrize("scoring", ["raw", "cosine"])
+def test_exact_search_is_brute_force(scoring):
+    x, q = sketches(), sketches(5, seed=1)
+    index = VectorIndex.build(x, meta(scoring))
+    scores, ids = index.search(q, 10)
+    brute = prepare(q, scoring) @ prepare(x, scoring).T
+    expected = np.argsort(-brute, axis=1)[:, :10]
+    np.testing.assert_allclose(scores, np.take_along_axis(brute, expected, 1), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.take_along_axis(brute, ids, 1), scores, rtol=1e-4, atol=1e-5)
+    if scoring == "cosine":
+        assert np.all(np.abs(scores) <= 1 + 1e-5)
+
+
+def test_cosine_and_raw_rank_differently():
+    x = sketches()
+    q = sketches(20, seed=2)
+    raw = VectorIndex.build(x, meta("raw")).search(q, 10)[1]
+    cos = VectorIndex.build(x, meta("cosine")).search(q, 10)[1]
+    assert recall_at_k(raw, cos) < 0.9  # raw favours large norms
+
+
+def test_hnsw_recall_is_measured_and_high(tmp_path):
+    x = sketches(3000)
+    index = VectorIndex.build(x, meta("raw"), approximate=True)
+    assert index.meta.kind == "hnsw" and 0.9 <= index.meta.recall_at_10 <= 1.0
+    index.save(tmp_path)
+    loaded = VectorIndex.load(tmp_path, "tracin", "raw")
+    assert loaded.meta.hnsw["efSearch"] == loaded.index.hnsw.efSearch
+    q = sketches(50, seed=3)
+    exact = VectorIndex.build(x, meta("raw")).search(q, 10)[1]
+    assert recall_at_k(loaded.search(q, 10)[1], exact) >= 0.9
+
+
+def test_recall_at_k_counts_overlap():
+    assert recall_at_k(np.array([[1, 2, 3]]), np.array([[3, 4, 1]])) == pytest.approx(2 / 3)
+    assert recall_at_k(np.array([[1, -1]]), np.array([[1, -1]])) == 1.0
+
+
+def test_save_load_and_staleness(tmp_path):
+    x = sketches(100)
+    VectorIndex.build(x, meta("raw")).save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tracin-raw.faiss", "tracin-raw.json"]
+    index = VectorIndex.load(tmp_path, "tracin", "raw")
+    assert index.meta.n == 100 and index.search(x[:1], 200)[1].shape == (1, 100)
+    index.check_fresh({"data": "x"})
+    with pytest.raises(DatablameError, match="stale.*data.*datablame index"):
+        index.check_fresh({"data": "y"})
+    with pytest.raises(DatablameError, match="no cosine index for tracin"):
+        VectorIndex.load(tmp_path, "tracin", "cosine")
+    with pytest.raises(DatablameError, match="dimension"):
+        index.search(np.zeros((1, 3), np.float32), 5)
