@@ -67,10 +67,14 @@ def per_example_grads(
     """(b, p) float32: row i is the gradient of example i's cross-entropy loss (nats) w.r.t. the named parameters.
 
     The model is evaluated in eval mode (no dropout); other parameters and buffers are held fixed. ``chunk_size``
-    bounds how many examples ``vmap`` runs at once.
+    bounds how many examples ``vmap`` runs at once. When every named parameter belongs to the head, the layers
+    below it are frozen for this purpose: they run once under ``no_grad`` and ``vmap`` differentiates the head
+    alone on their output (the penultimate features), which is exact and many times faster.
     """
     device = model_device(model)
     batch, labels = to_device(batch, device), labels.to(device)
+    if all(n.startswith(task.head_name + ".") for n in names):
+        return _head_grads(task, model, batch, labels, names, chunk_size)
     was_training = model.training
     model.eval()
     params, fixed = split_params(model, names)
@@ -85,6 +89,28 @@ def per_example_grads(
     finally:
         model.train(was_training)
     return torch.cat([g[n].reshape(labels.shape[0], -1) for n in names], dim=1).float()
+
+
+def _head_grads(task: Task, model: nn.Module, batch: Batch, labels: Tensor, names: Sequence[str],
+                chunk_size: int | None) -> Tensor:
+    """(b, p) per-example gradients w.r.t. head parameters only, from the features computed once."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            _, features = task.logits_and_features(model, batch)
+    finally:
+        model.train(was_training)
+    head, prefix = task.head(model), task.head_name + "."
+    params = {n: p.detach() for n, p in head.named_parameters() if prefix + n in names}
+    fixed = {n: p.detach() for n, p in head.named_parameters() if prefix + n not in names}
+
+    def loss_one(p: dict[str, Tensor], f: Tensor, label: Tensor) -> Tensor:
+        logits = torch.func.functional_call(head, {**fixed, **p}, (f.unsqueeze(0),))
+        return task.loss(logits, label.unsqueeze(0)).sum()
+
+    g = vmap(grad(loss_one), in_dims=(None, 0, 0), chunk_size=chunk_size)(params, features.detach(), labels)
+    return torch.cat([g[n[len(prefix):]].reshape(labels.shape[0], -1) for n in names], dim=1).float()
 
 
 def split_params(model: nn.Module, names: Sequence[str]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:

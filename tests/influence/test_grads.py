@@ -11,8 +11,9 @@ from datablame.influence.task import ModuleTask
 from brute import loop_grads
 
 
-@pytest.mark.parametrize("params", [None, ["last-layer"], ["classifier.*"]])
+@pytest.mark.parametrize("params", [None, ["last-layer"], ["classifier.*"], ["classifier.bias"]])
 def test_vmap_grads_equal_loop(trained, tiny_examples, params):
+    """Whole-model vmap, and the head-only path (features once, vmap over the head) for classifier.*."""
     models, _, task = trained
     model = models[-1]
     names = select_params(model, task, params)
