@@ -56,42 +56,74 @@ class HessianVectorProducts:
     """H v for the mean loss over minibatches of ``train``, by double backpropagation.
 
     ``__call__(vs)`` takes (m, p) vectors and returns (m, p) products on the next minibatch (the first
-    backward pass is shared by the m vectors).
+    backward pass is shared by the m vectors). :meth:`reset` restarts the seeded minibatch order, so every
+    LiSSA run sees the same minibatches and a query's answer does not depend on the queries before it.
+
+    When every selected parameter belongs to the head, the layers below it are frozen for this purpose: each
+    training example's penultimate features are computed once (on first use, then kept) and the products
+    differentiate the head alone, so later runs cost no forward pass through the encoder.
     """
 
     def __init__(self, task: Task, model: nn.Module, names: Sequence[str], train: Examples,
                  batch_size: int | None = 8, seed: int = 0):
         self.task, self.model, self.names, self.train = task, model, list(names), train
-        self.batch_size = batch_size
-        self.rng = np.random.default_rng(seed)
+        self.batch_size, self.seed = batch_size, seed
         self.device = model_device(model)
-        self._order: list[int] = []
-        self._full = None
+        self.prefix = task.head_name + "."
+        self.head_only = all(n.startswith(self.prefix) for n in self.names)
+        self._features: dict[int, Tensor] = {}
+        self.reset()
 
-    def _next_batch(self):
+    def reset(self) -> None:
+        self.rng = np.random.default_rng(self.seed)
+        self._order: list[int] = []
+
+    def _next_ids(self) -> list[int]:
         if self.batch_size is None or self.batch_size >= len(self.train):
-            if self._full is None:
-                self._full = self._encode(self.train)
-            return self._full
+            return list(range(len(self.train)))
         if len(self._order) < self.batch_size:
             self._order.extend(self.rng.permutation(len(self.train)).tolist())
         ids, self._order = self._order[: self.batch_size], self._order[self.batch_size:]
-        return self._encode(self.train.subset(ids))
+        return ids
 
-    def _encode(self, ex: Examples):
-        return (to_device(self.task.encode(ex.texts), self.device),
-                torch.as_tensor(ex.labels, device=self.device))
+    def features(self, ids: Sequence[int], chunk: int = 64) -> Tensor:
+        """(b, h) penultimate features of training examples, computed once each."""
+        missing = [i for i in dict.fromkeys(ids) if i not in self._features]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for lo in range(0, len(missing), chunk):
+                part = missing[lo:lo + chunk]
+                batch = to_device(self.task.encode(self.train.subset(part).texts), self.device)
+                with torch.no_grad():
+                    _, f = self.task.logits_and_features(self.model, batch)
+                self._features.update(zip(part, f.detach()))
+        finally:
+            self.model.train(was_training)
+        return torch.stack([self._features[i] for i in ids])
+
+    def _logits_fn(self, ids: list[int]) -> Callable[[dict[str, Tensor]], Tensor]:
+        """selected parameters → (b, K) logits of these training examples."""
+        if self.head_only:
+            head, f = self.task.head(self.model), self.features(ids)
+            fixed = {n: p.detach() for n, p in head.named_parameters() if self.prefix + n not in self.names}
+            cut = len(self.prefix)
+            return lambda p: torch.func.functional_call(head, {**fixed, **{n[cut:]: v for n, v in p.items()}}, (f,))
+        batch = to_device(self.task.encode(self.train.subset(ids).texts), self.device)
+        _, fixed = split_params(self.model, self.names)
+        return lambda p: self.task.functional_logits(self.model, {**fixed, **p}, batch)
 
     def __call__(self, vs: Tensor) -> Tensor:
-        batch, labels = self._next_batch()
-        params, fixed = split_params(self.model, self.names)
+        ids = self._next_ids()
+        logits_fn = self._logits_fn(ids)
+        labels = torch.as_tensor(self.train.labels[ids], device=self.device)
+        params, _ = split_params(self.model, self.names)
         leaves = [params[n].clone().requires_grad_(True) for n in self.names]
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.enable_grad():
-                logits = self.task.functional_logits(self.model, {**fixed, **dict(zip(self.names, leaves))}, batch)
-                loss = self.task.loss(logits, labels).mean()
+                loss = self.task.loss(logits_fn(dict(zip(self.names, leaves))), labels).mean()
                 grads = torch.autograd.grad(loss, leaves, create_graph=True)
                 flat = torch.cat([g.reshape(-1) for g in grads])
                 out = []

@@ -129,6 +129,7 @@ class InfluenceFunctions:
         self.last_report: LissaReport | None = None
         self.progress: Progress | None = None
         self.curvature: Tensor | None = None  # (k, k) float64 sketch-space curvature, when used
+        self.hvp: HessianVectorProducts | None = None  # kept between queries (it caches head features)
 
     def sketch_curvature(self, vectors: Tensor) -> Tensor:
         """(k, k) float64 VᵀV/n + λI from the (n, k) training sketches V."""
@@ -145,10 +146,12 @@ class InfluenceFunctions:
         return self.projector(g).cpu()
 
     def inverse_hvp(self, grads: Tensor) -> Tensor:
-        """(m, p) → (m, p): (H + λI)^{-1} applied to each row by LiSSA."""
-        hvp = HessianVectorProducts(self.task, self.model, self.names, self.train, self.config.batch_size,
-                                    self.config.seed)
-        ihvp, self.last_report = lissa(hvp, grads, self.config, self.progress)
+        """(m, p) → (m, p): (H + λI)^{-1} applied to each row by LiSSA (the same minibatches for every call)."""
+        if self.hvp is None:
+            self.hvp = HessianVectorProducts(self.task, self.model, self.names, self.train, self.config.batch_size,
+                                             self.config.seed)
+        self.hvp.reset()
+        ihvp, self.last_report = lissa(self.hvp, grads, self.config, self.progress)
         return ihvp
 
     def query_vectors(self, texts: Sequence[Text]) -> Queries:

@@ -22,22 +22,48 @@ def exact(trained, tiny_examples):
     return hvp, names, exact_hessian(task, model, names, tiny_examples), model, task
 
 
-def test_hvp_matches_autograd_hessian(exact, tiny_examples):
-    hvp, names, hessian, model, task = exact
+def autograd_hvp(model, task, names, examples, v):
+    """H v through the whole model by torch.autograd.functional.hvp (the reference)."""
     params = dict(model.named_parameters())
     flat0 = torch.cat([params[n].detach().reshape(-1) for n in names])
-    batch, labels = task.encode(tiny_examples.texts), torch.as_tensor(tiny_examples.labels)
+    batch, labels = task.encode(examples.texts), torch.as_tensor(examples.labels)
     sizes = [params[n].numel() for n in names]
 
     def loss(flat):
         chunks = dict(zip(names, [c.reshape(params[n].shape) for c, n in zip(flat.split(sizes), names)]))
-        full = {**{k: v.detach() for k, v in model.named_parameters()}, **chunks}
+        full = {**{k: p.detach() for k, p in model.named_parameters()}, **chunks}
         return task.loss(task.functional_logits(model, full, batch), labels).mean()
 
-    v = torch.randn(flat0.numel())
-    ref = torch.autograd.functional.hvp(loss, flat0, v)[1]
+    return torch.autograd.functional.hvp(loss, flat0, v)[1]
+
+
+def test_hvp_matches_autograd_hessian(exact, tiny_examples):
+    hvp, names, hessian, model, task = exact
+    assert not hvp.head_only
+    v = torch.randn(hessian.shape[0])
+    ref = autograd_hvp(model, task, names, tiny_examples, v)
     assert torch.allclose(hvp(v[None])[0], ref, atol=1e-5, rtol=1e-3)
     assert torch.allclose(hessian.float() @ v, ref, atol=1e-4, rtol=1e-3)
+
+
+def test_head_only_hvp_on_cached_features(trained, tiny_examples):
+    """Head parameters: products from features computed once equal products through the whole model."""
+    models, _, task = trained
+    model = models[-1]
+    names = select_params(model, task, ["head"])
+    hvp = HessianVectorProducts(task, model, names, tiny_examples, batch_size=None)
+    assert hvp.head_only
+    v = torch.randn(2, 99, generator=torch.Generator().manual_seed(1))
+    got = hvp(v)
+    assert len(hvp._features) == len(tiny_examples)
+    for row, vec in zip(got, v):
+        assert torch.allclose(row, autograd_hvp(model, task, names, tiny_examples, vec), atol=1e-5, rtol=1e-3)
+    mini = HessianVectorProducts(task, model, names, tiny_examples, batch_size=8, seed=3)
+    first = [mini(v) for _ in range(3)]
+    mini.reset()
+    again = [mini(v) for _ in range(3)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))  # reset replays the same minibatches
+    assert len(mini._features) == 24
 
 
 def test_lissa_matches_exact_inverse(exact):
