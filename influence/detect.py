@@ -1,0 +1,217 @@
+"""Finding mislabeled training examples: rank every example by how likely its label is wrong, suggest a label.
+
+A small functional API in the spirit of cleanlab, over plain arrays:
+
+- :func:`rank_label_issues` combines any of these signals, each turned into a score in (0, 1] by its rank
+  (so that nats, squared gradient norms and probabilities mix without scaling):
+
+  ========================= ===================================================================================
+  signal                    suspicion grows with
+  ========================= ===================================================================================
+  ``probabilities``         1 − p(given label) of the trained model, in-sample (n, K)
+  ``cv_probabilities``      1 − p(given label) of copies of the head refit on the other folds (n, K), out of sample
+  ``self_influence``        each method's self-influence (n,): how much an example pulls on its own loss
+  ========================= ===================================================================================
+
+- :func:`cross_validated_probabilities` refits an L2-regularised softmax head on the model's penultimate
+  features, fold by fold (L-BFGS to stationarity), and predicts each example from the folds it was not in,
+  averaged over several seeded partitions.
+- :func:`probabilities_and_features` runs a model over examples once.
+
+The suggested label is the most probable label other than the given one (out-of-sample probabilities when
+given, else the model's own).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import Examples
+from .errors import DatablameError
+from .task import Task
+
+Progress = Callable[[int, int], None]
+
+SCAN_METHODS: dict[str, dict[str, float]] = {
+    "loss": {"loss": 1.0},
+    "cv": {"cv": 1.0},
+    "tracin": {"self_influence:tracin": 1.0},
+    "influence": {"self_influence:influence": 1.0},
+    "representer": {"self_influence:representer": 1.0},
+    "combined": {"cv": 1.0, "self_influence:tracin": 1.0},
+}
+"""Scan methods: the signals each one weighs (see :func:`rank_label_issues`)."""
+DEFAULT_SCAN = "cv"
+"""The scan method that detects best in ``bench/detection.py`` (cross-validated heads, 3 partitions averaged)."""
+DEFAULT_REPEATS = 3
+
+
+@dataclass
+class LabelIssues:
+    """order: (n,) int64 positions, most suspicious first; score: (n,) float64 in (0, 1], higher = more likely
+    mislabeled; suggested: (n,) int64 suggested labels; label_probability: (n,) float64 probability of the given
+    label (out of sample when cross-validated probabilities were given); parts: each signal's own (n,) score."""
+
+    order: np.ndarray
+    score: np.ndarray
+    suggested: np.ndarray
+    label_probability: np.ndarray
+    parts: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def scan_weights(method: str) -> dict[str, float]:
+    """The signal weights of a scan method."""
+    if method not in SCAN_METHODS:
+        raise DatablameError(f"unknown scan method {method!r}", f"choose one of {', '.join(SCAN_METHODS)}")
+    return SCAN_METHODS[method]
+
+
+def self_influence_methods(weights: Mapping[str, float]) -> list[str]:
+    """The attribution methods whose self-influence these weights use."""
+    return [name.split(":", 1)[1] for name, w in weights.items() if name.startswith("self_influence:") and w]
+
+
+def rank_scores(x: np.ndarray) -> np.ndarray:
+    """(n,) → (n,) float64 in (0, 1]: the fraction of values ≤ each value (ties share their mean rank)."""
+    x = np.asarray(x, dtype=np.float64)
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.arange(1, len(x) + 1)
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return sums[inverse] / counts[inverse] / len(x)
+
+
+def given_label_probability(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """(n,) probability each row gives to its given label."""
+    return np.asarray(probabilities, dtype=np.float64)[np.arange(len(labels)), labels]
+
+
+def suggest_labels(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """(n,) int64: the most probable label other than the given one."""
+    p = np.array(probabilities, dtype=np.float64)
+    if p.shape[1] < 2:
+        raise DatablameError("a single class: no other label to suggest", "train on data with two or more labels")
+    p[np.arange(len(labels)), labels] = -np.inf
+    return p.argmax(1).astype(np.int64)
+
+
+def rank_label_issues(labels: Sequence[int], probabilities: np.ndarray | None = None,
+                      cv_probabilities: np.ndarray | None = None,
+                      self_influence: Mapping[str, np.ndarray] | None = None,
+                      weights: Mapping[str, float] | None = None) -> LabelIssues:
+    """Rank examples by how likely their label is wrong, combining the signals given.
+
+    labels: (n,) given labels; probabilities, cv_probabilities: (n, K); self_influence: method name → (n,).
+    Signals are named ``loss``, ``cv`` and ``self_influence:<method>``; the score is their weighted mean rank
+    score. ``weights`` by name; None weighs every signal given 1, otherwise a signal it does not name weighs 0
+    (it is still reported in ``parts``). At least one probability matrix is needed.
+    """
+    y = np.asarray(labels, dtype=np.int64)
+    parts: dict[str, np.ndarray] = {}
+    if probabilities is not None:
+        parts["loss"] = rank_scores(-given_label_probability(y, probabilities))
+    if cv_probabilities is not None:
+        parts["cv"] = rank_scores(-given_label_probability(y, cv_probabilities))
+    for name, values in (self_influence or {}).items():
+        values = np.asarray(values, dtype=np.float64)
+        if values.shape != y.shape or not np.isfinite(values).all():
+            raise DatablameError(f"self-influence of {name} has shape {values.shape} or non-finite values for "
+                                 f"{len(y)} examples", "recompute it with 'datablame vectors'")
+        parts[f"self_influence:{name}"] = rank_scores(values)
+    reference = cv_probabilities if cv_probabilities is not None else probabilities
+    if reference is None or not parts:
+        raise DatablameError("no probabilities to rank label issues with",
+                             "give the model's probabilities or cross-validated ones")
+    w = {name: 1.0 if weights is None else float(weights.get(name, 0.0)) for name in parts}
+    if sum(w.values()) <= 0:
+        raise DatablameError(f"no weighted signal among those given ({', '.join(parts)})",
+                             "give a positive weight to at least one of them")
+    score = sum(w[name] * s for name, s in parts.items()) / sum(w.values())
+    order = np.lexsort((np.arange(len(y)), -score)).astype(np.int64)  # ties: lower id first
+    return LabelIssues(order, score, suggest_labels(y, reference), given_label_probability(y, reference), parts)
+
+
+def fit_softmax_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int, lam: float = 1e-3,
+                     max_iter: int = 200) -> torch.Tensor:
+    """(K, h+1) float64 weights (last column the bias) minimising mean cross-entropy + lam·‖W‖² (L-BFGS).
+
+    features: (n, h+1) float64 with a constant 1 in the last column; labels: (n,) int64.
+    """
+    w = torch.zeros(num_classes, features.shape[1], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w], lr=1.0, max_iter=max_iter, tolerance_grad=1e-9, tolerance_change=1e-12,
+                            history_size=20, line_search_fn="strong_wolfe")
+
+    def objective() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(features @ w.T, labels) + lam * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(objective)
+    return w.detach()
+
+
+def stratified_folds(labels: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
+    """(n,) int64 fold of each example: a seeded random partition with each label spread evenly over the folds."""
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(labels), dtype=np.int64)
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        fold[members] = (np.arange(len(members)) + rng.integers(folds)) % folds
+    return fold
+
+
+def cross_validated_probabilities(features: np.ndarray, labels: Sequence[int], num_classes: int, folds: int = 5,
+                                  lam: float = 1e-3, seed: int = 0, repeats: int = DEFAULT_REPEATS) -> np.ndarray:
+    """(n, K) float64 out-of-sample probabilities: each example predicted by a softmax head fit on the other folds.
+
+    features: (n, h) penultimate features, standardised with each training fold's mean and deviation.
+    Folds are a seeded random partition, stratified by label; the probabilities are averaged over ``repeats``
+    partitions (seeds ``seed``, ``seed + 1``, …), which lowers their variance.
+    """
+    return np.mean([_cross_validated(features, labels, num_classes, folds, lam, seed + r) for r in range(repeats)],
+                   axis=0)
+
+
+def _cross_validated(features: np.ndarray, labels: Sequence[int], num_classes: int, folds: int, lam: float,
+                     seed: int) -> np.ndarray:
+    x = torch.as_tensor(np.asarray(features), dtype=torch.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    if len(y) < 2 * folds:
+        raise DatablameError(f"{len(y)} examples are too few for {folds}-fold cross-validation",
+                             f"give at least {2 * folds} examples or fewer folds")
+    fold = stratified_folds(y, folds, seed)
+    out = np.empty((len(y), num_classes), dtype=np.float64)
+    for k in range(folds):
+        held, fit = fold == k, fold != k
+        mean, std = x[fit].mean(0), x[fit].std(0).clamp_min(1e-8)
+
+        def design(rows: torch.Tensor) -> torch.Tensor:
+            z = (rows - mean) / std
+            return torch.cat([z, torch.ones(len(z), 1, dtype=z.dtype)], 1)
+
+        w = fit_softmax_head(design(x[fit]), torch.as_tensor(y[fit]), num_classes, lam)
+        out[held] = (design(x[held]) @ w.T).softmax(-1).numpy()
+    return out
+
+
+@torch.no_grad()
+def probabilities_and_features(task: Task, model: nn.Module, examples: Examples, batch_size: int = 64,
+                               progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(n, K) float64 class probabilities and (n, h) float32 penultimate features of ``model`` on ``examples``."""
+    model.eval()
+    probs, feats = [], []
+    for batch in examples.batches(batch_size):
+        logits, f = task.logits_and_features(model, task.encode(batch.texts))
+        probs.append(logits.double().softmax(-1).cpu().numpy())
+        feats.append(f.float().cpu().numpy())
+        if progress is not None:
+            progress(min(len(examples), sum(map(len, probs))), len(examples))
+    return np.concatenate(probs), np.concatenate(feats)
