@@ -85,6 +85,7 @@ def train(examples: Examples, base_model: str, workdir: str | Path, settings: Tr
         for name, p in model.named_parameters():
             p.requires_grad_(name.startswith(head))
     trainable = [p for p in model.parameters() if p.requires_grad]
+    features = _frozen_features(task, model, examples) if settings.freeze_encoder else None
     opt = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=0.01)
     steps_per_epoch = math.ceil(len(examples) / settings.batch_size)
     total = settings.epochs * steps_per_epoch
@@ -103,7 +104,10 @@ def train(examples: Examples, base_model: str, workdir: str | Path, settings: Tr
             lr = learning_rate(step, total, settings.lr)
             for group in opt.param_groups:
                 group["lr"] = lr
-            logits = task.logits(model, task.encode(batch.texts))
+            if features is None:
+                logits = task.logits(model, task.encode(batch.texts))
+            else:
+                logits = task.head(model)(features[order[start:start + settings.batch_size]])
             loss = task.loss(logits, torch.as_tensor(batch.labels, device=device)).mean()
             if not torch.isfinite(loss):
                 raise DatablameError(f"the training loss became {loss.item()} at step {step + 1}",
@@ -128,6 +132,16 @@ def train(examples: Examples, base_model: str, workdir: str | Path, settings: Tr
     )
     wd.save(config)
     return config
+
+
+def _frozen_features(task, model, examples: Examples, batch_size: int = 64) -> torch.Tensor:
+    """(n, h) penultimate features of every example, from one pass of the frozen encoder in eval mode: with
+    --freeze-encoder the head trains on them (a linear probe), never running the encoder again."""
+    model.eval()
+    with torch.no_grad():
+        rows = [task.logits_and_features(model, task.encode(batch.texts))[1] for batch in examples.batches(batch_size)]
+    model.train()
+    return torch.cat(rows)
 
 
 def evaluate(model, task, examples: Examples, batch_size: int = 64) -> float:

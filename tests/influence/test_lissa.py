@@ -1,5 +1,7 @@
 """LiSSA against the exact inverse of a Hessian small enough to build."""
 
+import math
+
 import pytest
 import torch
 
@@ -69,10 +71,14 @@ def test_head_only_hvp_on_cached_features(trained, tiny_examples):
 def test_lissa_matches_exact_inverse(exact):
     hvp, _, hessian, _, _ = exact
     eig = torch.linalg.eigvalsh(hessian)
-    damping = max(0.05, 0.05 - float(eig[0]))  # make H + λI positive definite
+    lo, hi = float(eig[0]), float(eig[-1])
+    damping = max(0.05 - lo, (0.05 * hi - lo) / 0.95)  # H + λI positive definite, condition number ≤ 20
+    scale = 2 * (hi + damping)
+    # the error shrinks by 1 − λ_min(H + λI)/s per step: enough steps for 1e-4
+    depth = int(math.log(1e-4) / math.log(1 - (lo + damping) / scale)) + 1
     v = torch.randn(3, hessian.shape[0], generator=torch.Generator().manual_seed(0))
     ref = torch.linalg.solve(hessian + damping * torch.eye(hessian.shape[0], dtype=hessian.dtype), v.double().T).T
-    est, report = lissa(hvp, v, LissaConfig(damping=damping, depth=600, batch_size=None))
+    est, report = lissa(hvp, v, LissaConfig(damping=damping, scale=scale, depth=depth, batch_size=None))
     rel = float((est.double() - ref).norm() / ref.norm())
     assert rel < 1e-3, rel
     assert report.converged and report.relative_change < 1e-3

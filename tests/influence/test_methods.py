@@ -104,7 +104,7 @@ def head_influence(trained, tiny_examples):
     model = models[-1]
     names = select_params(model, task, ["head"])
     p = num_params(model, names)
-    config = LissaConfig(damping=0.01, depth=1500, batch_size=None)
+    config = LissaConfig(damping=0.1, depth=1500, batch_size=None)  # condition number of H + λI about 20
     method = InfluenceFunctions(task, model, names, Identity(p), tiny_examples, config)
     return method, exact_hessian(task, model, names, tiny_examples), names
 
@@ -115,7 +115,7 @@ def test_influence_exact_equals_inverse_hessian(trained, tiny_examples, head_inf
     got, q = scores(method, compute_train_vectors(method, tiny_examples), QUERIES)
     gt = loop_grads(task, models[-1], tiny_examples.texts, tiny_examples.labels, names).double()
     gq = loop_grads(task, models[-1], QUERIES, q.predictions.tolist(), names).double()
-    damped = hessian + 0.01 * torch.eye(hessian.shape[0], dtype=hessian.dtype)
+    damped = hessian + 0.1 * torch.eye(hessian.shape[0], dtype=hessian.dtype)
     ref = gq @ torch.linalg.solve(damped, gt.T)
     rel = float((got.double() - ref).norm() / ref.norm())
     assert rel < 1e-3, rel
@@ -129,7 +129,7 @@ def test_influence_self_influence_approximation(trained, tiny_examples, head_inf
     v = torch.as_tensor(compute_train_vectors(method, tiny_examples))
     approx = method.self_influence(v, torch.as_tensor(tiny_examples.labels)).numpy()
     g = v.double()
-    damped = hessian + 0.01 * torch.eye(hessian.shape[0], dtype=hessian.dtype)
+    damped = hessian + 0.1 * torch.eye(hessian.shape[0], dtype=hessian.dtype)
     exact = (g * torch.linalg.solve(damped, g.T).T).sum(1).numpy()
     assert spearman(approx, exact) > 0.8, spearman(approx, exact)
 

@@ -18,9 +18,9 @@ def weights(folder):
 
 def test_checkpoints_and_learning_rates(trained_workdir, tiny_examples):
     cfg = Workdir(trained_workdir).load()
-    assert [c.step for c in cfg.checkpoints] == [6, 12, 18]  # 48 examples / 8 = 6 steps per epoch, 3 epochs
-    assert [c.learning_rate for c in cfg.checkpoints] == [learning_rate(s - 1, 18, 2e-3) for s in (6, 12, 18)]
-    assert cfg.checkpoints[-1].learning_rate == pytest.approx(2e-4)
+    assert [c.step for c in cfg.checkpoints] == [20, 40, 60]  # 48 examples / 8 = 6 steps per epoch, 10 epochs
+    assert [c.learning_rate for c in cfg.checkpoints] == [learning_rate(s - 1, 60, 5e-3) for s in (20, 40, 60)]
+    assert cfg.checkpoints[-1].learning_rate == pytest.approx(5e-4)
     assert cfg.data_fingerprint == tiny_examples.fingerprint and cfg.label_names == tiny_examples.label_names
     assert checkpoint_steps(10, 4) == [2, 5, 8, 10] and checkpoint_steps(2, 4) == [1, 2]
 
@@ -36,12 +36,24 @@ def test_same_seed_same_result(tiny_bert, tiny_examples, tmp_path):
     assert a.checkpoints == b.checkpoints
 
 
-def test_freeze_encoder_trains_only_the_head(tiny_bert, tiny_examples, tmp_path):
-    train(tiny_examples, str(tiny_bert), tmp_path, TrainSettings(epochs=1, lr=1e-2, batch_size=16, checkpoints=1,
-                                                                 device="cpu", freeze_encoder=True))
-    before, after = weights(tiny_bert), weights(tmp_path / "checkpoints" / "ck-000")
+def test_freeze_encoder_trains_only_the_head(trained_workdir, tiny_examples, tmp_path):
+    """The head trains on features from one eval-mode pass of the encoder, and the training loss goes down."""
+    from datablame.influence.models import load_classifier
+
+    base = trained_workdir / "checkpoints" / "ck-002"  # an encoder whose features tell the classes apart
+    train(tiny_examples, str(base), tmp_path, TrainSettings(epochs=30, lr=5e-2, batch_size=16, checkpoints=1,
+                                                            device="cpu", freeze_encoder=True, seed=0))
+    before, after = weights(base), weights(tmp_path / "checkpoints" / "ck-000")
     changed = {k for k in after if k in before and not torch.equal(before[k], after[k])}
     assert changed == {"classifier.weight", "classifier.bias"}
+
+    def mean_loss(folder):
+        model, task = load_classifier(folder, tiny_examples.label_names, "cpu", seed=0)
+        with torch.no_grad():
+            logits = task.logits(model, task.encode(tiny_examples.texts))
+        return float(task.loss(logits, torch.as_tensor(tiny_examples.labels)).mean())
+
+    assert mean_loss(tmp_path / "checkpoints" / "ck-000") < 0.8 * mean_loss(base)
 
 
 def test_nan_loss_stops_with_advice(tiny_bert, tiny_examples, tmp_path):
@@ -83,3 +95,12 @@ def test_changed_data_is_refused(trained_workdir, tiny_examples, tmp_path):
     data.write_text(data.read_text() + "one more line,food\n")
     with pytest.raises(DatablameError, match="changed since"):
         Workdir(tmp_path / "wd").load_examples()
+
+
+def test_toy_tokenizer_knows_its_words(tiny_bert):
+    """Every word of the test vocabulary is its own token (a tokenizer that maps all to [UNK] fails here)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    ids = tokenizer("goal team soup code")["input_ids"]
+    assert len(set(ids[1:-1])) == 4 and tokenizer.unk_token_id not in ids
