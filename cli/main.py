@@ -168,13 +168,17 @@ def index(
 def explain(
     workdir: Path = typer.Argument(..., help="Workdir with an index ('datablame index')."),
     text: Optional[str] = typer.Argument(None, help="The input to explain."),
-    method: str = typer.Option("tracin", help="tracin, influence or representer."),
+    method: str = typer.Option("influence", help="influence (default: names planted causes best in "
+                               "bench/artifacts.py), tracin (fastest) or representer."),
     top: int = typer.Option(10, "--top", "-k", help="Supporting and opposing examples to show."),
     score: str = typer.Option(None, "--score", help="cosine or raw (default: cosine, the benchmark's winner)."),
     queries: Optional[Path] = typer.Option(None, "--queries", help="A file of inputs, one per line."),
     aggregate: bool = typer.Option(False, "--aggregate", help="Explain the --queries set as a whole (summed query "
                                    "vectors): the training examples behind the model's behaviour on the slice."),
     curvature: Optional[str] = typer.Option(None, help="Influence queries: lissa or sketch (default: as indexed)."),
+    flag: Optional[str] = typer.Option(None, "--flag", help="Record the supporting examples in the store as open "
+                                       "flags of this kind (e.g. biased: the causes of a slice's behaviour)."),
+    db: Optional[str] = typer.Option(None, "--db", help="SQLAlchemy URL of the store (with --flag)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     device: str = DEVICE,
 ) -> None:
@@ -192,6 +196,24 @@ def explain(
     else:
         for result in results:
             print_explanation(result)
+    if flag:
+        _flag_supporters(workdir, explainer.train, results, flag, db)
+
+
+def _flag_supporters(workdir: Path, train, results, kind: str, db: Optional[str]) -> None:
+    """Open flags of ``kind`` (source explain) on every explanation's supporting examples."""
+    from datablame.store.db import default_url, open_db
+    from datablame.store.flags import flag_examples
+    from datablame.store.scans import ensure_dataset, find_dataset
+
+    database = open_db(db or default_url(workdir))
+    ensure_dataset(database, train)
+    dataset = find_dataset(database, train.fingerprint)
+    for r in results:
+        what = r.text if isinstance(r.text, str) else f"{len(r.text)} inputs"
+        note = f"supports '{r.prediction['label']}' on {what} ({r.method}, {r.scoring})"
+        new = flag_examples(database, dataset, [n.id for n in r.supporting], kind, note[:500])
+        console.print(f"flagged {len(new)} new example(s) {kind} (of {len(r.supporting)} supporting)")
 
 
 store_commands.register(app)

@@ -141,3 +141,14 @@ def add_flag(db: Database, dataset: Dataset, example_id: int, kind: str, note: s
         except IntegrityError:
             raise DatablameError(f"example {example_id} was flagged {kind} at the same moment",
                                  "list the flags and review that one") from None
+
+
+def flag_examples(db: Database, dataset: Dataset, example_ids: Sequence[int], kind: str, note: str = "",
+                  source: str = "explain", who: str | None = None) -> list[int]:
+    """Flag each example not yet flagged ``kind`` (e.g. the top supporters of a biased slice, from explain);
+    returns the new flags' ids. Examples already flagged ``kind`` keep their flag and its review."""
+    with db.transaction() as session:
+        flagged = set(session.scalars(select(Flag.example_id).where(Flag.dataset_id == dataset.id,
+                                                                    Flag.kind == kind)))
+    return [add_flag(db, dataset, i, kind, note, source, who=who)
+            for i in dict.fromkeys(int(x) for x in example_ids) if i not in flagged]

@@ -5,6 +5,8 @@ import shutil
 
 from test_cli import datablame
 
+TRACIN = ("--method", "tracin")
+
 
 def test_index_then_explain(trained_workdir, tmp_path):
     wd = tmp_path / "wd"
@@ -16,7 +18,7 @@ def test_index_then_explain(trained_workdir, tmp_path):
     assert {p.name for p in (wd / "index").iterdir()} == {"tracin-cosine.faiss", "tracin-cosine.json",
                                                          "tracin-raw.faiss", "tracin-raw.json"}
 
-    r = datablame("explain", wd, "goal team the very", "--top", "3", "--json", "--score", "raw")
+    r = datablame("explain", wd, "goal team the very", *TRACIN, "--top", "3", "--json", "--score", "raw")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert set(out) >= {"method", "text", "prediction", "supporting", "opposing"}
@@ -28,22 +30,30 @@ def test_index_then_explain(trained_workdir, tmp_path):
 
     queries = tmp_path / "queries.txt"
     queries.write_text("goal team the very\n\nsoup bread and my\n")
-    r = datablame("explain", wd, "--queries", queries, "--json", "--top", "2")
+    r = datablame("explain", wd, "--queries", queries, *TRACIN, "--json", "--top", "2")
     assert r.returncode == 0, r.stderr
     assert [o["text"] for o in json.loads(r.stdout)] == ["goal team the very", "soup bread and my"]
-    r = datablame("explain", wd, "--queries", queries, "--aggregate", "--json", "--top", "2")
+    for _ in range(2):  # flagging twice adds no duplicate
+        r = datablame("explain", wd, "--queries", queries, *TRACIN, "--aggregate", "--json", "--top", "2",
+                      "--flag", "biased")
+        assert r.returncode == 0, r.stderr
+    aggregate = json.loads(r.stdout)
+    assert aggregate["text"] == ["goal team the very", "soup bread and my"]
+    r = datablame("flags", wd, "list", "--kind", "biased", "--json")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["text"] == ["goal team the very", "soup bread and my"]
+    flags = json.loads(r.stdout)
+    assert sorted(f["example_id"] for f in flags) == sorted(s["id"] for s in aggregate["supporting"])
+    assert {f["source"] for f in flags} == {"explain"} and {f["status"] for f in flags} == {"open"}
 
-    r = datablame("explain", wd, "goal team the very", "--top", "2")
+    r = datablame("explain", wd, "goal team the very", *TRACIN, "--top", "2")
     assert r.returncode == 0, r.stderr
     assert "prediction:" in r.stdout and "supporting (tracin, cosine)" in r.stdout and "opposing" in r.stdout
     assert "search" in r.stdout
 
     for args, message in [
         (["--method", "influence"], "no cosine index for influence"),
-        (["--score", "dot"], "unknown scoring 'dot'"),
-        ([], "stale"),
+        ([*TRACIN, "--score", "dot"], "unknown scoring 'dot'"),
+        ([*TRACIN], "stale"),
     ]:
         if message == "stale":
             config = json.loads((wd / "config.json").read_text())

