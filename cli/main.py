@@ -119,17 +119,13 @@ def vectors(
     quiet: bool = QUIET,
 ) -> None:
     """Compute every training example's vector and self-influence for each method (resumable)."""
-    from datablame.index.vectors import VectorStore
-    from datablame.influence.build import build_method
+    from datablame.index.vectors import compute_vectors
 
     settings = _settings(params, dim, projection, seed, lam, device)
     for name in _methods(method):
         start = time.perf_counter()
-        built = build_method(workdir, name, settings)
-        store = VectorStore(Path(workdir) / "vectors" / name)
         with progress_bar(name, quiet) as update:
-            manifest = store.compute(built.method, built.train, built.key, dtype, batch_size=batch_size,
-                                     progress=update)
+            _, store, manifest = compute_vectors(workdir, name, settings, dtype, batch_size, update)
         if not quiet:
             console.print(f"{name}: {manifest.n} × {manifest.dim} {manifest.dtype} vectors in "
                           f"{time.perf_counter() - start:.1f} s → {store.folder}")

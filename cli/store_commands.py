@@ -39,16 +39,15 @@ def _dataset(workdir: Path, db: Optional[str]):
 
 def _self_influence(workdir: Path, method: str, fingerprint: str, device: str, quiet: bool):
     """(n,) self-influence of ``method``, computing the vectors first when they are missing or of other data."""
-    from datablame.index.vectors import VectorStore
-    from datablame.influence.build import MethodSettings, build_method
+    from datablame.index.vectors import VectorStore, compute_vectors
+    from datablame.influence.build import MethodSettings
 
     store = VectorStore(Path(workdir) / "vectors" / method)
     manifest = store.manifest()
     if (manifest is None or not manifest.complete or manifest.key.get("data") != fingerprint
             or not (store.folder / "self_influence.npy").is_file()):
-        built = build_method(workdir, method, MethodSettings(device=device))
         with progress_bar(f"{method} vectors", quiet) as update:
-            store.compute(built.method, built.train, built.key, progress=update)
+            compute_vectors(workdir, method, MethodSettings(device=device), progress=update)
     return store.self_influence()
 
 

@@ -31,7 +31,7 @@ from datablame.influence.methods import Queries
 from datablame.influence.workdir import Workdir, atomic_write_bytes
 
 from .search import DEFAULT_SCORING, SCORINGS, IndexMeta, VectorIndex
-from .vectors import VectorStore
+from .vectors import VectorStore, compute_vectors
 
 QUERY_BATCH = 32
 
@@ -45,17 +45,14 @@ def index_workdir(workdir: str | Path, method: str, settings: MethodSettings = M
                   scorings: Sequence[str] = SCORINGS, approximate: bool = False, dtype: str = "float32",
                   batch_size: int = 32, progress: Progress | None = None) -> list[IndexMeta]:
     """Compute the method's training vectors (missing shards only) and build one index per scoring."""
-    wd = Workdir(workdir)
-    built = build_method(wd, method, settings, progress)
-    store = VectorStore(wd.root / "vectors" / method)
-    manifest = store.compute(built.method, built.train, built.key, dtype, batch_size=batch_size, progress=progress)
+    built, store, manifest = compute_vectors(workdir, method, settings, dtype, batch_size, progress)
     vectors = store.load(manifest)
     metas = []
     for scoring in scorings:
         meta = IndexMeta(method=method, scoring=scoring, kind="exact", n=manifest.n, dim=manifest.dim,
                          key=built.key, settings=settings.to_dict())
         index = VectorIndex.build(vectors, meta, approximate, seed=settings.seed)
-        index.save(wd.root / "index")
+        index.save(Workdir(workdir).root / "index")
         metas.append(index.meta)
     return metas
 

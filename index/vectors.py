@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from datablame.influence.build import Built, MethodSettings, build_method
 from datablame.influence.data import Examples
 from datablame.influence.errors import DatablameError
 from datablame.influence.lissa import Progress
 from datablame.influence.methods import Method, compute_train_vectors
-from datablame.influence.workdir import atomic_write_bytes, atomic_write_json
+from datablame.influence.workdir import Workdir, atomic_write_bytes, atomic_write_json
 
 DTYPES = ("float32", "float16")
 
@@ -115,3 +116,16 @@ class VectorStore:
         if not path.is_file():
             raise DatablameError(f"no self-influence in {self.folder}", "run 'datablame vectors' for this method")
         return np.load(path)
+
+
+def compute_vectors(workdir: str | Path, method: str, settings: MethodSettings = MethodSettings(),
+                    dtype: str = "float32", batch_size: int = 32,
+                    progress: Progress | None = None) -> tuple[Built, VectorStore, Manifest]:
+    """Build ``method`` from the workdir's checkpoints and compute its missing vector shards (and self-influence)
+    under ``WORKDIR/vectors/<method>/``; returns the built method, its store and the finished manifest."""
+    wd = Workdir(workdir)
+    built = build_method(wd, method, settings, progress)
+    store = VectorStore(wd.root / "vectors" / method)
+    return built, store, store.compute(built.method, built.train, built.key, dtype, batch_size=batch_size,
+                                       progress=progress)
+

@@ -25,7 +25,7 @@ given, else the model's own).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -34,9 +34,9 @@ from torch import nn
 
 from .data import Examples
 from .errors import DatablameError
-from .task import Task
+from .lissa import Progress
+from .task import Task, logits_and_features_of
 
-Progress = Callable[[int, int], None]
 
 SCAN_METHODS: dict[str, dict[str, float]] = {
     "loss": {"loss": 1.0},
@@ -202,16 +202,8 @@ def _cross_validated(features: np.ndarray, labels: Sequence[int], num_classes: i
     return out
 
 
-@torch.no_grad()
 def probabilities_and_features(task: Task, model: nn.Module, examples: Examples, batch_size: int = 64,
                                progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(n, K) float64 class probabilities and (n, h) float32 penultimate features of ``model`` on ``examples``."""
-    model.eval()
-    probs, feats = [], []
-    for batch in examples.batches(batch_size):
-        logits, f = task.logits_and_features(model, task.encode(batch.texts))
-        probs.append(logits.double().softmax(-1).cpu().numpy())
-        feats.append(f.float().cpu().numpy())
-        if progress is not None:
-            progress(min(len(examples), sum(map(len, probs))), len(examples))
-    return np.concatenate(probs), np.concatenate(feats)
+    logits, feats = logits_and_features_of(task, model, examples, batch_size, progress)
+    return logits.double().softmax(-1).cpu().numpy(), feats.float().cpu().numpy()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -73,7 +73,7 @@ def per_example_grads(
     """
     device = model_device(model)
     batch, labels = to_device(batch, device), labels.to(device)
-    if all(n.startswith(task.head_name + ".") for n in names):
+    if only_head(task, names):
         return _head_grads(task, model, batch, labels, names, chunk_size)
     was_training = model.training
     model.eval()
@@ -91,6 +91,21 @@ def per_example_grads(
     return torch.cat([g[n].reshape(labels.shape[0], -1) for n in names], dim=1).float()
 
 
+def only_head(task: Task, names: Sequence[str]) -> bool:
+    """Whether every named parameter belongs to the head (the layers below can then run once, frozen)."""
+    return all(n.startswith(task.head_name + ".") for n in names)
+
+
+def head_logits_fn(task: Task, model: nn.Module, names: Sequence[str]) -> Callable[[dict[str, Tensor], Tensor], Tensor]:
+    """f(params, features): (b, K) logits of the head on (b, h) features, with the named head parameters
+    (keyed by their full names) taken from ``params`` and the head's other parameters held fixed."""
+    head, prefix = task.head(model), task.head_name + "."
+    fixed = {n: p.detach() for n, p in head.named_parameters() if prefix + n not in names}
+    cut = len(prefix)
+    return lambda params, f: torch.func.functional_call(head, {**fixed, **{n[cut:]: v for n, v in params.items()}},
+                                                        (f,))
+
+
 def _head_grads(task: Task, model: nn.Module, batch: Batch, labels: Tensor, names: Sequence[str],
                 chunk_size: int | None) -> Tensor:
     """(b, p) per-example gradients w.r.t. head parameters only, from the features computed once."""
@@ -101,16 +116,14 @@ def _head_grads(task: Task, model: nn.Module, batch: Batch, labels: Tensor, name
             _, features = task.logits_and_features(model, batch)
     finally:
         model.train(was_training)
-    head, prefix = task.head(model), task.head_name + "."
-    params = {n: p.detach() for n, p in head.named_parameters() if prefix + n in names}
-    fixed = {n: p.detach() for n, p in head.named_parameters() if prefix + n not in names}
+    logits_fn = head_logits_fn(task, model, names)
 
     def loss_one(p: dict[str, Tensor], f: Tensor, label: Tensor) -> Tensor:
-        logits = torch.func.functional_call(head, {**fixed, **p}, (f.unsqueeze(0),))
-        return task.loss(logits, label.unsqueeze(0)).sum()
+        return task.loss(logits_fn(p, f.unsqueeze(0)), label.unsqueeze(0)).sum()
 
+    params, _ = split_params(model, names)
     g = vmap(grad(loss_one), in_dims=(None, 0, 0), chunk_size=chunk_size)(params, features.detach(), labels)
-    return torch.cat([g[n[len(prefix):]].reshape(labels.shape[0], -1) for n in names], dim=1).float()
+    return torch.cat([g[n].reshape(labels.shape[0], -1) for n in names], dim=1).float()
 
 
 def split_params(model: nn.Module, names: Sequence[str]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:

@@ -21,8 +21,8 @@ from torch import Tensor, nn
 
 from .data import Examples
 from .errors import DatablameError
-from .grads import split_params
-from .task import Task, model_device, to_device
+from .grads import head_logits_fn, only_head, split_params
+from .task import Task, logits_and_features_of, model_device, to_device
 
 Progress = Callable[[int, int], None]
 """progress(done, total): called as work advances."""
@@ -69,8 +69,7 @@ class HessianVectorProducts:
         self.task, self.model, self.names, self.train = task, model, list(names), train
         self.batch_size, self.seed = batch_size, seed
         self.device = model_device(model)
-        self.prefix = task.head_name + "."
-        self.head_only = all(n.startswith(self.prefix) for n in self.names)
+        self.head_only = only_head(task, self.names)
         self._features: dict[int, Tensor] = {}
         self.reset()
 
@@ -89,26 +88,16 @@ class HessianVectorProducts:
     def features(self, ids: Sequence[int], chunk: int = 64) -> Tensor:
         """(b, h) penultimate features of training examples, computed once each."""
         missing = [i for i in dict.fromkeys(ids) if i not in self._features]
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            for lo in range(0, len(missing), chunk):
-                part = missing[lo:lo + chunk]
-                batch = to_device(self.task.encode(self.train.subset(part).texts), self.device)
-                with torch.no_grad():
-                    _, f = self.task.logits_and_features(self.model, batch)
-                self._features.update(zip(part, f.detach()))
-        finally:
-            self.model.train(was_training)
+        if missing:
+            _, f = logits_and_features_of(self.task, self.model, self.train.subset(missing), chunk)
+            self._features.update(zip(missing, f))
         return torch.stack([self._features[i] for i in ids])
 
     def _logits_fn(self, ids: list[int]) -> Callable[[dict[str, Tensor]], Tensor]:
         """selected parameters → (b, K) logits of these training examples."""
         if self.head_only:
-            head, f = self.task.head(self.model), self.features(ids)
-            fixed = {n: p.detach() for n, p in head.named_parameters() if self.prefix + n not in self.names}
-            cut = len(self.prefix)
-            return lambda p: torch.func.functional_call(head, {**fixed, **{n[cut:]: v for n, v in p.items()}}, (f,))
+            head_fn, f = head_logits_fn(self.task, self.model, self.names), self.features(ids)
+            return lambda p: head_fn(p, f)
         batch = to_device(self.task.encode(self.train.subset(ids).texts), self.device)
         _, fixed = split_params(self.model, self.names)
         return lambda p: self.task.functional_logits(self.model, {**fixed, **p}, batch)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data import Text
+from .data import Examples, Text
 
 Batch = dict[str, Tensor]
 """Model inputs, each a tensor whose first dimension is the batch."""
@@ -74,6 +74,26 @@ class Task:
         finally:
             hook.remove()
         return logits, captured[-1].reshape(logits.shape[0], -1)
+
+
+@torch.no_grad()
+def logits_and_features_of(task: Task, model: nn.Module, examples: Examples, batch_size: int = 64,
+                           progress: Callable[[int, int], None] | None = None) -> tuple[Tensor, Tensor]:
+    """(n, K) logits and (n, h) penultimate features of every example, in batches, in eval mode (the model's
+    mode is restored after); on the model's device."""
+    was_training = model.training
+    model.eval()
+    logits, feats = [], []
+    try:
+        for batch in examples.batches(batch_size):
+            out, f = task.logits_and_features(model, task.encode(batch.texts))
+            logits.append(out)
+            feats.append(f)
+            if progress is not None:
+                progress(sum(map(len, logits)), len(examples))
+    finally:
+        model.train(was_training)
+    return torch.cat(logits), torch.cat(feats)
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:

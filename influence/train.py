@@ -20,6 +20,7 @@ import torch
 from .data import Examples
 from .errors import DatablameError
 from .models import load_classifier
+from .task import logits_and_features_of
 from .workdir import Checkpoint, Config, Workdir
 
 TrainProgress = Callable[[int, int, float], None]
@@ -85,7 +86,8 @@ def train(examples: Examples, base_model: str, workdir: str | Path, settings: Tr
         for name, p in model.named_parameters():
             p.requires_grad_(name.startswith(head))
     trainable = [p for p in model.parameters() if p.requires_grad]
-    features = _frozen_features(task, model, examples) if settings.freeze_encoder else None
+    # with --freeze-encoder the encoder runs once (eval mode) and the head trains on its features: a linear probe
+    features = logits_and_features_of(task, model, examples)[1] if settings.freeze_encoder else None
     opt = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=0.01)
     steps_per_epoch = math.ceil(len(examples) / settings.batch_size)
     total = settings.epochs * steps_per_epoch
@@ -132,16 +134,6 @@ def train(examples: Examples, base_model: str, workdir: str | Path, settings: Tr
     )
     wd.save(config)
     return config
-
-
-def _frozen_features(task, model, examples: Examples, batch_size: int = 64) -> torch.Tensor:
-    """(n, h) penultimate features of every example, from one pass of the frozen encoder in eval mode: with
-    --freeze-encoder the head trains on them (a linear probe), never running the encoder again."""
-    model.eval()
-    with torch.no_grad():
-        rows = [task.logits_and_features(model, task.encode(batch.texts))[1] for batch in examples.batches(batch_size)]
-    model.train()
-    return torch.cat(rows)
 
 
 def evaluate(model, task, examples: Examples, batch_size: int = 64) -> float:
