@@ -7,7 +7,8 @@ from typing import Sequence
 
 from .data import Examples
 from .errors import DatablameError
-from .grads import num_params, select_params
+from .features import FeatureCache, features_folder
+from .grads import num_params, only_head, select_params
 from .lissa import LissaConfig
 from .methods import InfluenceFunctions, Method, Representer, TracIn
 from .models import load_classifier
@@ -60,7 +61,9 @@ def build_method(workdir: str | Workdir, name: str, settings: MethodSettings = M
     """The named method from a workdir's checkpoints (TracIn: all of them; the others: the last one).
 
     The representer method is fitted here (one forward pass over the training data, then L-BFGS) unless ``fit``
-    is False: its query vectors need no fit, only its training vectors do.
+    is False: its query vectors need no fit, only its training vectors do. Methods that need the training set's
+    penultimate features (representer points; the others over head parameters) share one
+    :class:`.features.FeatureCache` in ``WORKDIR/cache/features``: one encoder pass per distinct encoder, ever.
     """
     if name not in METHODS:
         raise DatablameError(f"unknown method {name!r}", f"choose one of {', '.join(METHODS)}")
@@ -75,9 +78,10 @@ def build_method(workdir: str | Workdir, name: str, settings: MethodSettings = M
     loaded = [load_classifier(wd.checkpoint_path(c), config.label_names, settings.device, config.max_length)
               for c in chosen]
     model, task = loaded[-1]
+    features = FeatureCache(train, features_folder(wd.root))
     method: Method
     if name == "representer":
-        method = Representer(task, model, settings.lam)
+        method = Representer(task, model, settings.lam, features=features)
         if fit:
             method.fit(train, progress)
     else:
@@ -85,10 +89,12 @@ def build_method(workdir: str | Workdir, name: str, settings: MethodSettings = M
         params = settings.params or (["head"] if config.training.get("freeze_encoder") else None)
         names = select_params(model, task, params)
         projector = make_projector(settings.projection, num_params(model, names), settings.dim, settings.seed)
+        shared = features if only_head(task, names) else None
         if name == "tracin":
-            method = TracIn(task, [(m, c.learning_rate) for (m, _), c in zip(loaded, chosen)], names, projector)
+            method = TracIn(task, [(m, c.learning_rate) for (m, _), c in zip(loaded, chosen)], names, projector,
+                            shared)
         else:
-            method = InfluenceFunctions(task, model, names, projector, train, settings.lissa)
+            method = InfluenceFunctions(task, model, names, projector, train, settings.lissa, shared)
     key = {**method.describe(), "data": config.data_fingerprint, "checkpoints": [asdict(c) for c in chosen]}
     key.pop("lissa", None)  # LiSSA settings shape the query side only
     return Built(method, train, key)

@@ -116,6 +116,14 @@ def _head_grads(task: Task, model: nn.Module, batch: Batch, labels: Tensor, name
             _, features = task.logits_and_features(model, batch)
     finally:
         model.train(was_training)
+    return head_grads(task, model, features, labels, names, chunk_size)
+
+
+def head_grads(task: Task, model: nn.Module, features: Tensor, labels: Tensor, names: Sequence[str],
+               chunk_size: int | None = None) -> Tensor:
+    """(b, p) float32 per-example gradients of the cross-entropy (nats) w.r.t. the named head parameters, from
+    the examples' (b, h) penultimate features (e.g. read from :class:`.features.FeatureCache`) and (b,) labels."""
+    labels = labels.to(features.device)
     logits_fn = head_logits_fn(task, model, names)
 
     def loss_one(p: dict[str, Tensor], f: Tensor, label: Tensor) -> Tensor:

@@ -21,8 +21,9 @@ from torch import Tensor, nn
 
 from .data import Examples
 from .errors import DatablameError
+from .features import FeatureCache, TrainFeatures
 from .grads import head_logits_fn, only_head, split_params
-from .task import Task, logits_and_features_of, model_device, to_device
+from .task import Task, model_device, to_device
 
 Progress = Callable[[int, int], None]
 """progress(done, total): called as work advances."""
@@ -60,17 +61,18 @@ class HessianVectorProducts:
     LiSSA run sees the same minibatches and a query's answer does not depend on the queries before it.
 
     When every selected parameter belongs to the head, the layers below it are frozen for this purpose: each
-    training example's penultimate features are computed once (on first use, then kept) and the products
-    differentiate the head alone, so later runs cost no forward pass through the encoder.
+    training example's penultimate features are computed once (on first use, then kept; read from disk when
+    ``features``, a :class:`.features.FeatureCache` of ``train``, has them) and the products differentiate the
+    head alone, so later runs cost no forward pass through the encoder.
     """
 
     def __init__(self, task: Task, model: nn.Module, names: Sequence[str], train: Examples,
-                 batch_size: int | None = 8, seed: int = 0):
+                 batch_size: int | None = 8, seed: int = 0, features: FeatureCache | None = None):
         self.task, self.model, self.names, self.train = task, model, list(names), train
         self.batch_size, self.seed = batch_size, seed
         self.device = model_device(model)
         self.head_only = only_head(task, self.names)
-        self._features: dict[int, Tensor] = {}
+        self._cache = features if features is not None and features.train is train else FeatureCache(train)
         self.reset()
 
     def reset(self) -> None:
@@ -85,13 +87,14 @@ class HessianVectorProducts:
         ids, self._order = self._order[: self.batch_size], self._order[self.batch_size:]
         return ids
 
-    def features(self, ids: Sequence[int], chunk: int = 64) -> Tensor:
+    @property
+    def train_features(self) -> TrainFeatures:
+        """The training set's penultimate features under this model's encoder."""
+        return self._cache.of(self.task, self.model)
+
+    def features(self, ids: Sequence[int]) -> Tensor:
         """(b, h) penultimate features of training examples, computed once each."""
-        missing = [i for i in dict.fromkeys(ids) if i not in self._features]
-        if missing:
-            _, f = logits_and_features_of(self.task, self.model, self.train.subset(missing), chunk)
-            self._features.update(zip(missing, f))
-        return torch.stack([self._features[i] for i in ids])
+        return self.train_features.rows(ids)
 
     def _logits_fn(self, ids: list[int]) -> Callable[[dict[str, Tensor]], Tensor]:
         """selected parameters → (b, K) logits of these training examples."""

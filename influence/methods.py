@@ -27,7 +27,8 @@ from torch import Tensor, nn
 
 from .data import Examples, Text
 from .errors import DatablameError
-from .grads import per_example_grads
+from .features import FeatureCache
+from .grads import head_grads, only_head, per_example_grads
 from .lissa import HessianVectorProducts, LissaConfig, LissaReport, Progress, lissa
 from .sketch import Projector
 from .task import Task
@@ -72,16 +73,33 @@ def _labels(x) -> Tensor:
     return torch.as_tensor(np.asarray(x), dtype=torch.long)
 
 
+def train_grads(task: Task, model: nn.Module, batch: Examples, names: Sequence[str],
+                features: FeatureCache | None = None) -> Tensor:
+    """(b, p) per-example gradients of training examples for their labels: from cached penultimate features when
+    the parameters are the head's and ``features`` holds this training set, else through the model."""
+    labels = _labels(batch.labels)
+    if features is not None and only_head(task, names):
+        f = features.rows(task, model, batch)
+        if f is not None:
+            return head_grads(task, model, f, labels, names)
+    return per_example_grads(task, model, task.encode(batch.texts), labels, names)
+
+
 class TracIn:
-    """TracInCP: score(z, z') = Σ_c lr_c <g_c(z), g_c(z')>, over checkpoints c (models with learning rates)."""
+    """TracInCP: score(z, z') = Σ_c lr_c <g_c(z), g_c(z')>, over checkpoints c (models with learning rates).
+
+    ``features``: the training set's penultimate features, shared by checkpoints with equal encoders (used for
+    training vectors over head parameters; see :mod:`.features`).
+    """
 
     name = "tracin"
 
     def __init__(self, task: Task, checkpoints: Sequence[tuple[nn.Module, float]], names: Sequence[str],
-                 projector: Projector):
+                 projector: Projector, features: FeatureCache | None = None):
         if not checkpoints:
             raise DatablameError("TracIn needs at least one checkpoint", "train with --checkpoints 1 or more")
         self.task, self.checkpoints, self.names, self.projector = task, list(checkpoints), list(names), projector
+        self.features = features
         self.dim = projector.out_dim * len(self.checkpoints)
 
     def _vectors(self, texts: Sequence[Text], labels: Tensor) -> Tensor:
@@ -91,7 +109,9 @@ class TracIn:
         return torch.cat(parts, dim=1)
 
     def train_vectors(self, batch: Examples) -> Tensor:
-        return self._vectors(batch.texts, _labels(batch.labels))
+        return torch.cat([math.sqrt(lr) * self.projector(train_grads(self.task, m, batch, self.names,
+                                                                     self.features)).cpu()
+                          for m, lr in self.checkpoints], dim=1)
 
     def query_vectors(self, texts: Sequence[Text]) -> Queries:
         pred, probs = predict(self.task, self.checkpoints[-1][0], texts)
@@ -122,9 +142,10 @@ class InfluenceFunctions:
     name = "influence"
 
     def __init__(self, task: Task, model: nn.Module, names: Sequence[str], projector: Projector,
-                 train: Examples, config: LissaConfig = LissaConfig()):
+                 train: Examples, config: LissaConfig = LissaConfig(), features: FeatureCache | None = None):
         self.task, self.model, self.names, self.projector = task, model, list(names), projector
         self.train, self.config = train, config
+        self.features = features  # the training set's penultimate features (head parameters), see .features
         self.dim = projector.out_dim
         self.last_report: LissaReport | None = None
         self.progress: Progress | None = None
@@ -141,15 +162,14 @@ class InfluenceFunctions:
         self.curvature = self.sketch_curvature(vectors)
 
     def train_vectors(self, batch: Examples) -> Tensor:
-        g = per_example_grads(self.task, self.model, self.task.encode(batch.texts), _labels(batch.labels),
-                              self.names)
-        return self.projector(g).cpu()
+        return self.projector(train_grads(self.task, self.model, batch, self.names, self.features)).cpu()
 
     def inverse_hvp(self, grads: Tensor) -> Tensor:
         """(m, p) → (m, p): (H + λI)^{-1} applied to each row by LiSSA (the same minibatches for every call)."""
         if self.hvp is None:
+            features = self.features if self.features is not None and self.features.train is self.train else None
             self.hvp = HessianVectorProducts(self.task, self.model, self.names, self.train, self.config.batch_size,
-                                             self.config.seed)
+                                             self.config.seed, features)
         self.hvp.reset()
         ihvp, self.last_report = lissa(self.hvp, grads, self.config, self.progress)
         return ihvp
@@ -189,13 +209,16 @@ class Representer:
     ``fit`` refits the head W (K × (h+1), bias as a constant feature) on the training features by L-BFGS to
     stationarity of (1/n) Σ_i CE(W f̃_i, y_i) + λ‖W‖², where f̃ = [f, 1]. Stationarity gives
     W = Σ_i α_i f̃_iᵀ with α_i = −1/(2λn) ∂L/∂φ_i, so the logit of class c for a query is Σ_i α_ic <f̃_i, f̃_q>:
-    the scores sum exactly to the refit head's logits.
+    the scores sum exactly to the refit head's logits. ``features`` (a :class:`.features.FeatureCache`) spares
+    the encoder for training examples whose features are already known.
     """
 
     name = "representer"
 
-    def __init__(self, task: Task, model: nn.Module, lam: float = 1e-3, batch_size: int = 64):
+    def __init__(self, task: Task, model: nn.Module, lam: float = 1e-3, batch_size: int = 64,
+                 features: FeatureCache | None = None):
         self.task, self.model, self.lam, self.batch_size = task, model, lam, batch_size
+        self.features_cache = features
         self.weight: Tensor | None = None  # (K, h+1) float64, after fit
         self.n = 0
         self.report: RefitReport | None = None
@@ -210,10 +233,21 @@ class Representer:
         f = f.double().cpu()
         return logits.float().cpu(), torch.cat([f, torch.ones(f.shape[0], 1, dtype=f.dtype)], 1)
 
+    @torch.no_grad()
+    def train_features(self, batch: Examples) -> tuple[Tensor, Tensor]:
+        """:meth:`features` of training examples, from the feature cache when it holds this training set."""
+        f = None if self.features_cache is None else self.features_cache.rows(self.task, self.model, batch)
+        if f is None:
+            return self.features(batch.texts)
+        self.model.eval()
+        logits = self.task.head(self.model)(f).float().cpu()
+        f = f.double().cpu()
+        return logits, torch.cat([f, torch.ones(f.shape[0], 1, dtype=f.dtype)], 1)
+
     def fit(self, train: Examples, progress: Progress | None = None, max_iter: int = 500) -> RefitReport:
         feats, orig_logits = [], []
         for i, batch in enumerate(train.batches(self.batch_size)):
-            logits, f = self.features(batch.texts)
+            logits, f = self.train_features(batch)
             feats.append(f)
             orig_logits.append(logits)
             if progress is not None:
@@ -255,7 +289,7 @@ class Representer:
         return -dl / (2 * self.lam * self.n)
 
     def train_vectors(self, batch: Examples) -> Tensor:
-        _, f = self.features(batch.texts)
+        _, f = self.train_features(batch)
         a = self.alphas(f, _labels(batch.labels))
         return (a[:, :, None] * f[:, None, :]).reshape(len(batch), -1).float()
 

@@ -19,6 +19,7 @@ import torch
 
 from .data import Examples
 from .errors import DatablameError
+from .features import FeatureCache, features_folder
 from .models import load_classifier
 from .task import logits_and_features_of
 from .workdir import Checkpoint, Config, Workdir
@@ -86,8 +87,12 @@ def train(examples: Examples, base_model: str, workdir: str | Path, settings: Tr
         for name, p in model.named_parameters():
             p.requires_grad_(name.startswith(head))
     trainable = [p for p in model.parameters() if p.requires_grad]
-    # with --freeze-encoder the encoder runs once (eval mode) and the head trains on its features: a linear probe
-    features = logits_and_features_of(task, model, examples)[1] if settings.freeze_encoder else None
+    # with --freeze-encoder the encoder runs once (eval mode) and the head trains on its features: a linear probe;
+    # the features are kept in the workdir's feature cache, where every method finds them for every checkpoint
+    features = None
+    if settings.freeze_encoder:
+        features = logits_and_features_of(task, model, examples)[1]
+        FeatureCache(examples, features_folder(wd.root)).of(task, model).put(features)
     opt = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=0.01)
     steps_per_epoch = math.ceil(len(examples) / settings.batch_size)
     total = settings.epochs * steps_per_epoch

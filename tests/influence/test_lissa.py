@@ -57,7 +57,7 @@ def test_head_only_hvp_on_cached_features(trained, tiny_examples):
     assert hvp.head_only
     v = torch.randn(2, 99, generator=torch.Generator().manual_seed(1))
     got = hvp(v)
-    assert len(hvp._features) == len(tiny_examples)
+    assert hvp.train_features.encoded == len(tiny_examples)
     for row, vec in zip(got, v):
         assert torch.allclose(row, autograd_hvp(model, task, names, tiny_examples, vec), atol=1e-5, rtol=1e-3)
     mini = HessianVectorProducts(task, model, names, tiny_examples, batch_size=8, seed=3)
@@ -65,7 +65,7 @@ def test_head_only_hvp_on_cached_features(trained, tiny_examples):
     mini.reset()
     again = [mini(v) for _ in range(3)]
     assert all(torch.equal(a, b) for a, b in zip(first, again))  # reset replays the same minibatches
-    assert len(mini._features) == 24
+    assert mini.train_features.encoded == 24
 
 
 def test_lissa_matches_exact_inverse(exact):

@@ -1,0 +1,158 @@
+"""The training set's penultimate features, computed once per encoder and cached on disk.
+
+When gradients are taken over the head only (the default after ``train --freeze-encoder``), nothing below the
+head changes, and a training example's penultimate features f_i (the head's input, (h,) float32) are all that its
+per-example gradient, the Hessian-vector products of LiSSA and the representer refit need from the encoder.
+Checkpoints that differ only in their head share one encoder and so one feature matrix: TracIn over C
+checkpoints, the influence vectors and LiSSA's minibatches run the encoder over each training example once in
+all, and a later process (``explain``) reads the matrix from disk instead of running the encoder again.
+
+    WORKDIR/cache/features/<key>.npy     (n, h) float32, row i = f_i of training example i
+
+``key`` hashes the training texts, the task (its class and ``max_length``) and every parameter and buffer outside
+the head (names, shapes, dtypes, bytes), so a changed encoder, tokenization length or dataset never reads stale
+features, while checkpoints whose encoders are equal find each other's. Rows live in memory, filled as they are
+asked for; the file is written (temporary name, then rename) once every row is known.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .data import Examples
+from .task import Task, logits_and_features_of, model_device
+from .workdir import atomic_write_bytes
+
+Progress = Callable[[int, int], None]
+
+
+def encoder_digest(task: Task, model: nn.Module) -> str:
+    """BLAKE2b hex digest of the names, shapes, dtypes and bytes of every parameter and buffer outside the head."""
+    head = task.head_name + "."
+    h = hashlib.blake2b(digest_size=20)
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if name.startswith(head):
+            continue
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}\0".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def texts_digest(train: Examples) -> str:
+    """BLAKE2b hex digest of the training texts, in id order (labels do not change features)."""
+    return hashlib.blake2b(json.dumps(train.texts).encode(), digest_size=20).hexdigest()
+
+
+class TrainFeatures:
+    """(n, h) float32 penultimate features of one training set under one encoder (any model that has it).
+
+    ``rows(ids)`` returns (b, h) features on the model's device, running the encoder only on rows never seen
+    before (by this object, or by an earlier process that left the file).
+    """
+
+    def __init__(self, task: Task, model: nn.Module, train: Examples, key: str, path: Path | None = None,
+                 batch_size: int = 64):
+        self.task, self.model, self.train, self.key, self.path = task, model, train, key, path
+        self.batch_size = batch_size
+        self.encoded = 0  # training rows run through the encoder by this object
+        self._rows: Tensor | None = None  # (n, h) float32 on CPU, once the width is known
+        self._known = np.zeros(len(train), dtype=bool)
+        if path is not None and path.is_file():
+            rows = torch.from_numpy(np.load(path))
+            if rows.shape[0] == len(train):
+                self._rows, self._known[:] = rows, True
+
+    @property
+    def complete(self) -> bool:
+        return bool(self._known.all())
+
+    def rows(self, ids: Sequence[int] | np.ndarray, progress: Progress | None = None) -> Tensor:
+        """(b, h) float32 features of the training examples with these ids, on the model's device."""
+        ids = np.asarray(ids, dtype=np.int64)
+        missing = np.unique(ids[~self._known[ids]])
+        if len(missing):
+            _, f = logits_and_features_of(self.task, self.model, self.train.subset(missing), self.batch_size,
+                                          progress)
+            f = f.float().cpu()
+            if self._rows is None:
+                self._rows = torch.zeros(len(self.train), f.shape[1])
+            self._rows[torch.from_numpy(missing)] = f
+            self._known[missing] = True
+            self.encoded += len(missing)
+            if self.complete:
+                self._save()
+        assert self._rows is not None
+        return self._rows[torch.from_numpy(ids)].to(model_device(self.model))
+
+    def all(self, progress: Progress | None = None) -> Tensor:
+        """(n, h) float32 features of every training example, on the model's device."""
+        return self.rows(np.arange(len(self.train)), progress)
+
+    def put(self, features: Tensor) -> None:
+        """Record (n, h) features of every training example computed elsewhere (e.g. by frozen training)."""
+        self._rows, self._known[:] = features.detach().float().cpu().clone(), True
+        self._save()
+
+    def _save(self) -> None:
+        if self.path is None or self.path.is_file():
+            return
+        buf = io.BytesIO()
+        np.save(buf, self._rows.numpy(), allow_pickle=False)
+        atomic_write_bytes(self.path, buf.getvalue())
+
+
+class FeatureCache:
+    """The feature matrices of one training set, one per distinct encoder, in ``folder`` (None: memory only).
+
+    ``of(task, model)`` gives the :class:`TrainFeatures` for the model's encoder; models with equal encoders (the
+    checkpoints of frozen-encoder training) get the same object. ``rows(task, model, batch)`` answers for a batch
+    of training examples, or None when the batch is not part of this training set (then compute directly).
+    """
+
+    def __init__(self, train: Examples, folder: str | Path | None = None):
+        self.train = train
+        self.folder = Path(folder) if folder is not None else None
+        self._texts = texts_digest(train)
+        self._by_key: dict[str, TrainFeatures] = {}
+        self._by_model: list[tuple[nn.Module, TrainFeatures]] = []
+
+    def key(self, task: Task, model: nn.Module) -> str:
+        """Hex digest of (training texts, task class and max_length, encoder weights)."""
+        parts = [self._texts, type(task).__name__, str(getattr(task, "max_length", None)),
+                 encoder_digest(task, model)]
+        return hashlib.blake2b("\0".join(parts).encode(), digest_size=16).hexdigest()
+
+    def of(self, task: Task, model: nn.Module) -> TrainFeatures:
+        for m, features in self._by_model:
+            if m is model:
+                return features
+        key = self.key(task, model)
+        if key not in self._by_key:
+            path = self.folder / f"{key}.npy" if self.folder is not None else None
+            self._by_key[key] = TrainFeatures(task, model, self.train, key, path)
+        self._by_model.append((model, self._by_key[key]))
+        return self._by_key[key]
+
+    def covers(self, batch: Examples) -> bool:
+        """Whether every example of ``batch`` is the training example its id names."""
+        n, texts = len(self.train), self.train.texts
+        return all(0 <= i < n and texts[i] == t for i, t in zip(batch.ids.tolist(), batch.texts))
+
+    def rows(self, task: Task, model: nn.Module, batch: Examples) -> Tensor | None:
+        """(b, h) features of a batch of training examples, or None when the batch is not from this set."""
+        if not self.covers(batch):
+            return None
+        return self.of(task, model).rows(batch.ids)
+
+
+def features_folder(root: str | Path) -> Path:
+    """Where a workdir keeps its feature matrices: ``WORKDIR/cache/features``."""
+    return Path(root) / "cache" / "features"
