@@ -46,6 +46,17 @@ def encoder_digest(task: Task, model: nn.Module) -> str:
     return h.hexdigest()
 
 
+def same_encoder(task: Task, a: nn.Module, b: nn.Module) -> bool:
+    """Whether two models have equal parameters and buffers outside the head (then equal features)."""
+    if a is b:
+        return True
+    head = task.head_name + "."
+    ta = {n: t for n, t in [*a.named_parameters(), *a.named_buffers()] if not n.startswith(head)}
+    tb = {n: t for n, t in [*b.named_parameters(), *b.named_buffers()] if not n.startswith(head)}
+    return ta.keys() == tb.keys() and all(
+        ta[n].shape == tb[n].shape and ta[n].dtype == tb[n].dtype and torch.equal(ta[n], tb[n]) for n in ta)
+
+
 def texts_digest(train: Examples) -> str:
     """BLAKE2b hex digest of the training texts, in id order (labels do not change features)."""
     return hashlib.blake2b(json.dumps(train.texts).encode(), digest_size=20).hexdigest()

@@ -105,14 +105,22 @@ class HessianVectorProducts:
         _, fixed = split_params(self.model, self.names)
         return lambda p: self.task.functional_logits(self.model, {**fixed, **p}, batch)
 
+    def _params(self) -> dict[str, Tensor]:
+        """The selected parameters (detached), read from the head alone when they are all the head's."""
+        if not self.head_only:
+            return split_params(self.model, self.names)[0]
+        prefix = self.task.head_name + "."
+        return {prefix + n: p.detach() for n, p in self.task.head(self.model).named_parameters()}
+
     def __call__(self, vs: Tensor) -> Tensor:
         ids = self._next_ids()
         logits_fn = self._logits_fn(ids)
         labels = torch.as_tensor(self.train.labels[ids], device=self.device)
-        params, _ = split_params(self.model, self.names)
+        params = self._params()
         leaves = [params[n].clone().requires_grad_(True) for n in self.names]
         was_training = self.model.training
-        self.model.eval()
+        if was_training:  # switching modes walks every submodule: only when needed
+            self.model.eval()
         try:
             with torch.enable_grad():
                 loss = self.task.loss(logits_fn(dict(zip(self.names, leaves))), labels).mean()
@@ -123,7 +131,8 @@ class HessianVectorProducts:
                     hv = torch.autograd.grad(flat @ v.to(flat), leaves, retain_graph=i < len(vs) - 1)
                     out.append(torch.cat([h.reshape(-1) for h in hv]))
         finally:
-            self.model.train(was_training)
+            if was_training:
+                self.model.train()
         return torch.stack(out).detach().float()
 
 

@@ -17,7 +17,7 @@ query's loss for the predicted label, or raised its logit for the representer), 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -27,9 +27,9 @@ from torch import Tensor, nn
 
 from .data import Examples, Text
 from .errors import DatablameError
-from .features import FeatureCache
+from .features import FeatureCache, same_encoder
 from .grads import head_grads, only_head, per_example_grads
-from .lissa import HessianVectorProducts, LissaConfig, LissaReport, Progress, lissa
+from .lissa import HessianVectorProducts, LissaConfig, LissaReport, Progress, lissa, top_eigenvalue
 from .sketch import Projector
 from .task import Task
 
@@ -69,6 +69,16 @@ def predict(task: Task, model: nn.Module, texts: Sequence[Text]) -> tuple[Tensor
     return probs.argmax(-1), probs
 
 
+@torch.no_grad()
+def predict_with_features(task: Task, model: nn.Module, texts: Sequence[Text]) -> tuple[Tensor, Tensor, Tensor]:
+    """(b,) predicted labels and (b, K) probabilities on CPU, and (b, h) penultimate features on the model's
+    device, from one forward pass."""
+    model.eval()
+    logits, f = task.logits_and_features(model, task.encode(texts))
+    probs = logits.float().softmax(-1).cpu()
+    return probs.argmax(-1), probs, f
+
+
 def _labels(x) -> Tensor:
     return torch.as_tensor(np.asarray(x), dtype=torch.long)
 
@@ -89,7 +99,8 @@ class TracIn:
     """TracInCP: score(z, z') = Σ_c lr_c <g_c(z), g_c(z')>, over checkpoints c (models with learning rates).
 
     ``features``: the training set's penultimate features, shared by checkpoints with equal encoders (used for
-    training vectors over head parameters; see :mod:`.features`).
+    training vectors over head parameters; see :mod:`.features`). Over head parameters, a query runs the encoder
+    once per distinct encoder (once in all after frozen-encoder training), not once per checkpoint.
     """
 
     name = "tracin"
@@ -101,6 +112,16 @@ class TracIn:
         self.task, self.checkpoints, self.names, self.projector = task, list(checkpoints), list(names), projector
         self.features = features
         self.dim = projector.out_dim * len(self.checkpoints)
+        self._encoders: list[int] | None = None  # per checkpoint: the first checkpoint with an equal encoder
+
+    def encoder_groups(self) -> list[int]:
+        """For each checkpoint, the index of the first checkpoint whose encoder (everything below the head)
+        is equal to its own."""
+        if self._encoders is None:
+            models = [m for m, _ in self.checkpoints]
+            self._encoders = [next(j for j in range(i + 1) if same_encoder(self.task, models[j], models[i]))
+                              for i in range(len(models))]
+        return self._encoders
 
     def _vectors(self, texts: Sequence[Text], labels: Tensor) -> Tensor:
         batch = self.task.encode(texts)
@@ -114,8 +135,19 @@ class TracIn:
                           for m, lr in self.checkpoints], dim=1)
 
     def query_vectors(self, texts: Sequence[Text]) -> Queries:
-        pred, probs = predict(self.task, self.checkpoints[-1][0], texts)
-        return Queries(self._vectors(texts, pred), pred, probs)
+        if not only_head(self.task, self.names):
+            pred, probs = predict(self.task, self.checkpoints[-1][0], texts)
+            return Queries(self._vectors(texts, pred), pred, probs)
+        groups, feats = self.encoder_groups(), {}
+        *_, (last, _) = self.checkpoints
+        pred, probs, feats[groups[-1]] = predict_with_features(self.task, last, texts)
+        parts = []
+        for c, (m, lr) in enumerate(self.checkpoints):
+            if groups[c] not in feats:
+                feats[groups[c]] = predict_with_features(self.task, m, texts)[2]
+            g = head_grads(self.task, m, feats[groups[c]], pred, self.names)
+            parts.append(math.sqrt(lr) * self.projector(g).cpu())
+        return Queries(torch.cat(parts, dim=1), pred, probs)
 
     def self_influence(self, vectors: Tensor, labels: Tensor) -> Tensor:
         """Σ_c lr_c ‖P g_c(z_i)‖², the sketch of Σ_c lr_c ‖g_c(z_i)‖²."""
@@ -151,6 +183,7 @@ class InfluenceFunctions:
         self.progress: Progress | None = None
         self.curvature: Tensor | None = None  # (k, k) float64 sketch-space curvature, when used
         self.hvp: HessianVectorProducts | None = None  # kept between queries (it caches head features)
+        self.scale: float | None = config.scale  # LiSSA's scale: estimated once (power iteration), then kept
 
     def sketch_curvature(self, vectors: Tensor) -> Tensor:
         """(k, k) float64 VᵀV/n + λI from the (n, k) training sketches V."""
@@ -165,18 +198,26 @@ class InfluenceFunctions:
         return self.projector(train_grads(self.task, self.model, batch, self.names, self.features)).cpu()
 
     def inverse_hvp(self, grads: Tensor) -> Tensor:
-        """(m, p) → (m, p): (H + λI)^{-1} applied to each row by LiSSA (the same minibatches for every call)."""
+        """(m, p) → (m, p): (H + λI)^{-1} applied to each row by LiSSA (the same minibatches and scale for every
+        call, so a query's answer does not depend on the queries before it)."""
         if self.hvp is None:
             features = self.features if self.features is not None and self.features.train is self.train else None
             self.hvp = HessianVectorProducts(self.task, self.model, self.names, self.train, self.config.batch_size,
                                              self.config.seed, features)
+        if self.scale is None:
+            self.hvp.reset()
+            self.scale = 2.0 * (top_eigenvalue(self.hvp, grads.shape[1], seed=self.config.seed)
+                                + self.config.damping)
         self.hvp.reset()
-        ihvp, self.last_report = lissa(self.hvp, grads, self.config, self.progress)
+        ihvp, self.last_report = lissa(self.hvp, grads, replace(self.config, scale=self.scale), self.progress)
         return ihvp
 
     def query_vectors(self, texts: Sequence[Text]) -> Queries:
-        pred, probs = predict(self.task, self.model, texts)
-        g = per_example_grads(self.task, self.model, self.task.encode(texts), pred, self.names)
+        pred, probs, f = predict_with_features(self.task, self.model, texts)
+        if only_head(self.task, self.names):
+            g = head_grads(self.task, self.model, f, pred, self.names)
+        else:
+            g = per_example_grads(self.task, self.model, self.task.encode(texts), pred, self.names)
         if self.curvature is not None:
             sketch = self.projector(g).cpu().double()
             return Queries(torch.linalg.solve(self.curvature, sketch.T).T.float(), pred, probs)

@@ -137,3 +137,15 @@ def test_cached_features_give_the_uncached_results(frozen_workdir, tmp_path, nam
         assert plain.method.hvp.train_features.path is None  # LiSSA computed its own features
         assert cached.method.hvp.train_features.encoded == 0
         torch.testing.assert_close(q_cached, q_plain, rtol=1e-4, atol=1e-6)
+
+
+def test_tracin_query_runs_a_shared_encoder_once(frozen_workdir, trained_workdir):
+    built = build_method(frozen_workdir, "tracin", SETTINGS)
+    assert built.method.encoder_groups() == [0, 0, 0]
+    counter = EncoderRows(models_of(built))
+    q = built.method.query_vectors(QUERIES)
+    counter.close()
+    assert counter.rows == len(QUERIES)  # once, for the prediction and all three checkpoints' gradients
+    torch.testing.assert_close(q.vectors, built.method._vectors(QUERIES, q.predictions), rtol=1e-4, atol=1e-6)
+    fine_tuned = build_method(trained_workdir, "tracin", MethodSettings(params=["head"], dim=64, device="cpu"))
+    assert fine_tuned.method.encoder_groups() == [0, 1, 2]
