@@ -4,9 +4,12 @@ On the real training sketches of SST-2 (all 67,349 sentences by default; all-Min
 head trained with ``datablame train --freeze-encoder``), then on ``--synthetic`` sketches made from them (real
 sketches resampled plus Gaussian noise proportional to each one's norm, keeping their spread of norms). Recall is
 against NumPy brute force over the same scoring; queries are dev sentences' query vectors (and their negations,
-for the opposing search). Prints JSON.
+for the opposing search). Real sketches: TracIn's (k = 256 per checkpoint, 3 checkpoints: D = 768) and the
+influence vectors' (k = 256, final checkpoint), from which the synthetic set is made (D = 256). Explain time per
+single query, split into query vector and search: TracIn, influence functions with LiSSA per query, and with the
+sketch-space curvature. Prints JSON, ending with issue 10's targets and whether each is met.
 
-    python bench/retrieval.py [--n 67349] [--synthetic 1000000] [--method tracin] [--queries 100]
+    python bench/retrieval.py [--n 67349] [--synthetic 1000000] [--method tracin] [--queries 100] [--threads 1]
 """
 
 from __future__ import annotations
@@ -19,14 +22,17 @@ import sys
 import tempfile
 import time
 
+import faiss
 import numpy as np
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from datablame.index.explain import Explainer, index_workdir  # noqa: E402
-from datablame.index.search import IndexMeta, VectorIndex, prepare, recall_at_k  # noqa: E402
+from datablame.index.explain import recall_sample  # noqa: E402
+from datablame.index.search import HNSW_EF_SEARCH, IndexMeta, VectorIndex, prepare, recall_at_k  # noqa: E402
 from datablame.index.vectors import VectorStore  # noqa: E402
 from datablame.influence.build import MethodSettings  # noqa: E402
 from datablame.influence.data import load_examples  # noqa: E402
@@ -50,23 +56,44 @@ def brute_top(x: np.ndarray, queries: np.ndarray, scoring: str, k: int = 10) -> 
     return best_i
 
 
-def measure(x: np.ndarray, queries: np.ndarray, scoring: str, approximate: bool) -> dict:
-    """Build time, median single-query latency (ms) and recall@10 against brute force."""
-    meta = IndexMeta(method="bench", scoring=scoring, kind="exact", n=0, dim=x.shape[1], key={})
-    start = time.perf_counter()
-    index = VectorIndex.build(x, meta, approximate)
-    build_s = time.perf_counter() - start
+def latency_and_recall(index: VectorIndex, x: np.ndarray, queries: np.ndarray, scoring: str,
+                       truth: np.ndarray) -> dict:
+    """Median / p95 single-query latency (ms) of supporting and opposing searches, and recall@10 against brute
+    force (``truth``: (2m, 10) ids for the queries and their negations)."""
     both = np.concatenate([queries, -queries])
     latencies, found = [], []
     for q in both:
         start = time.perf_counter()
         found.append(index.search(q[None], 10)[1][0])
         latencies.append(time.perf_counter() - start)
-    return {"kind": index.meta.kind, "n": len(x), "build_s": round(build_s, 2),
-            "median_ms": round(1000 * float(np.median(latencies)), 3),
+    return {"median_ms": round(1000 * float(np.median(latencies)), 3),
             "p95_ms": round(1000 * float(np.percentile(latencies, 95)), 3),
-            "recall_at_10": round(recall_at_k(np.stack(found), brute_top(x, both, scoring)), 4),
-            "build_time_recall_at_10": index.meta.recall_at_10}
+            "recall_at_10": round(recall_at_k(np.stack(found), truth), 4)}
+
+
+def measure(x: np.ndarray, queries: dict[str, np.ndarray], scoring: str, approximate: bool,
+            sample: np.ndarray | None = None) -> dict:
+    """Build time, then per query set the median single-query latency (ms) and recall@10 against brute force; for
+    HNSW also at every efSearch tried (the index keeps the one its build-time check chose on ``sample``)."""
+    meta = IndexMeta(method="bench", scoring=scoring, kind="exact", n=0, dim=x.shape[1], key={})
+    start = time.perf_counter()
+    index = VectorIndex.build(x, meta, approximate, queries=sample)
+    out: dict = {"kind": index.meta.kind, "n": len(x), "dim": x.shape[1], "build_s": round(time.perf_counter()
+                                                                                           - start, 2)}
+    if approximate:
+        out.update(hnsw=index.meta.hnsw, build_time_recall_at_10=index.meta.recall_at_10)
+    for name, q in queries.items():
+        truth = brute_top(x, np.concatenate([q, -q]), scoring)
+        out[name] = latency_and_recall(index, x, q, scoring, truth)
+        if approximate:
+            chosen = index.index.hnsw.efSearch
+            sweep = {}
+            for ef in HNSW_EF_SEARCH:
+                index.index.hnsw.efSearch = ef
+                sweep[str(ef)] = latency_and_recall(index, x, q, scoring, truth)
+            index.index.hnsw.efSearch = chosen
+            out[name]["by_efSearch"] = sweep
+    return out
 
 
 def synthetic(x: np.ndarray, n: int, seed: int = 0, noise: float = 0.3) -> np.ndarray:
@@ -77,18 +104,43 @@ def synthetic(x: np.ndarray, n: int, seed: int = 0, noise: float = 0.3) -> np.nd
     return (rows + scale * rng.standard_normal(rows.shape, dtype=np.float32)).astype(np.float32)
 
 
+def explain_times(explainer: Explainer, texts: list[str]) -> dict:
+    """The first query (what a fresh process pays once: loading features, LiSSA's scale) and the median split of
+    single queries after it (seconds)."""
+    start = time.perf_counter()
+    first = explainer.explain(texts[:1])[0].timing
+    out: dict = {"first_query": {**first, "total_s": round(time.perf_counter() - start, 3)}}
+    singles = []
+    for text in texts[1:]:
+        start = time.perf_counter()
+        timing = explainer.explain([text])[0].timing
+        singles.append((timing["query_vectors_s"], timing["search_s"], time.perf_counter() - start))
+    out["single_query_median_s"] = dict(zip(("query_vectors", "search", "total"),
+                                            np.round(np.median(np.array(singles), 0), 4).tolist()))
+    out["single_queries"] = len(singles)
+    out["cost"] = first["cost"]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=pathlib.Path, default=pathlib.Path(__file__).resolve().parents[2] / "shared"
                         / "data" / "sst2")
     parser.add_argument("--n", type=int, default=67349, help="training sentences (the first n)")
     parser.add_argument("--synthetic", type=int, default=1_000_000)
-    parser.add_argument("--method", default="tracin")
-    parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--method", default="tracin", help="the method whose explain time and real sketches are "
+                        "measured first (its vectors: k per checkpoint)")
+    parser.add_argument("--queries", type=int, default=100, help="dev sentences searched (and their negations)")
+    parser.add_argument("--explain-queries", type=int, default=11, help="dev sentences explained one by one")
     parser.add_argument("--workdir", type=pathlib.Path, default=None, help="keep (and reuse) the workdir here")
+    parser.add_argument("--threads", type=int, default=None, help="torch and FAISS threads (default: all cores)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        faiss.omp_set_num_threads(args.threads)
     wd = args.workdir or pathlib.Path(tempfile.mkdtemp())
-    out: dict = {"benchmark": "retrieval", "method": args.method}
+    out: dict = {"benchmark": "retrieval", "method": args.method, "n": args.n, "synthetic": args.synthetic,
+                 "threads": torch.get_num_threads(), "faiss_threads": faiss.omp_get_max_threads()}
     if not (wd / "config.json").is_file():
         full = load_examples(args.data / "train.tsv", "sentence")
         path = write_tsv(wd.parent / f"{wd.name}-train.tsv", full.texts[:args.n],
@@ -97,29 +149,64 @@ def main() -> None:
         train(load_examples(path, "sentence"), minilm(), wd, TrainSettings(
             epochs=10, lr=1e-2, batch_size=32, checkpoints=3, max_length=64, freeze_encoder=True))
         out["train_s"] = round(time.perf_counter() - start, 1)
-    start = time.perf_counter()
-    index_workdir(wd, args.method, MethodSettings(), scorings=("cosine",))
-    out["index_s"] = round(time.perf_counter() - start, 1)
-    x = VectorStore(wd / "vectors" / args.method).load().astype(np.float32)
-    dev = load_examples(args.data / "dev.tsv", "sentence").texts[:args.queries]
-    explainer = Explainer(wd, args.method, "cosine", cache=False)
-    start = time.perf_counter()
-    first = explainer.explain(dev[:1])[0].timing
-    out["explain_first_query"] = {**first, "total_s": round(time.perf_counter() - start, 3)}
-    singles = []
-    for text in dev[1:11]:
+    dev = load_examples(args.data / "dev.tsv", "sentence").texts
+    explained = dev[:args.explain_queries]
+    x, queries = {}, {}
+    for method in dict.fromkeys([args.method, "influence"]):
         start = time.perf_counter()
-        timing = explainer.explain([text])[0].timing
-        singles.append((timing["query_vectors_s"], timing["search_s"], time.perf_counter() - start))
-    out["explain_single_query_median_s"] = dict(zip(("query_vectors", "search", "total"),
-                                                    np.round(np.median(np.array(singles), 0), 4).tolist()))
-    queries = explainer.queries(dev)[0].vectors.numpy()
-    for scoring in ("cosine", "raw"):
-        out[f"real_{scoring}"] = [measure(x, queries, scoring, approx) for approx in (False, True)]
+        index_workdir(wd, method, MethodSettings(), scorings=("cosine",))
+        out[f"{method}_index_s"] = round(time.perf_counter() - start, 1)
+        x[method] = VectorStore(wd / "vectors" / method).load().astype(np.float32)
+    explainer = Explainer(wd, args.method, "cosine", cache=False)
+    out[f"{args.method}_explain"] = explain_times(explainer, explained)
+    tracin_queries = explainer.queries(dev[:args.queries])[0].vectors.numpy()
+    # influence functions: LiSSA per query in parameter space, then the one-time sketch-space curvature
+    lissa_explainer = Explainer(wd, "influence", "cosine", curvature="lissa", cache=False)
+    out["influence_lissa_explain"] = explain_times(lissa_explainer, explained)
+    report = lissa_explainer.method.last_report
+    out["influence_lissa_explain"]["lissa"] = {"depth": lissa_explainer.settings.lissa.depth,
+                                               "scale": round(report.scale, 4),
+                                               "relative_change": round(report.relative_change, 5)}
+    sketch_explainer = Explainer(wd, "influence", "cosine", curvature="sketch", cache=False)
+    out["influence_sketch_explain"] = explain_times(sketch_explainer, explained)
+    influence_queries = lissa_explainer.queries(dev[:args.queries])[0].vectors.numpy()
+    # gradient sketches P g(z_q) at the final checkpoint: TracIn's last block (its scale does not change cosines)
+    k = sketch_explainer.method.dim
+    gradient_queries = tracin_queries[:, -k:] if args.method == "tracin" else None
+    query_sets = {args.method: {"queries": tracin_queries}, "influence": {"lissa_queries": influence_queries}}
+    samples = {args.method: None, "influence": recall_sample(sketch_explainer.method, x["influence"])}
+    for method in x:
+        for scoring in ("cosine", "raw"):
+            out[f"real_{method}_{scoring}"] = [measure(x[method], query_sets[method], scoring, approx,
+                                                       samples[method]) for approx in (False, True)]
     if args.synthetic:
-        big = synthetic(x, args.synthetic)
-        out["synthetic_cosine"] = [measure(big, queries, "cosine", approx) for approx in (False, True)]
+        big = synthetic(x["influence"], args.synthetic)  # k = 256: the influence sketches (final checkpoint)
+        sets = {"lissa_queries": influence_queries}
+        if gradient_queries is not None:
+            sets = {"gradient_queries": gradient_queries, **sets}
+        sample = recall_sample(sketch_explainer.method, big)
+        out["synthetic_influence_cosine"] = [measure(big, sets, "cosine", approx, sample)
+                                             for approx in (False, True)]
+    out["targets"] = targets(out, args.method)
     print(json.dumps(out, indent=2))
+
+
+def targets(out: dict, method: str) -> dict:
+    """Issue 10's targets, each with the measured value and whether it is met."""
+    found = {}
+    for key, limit in [(k, 5.0 if k.startswith("synthetic") else 1.0) for k in out
+                       if k.endswith("_cosine") and (k.startswith("real_") or k.startswith("synthetic_"))]:
+        row = next(r for r in out[key] if r["kind"] == "hnsw")
+        for qs in [q for q in row if q.endswith("queries")]:
+            found[f"{key} hnsw, {qs} (< {limit:g} ms, recall >= 0.95)"] = {
+                "median_ms": row[qs]["median_ms"], "recall_at_10": row[qs]["recall_at_10"],
+                "efSearch": row["hnsw"]["efSearch"],
+                "met": row[qs]["median_ms"] < limit and row[qs]["recall_at_10"] >= 0.95}
+    for name, limit in ((f"{method}_explain", 0.3), ("influence_lissa_explain", 2.5),
+                        ("influence_sketch_explain", 2.5)):
+        total = out[name]["single_query_median_s"]["total"]
+        found[f"{name} (< {limit:g} s per query)"] = {"total_s": total, "met": total < limit}
+    return found
 
 
 if __name__ == "__main__":

@@ -27,10 +27,10 @@ from datablame.influence.build import MethodSettings, build_method
 from datablame.influence.data import Text
 from datablame.influence.errors import DatablameError
 from datablame.influence.lissa import Progress
-from datablame.influence.methods import Queries
+from datablame.influence.methods import InfluenceFunctions, Queries
 from datablame.influence.workdir import Workdir, atomic_write_bytes
 
-from .search import DEFAULT_SCORING, SCORINGS, IndexMeta, VectorIndex
+from .search import DEFAULT_SCORING, RECALL_QUERIES, SCORINGS, IndexMeta, VectorIndex
 from .vectors import VectorStore, compute_vectors
 
 QUERY_BATCH = 32
@@ -47,14 +47,27 @@ def index_workdir(workdir: str | Path, method: str, settings: MethodSettings = M
     """Compute the method's training vectors (missing shards only) and build one index per scoring."""
     built, store, manifest = compute_vectors(workdir, method, settings, dtype, batch_size, progress)
     vectors = store.load(manifest)
+    sample = recall_sample(built.method, vectors, settings.seed) if approximate else None
     metas = []
     for scoring in scorings:
         meta = IndexMeta(method=method, scoring=scoring, kind="exact", n=manifest.n, dim=manifest.dim,
                          key=built.key, settings=settings.to_dict())
-        index = VectorIndex.build(vectors, meta, approximate, seed=settings.seed)
+        index = VectorIndex.build(vectors, meta, approximate, seed=settings.seed, queries=sample)
         index.save(Workdir(workdir).root / "index")
         metas.append(index.meta)
     return metas
+
+
+def recall_sample(method, vectors: np.ndarray, seed: int = 0, m: int = RECALL_QUERIES) -> np.ndarray | None:
+    """(m, D) query-like vectors on which an approximate index's recall is measured, or None for the training
+    vectors themselves. Influence queries are curvature-corrected, u = (VᵀV/n + λI)⁻¹ P g, which points them
+    where training vectors are sparse and makes graph search harder than for training-like queries; so for
+    influence functions the sample is m training sketches passed through that sketch-space curvature."""
+    if not isinstance(method, InfluenceFunctions):
+        return None
+    v = torch.from_numpy(np.asarray(vectors, dtype=np.float32))
+    rows = np.random.default_rng(seed).choice(len(v), min(m, len(v)), replace=False)
+    return torch.linalg.solve(method.sketch_curvature(v), v[rows].double().T).T.float().numpy()
 
 
 @dataclass

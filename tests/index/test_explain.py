@@ -122,3 +122,17 @@ def test_stale_index_is_refused(indexed, tmp_path):
     with pytest.raises(DatablameError, match="tracin index is stale.*checkpoints.*datablame index"):
         Explainer(wd, "tracin", "cosine", device="cpu")
     Explainer(wd, "influence", "cosine", device="cpu")  # built from the last checkpoint only: still fresh
+
+
+def test_influence_recall_sample_is_curvature_corrected(indexed):
+    """HNSW's build-time recall for influence is measured on query-like vectors: (VᵀV/n + λI)⁻¹ v_i."""
+    from datablame.index.explain import recall_sample
+
+    v = VectorStore(indexed / "vectors" / "influence").load()
+    influence = Explainer(indexed, "influence", "raw", device="cpu", cache=False).method
+    sample = recall_sample(influence, v, seed=0, m=5)
+    rows = np.random.default_rng(0).choice(len(v), 5, replace=False)
+    ref = np.linalg.solve(v.astype(np.float64).T @ v / len(v) + influence.config.damping * np.eye(v.shape[1]),
+                          v[rows].astype(np.float64).T).T
+    np.testing.assert_allclose(sample, ref, rtol=1e-4, atol=1e-6)
+    assert recall_sample(Explainer(indexed, "tracin", "raw", device="cpu", cache=False).method, v) is None

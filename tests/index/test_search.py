@@ -70,3 +70,22 @@ def test_save_load_and_staleness(tmp_path):
         VectorIndex.load(tmp_path, "tracin", "cosine")
     with pytest.raises(DatablameError, match="dimension"):
         index.search(np.zeros((1, 3), np.float32), 5)
+
+
+def test_hnsw_widens_its_search_until_unlike_queries_reach_the_target():
+    """Queries far from the training vectors (like curvature-corrected influence queries) may need a larger
+    efSearch than training-like ones; the kept one is the smallest measured to reach the target, or the largest."""
+    from datablame.index.search import HNSW_EF_SEARCH, RECALL_TARGET
+
+    x = sketches(3000)
+    unlike = np.random.default_rng(5).standard_normal((100, x.shape[1])).astype(np.float32)
+    index = VectorIndex.build(x, meta("cosine"), approximate=True, queries=unlike)
+    tried = {int(e): r for e, r in index.meta.hnsw["recall_by_efSearch"].items()}
+    chosen = index.meta.hnsw["efSearch"]
+    assert list(tried) == [e for e in HNSW_EF_SEARCH if e <= chosen]
+    assert all(r < RECALL_TARGET for e, r in tried.items() if e < chosen)
+    assert index.meta.recall_at_10 == pytest.approx(tried[chosen], abs=1e-4)
+    assert tried[chosen] >= RECALL_TARGET or chosen == HNSW_EF_SEARCH[-1]
+    both = np.concatenate([unlike, -unlike])
+    exact = VectorIndex.build(x, meta("cosine")).search(both, 10)[1]
+    assert recall_at_k(index.search(both, 10)[1], exact) == pytest.approx(index.meta.recall_at_10, abs=1e-4)
