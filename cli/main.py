@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from . import store_commands
+from . import report, store_commands
 from .errors import report_errors
-from .progress import console, progress_bar
+from .progress import console, log_verbosely, progress_bar
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -94,6 +96,7 @@ LAMBDA = typer.Option(1e-3, "--lambda", help="L2 penalty of the representer refi
 BATCH_SIZE = typer.Option(32, help="Examples per gradient batch.")
 DEVICE = typer.Option("auto", help="auto, cpu or cuda.")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+VERBOSE = typer.Option(False, "--verbose", "-v", help="Log what each step does to stderr.")
 
 
 def _settings(params: Optional[List[str]], dim: int, projection: str, seed: int, lam: float, device: str,
@@ -176,13 +179,14 @@ def explain(
                                        "flags of this kind (e.g. biased: the causes of a slice's behaviour)."),
     db: Optional[str] = typer.Option(None, "--db", help="SQLAlchemy URL of the store (with --flag)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    plot: bool = typer.Option(True, "--plot/--no-plot", help="Write a bar chart per explanation to WORKDIR/plots."),
     device: str = DEVICE,
 ) -> None:
     """The training examples that most support and most oppose the model's prediction for an input."""
     from datablame.index.explain import Explainer
     from datablame.index.search import DEFAULT_SCORING
 
-    from .render import explanation_json, print_explanation, read_queries
+    from .render import explanation_json, explanation_plot, print_explanation, read_queries
 
     texts = read_queries(text, queries)
     explainer = Explainer(workdir, method, score or DEFAULT_SCORING, device, curvature)
@@ -192,6 +196,9 @@ def explain(
     else:
         for result in results:
             print_explanation(result)
+    if plot:
+        paths = [explanation_plot(workdir, r) for r in results]
+        console.print(f"plot{'s' if len(paths) > 1 else ''} → {paths[0]}" + (" …" if len(paths) > 1 else ""))
     if flag:
         _flag_supporters(workdir, explainer.train, results, flag, db)
 
@@ -212,7 +219,28 @@ def _flag_supporters(workdir: Path, train, results, kind: str, db: Optional[str]
         console.print(f"flagged {len(new)} new example(s) {kind} (of {len(r.supporting)} supporting)")
 
 
+@app.command()
+@report_errors
+def demo(
+    out: Path = typer.Option(Path("datablame-demo"), "--out", help="Workdir to create (a previous demo's is replaced)."),
+    encoder: str = typer.Option("auto", help="auto (MiniLM when installed), minilm, or small (a BERT trained here)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final JSON line."),
+    verbose: bool = VERBOSE,
+) -> None:
+    """The whole story offline on shipped data with injected label errors: train, index, scan, explain, review,
+    export, and what was found against what was injected."""
+    from .demo import print_summary, run_demo
+
+    log_verbosely(verbose)
+    result = run_demo(out, quiet, verbose, encoder)
+    if quiet:
+        print(json.dumps(asdict(result)))
+    else:
+        print_summary(result)
+
+
 store_commands.register(app)
+report.register(app)
 
 
 def main() -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Iterator
 
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 console = Console(stderr=True)
@@ -36,3 +38,12 @@ def progress_bar(description: str, quiet: bool = False) -> Iterator:
     finally:
         if started:
             bar.stop()
+
+
+def log_verbosely(verbose: bool) -> None:
+    """With ``verbose``, show the ``datablame`` loggers' INFO messages (what each step does) on stderr."""
+    if verbose:
+        logger = logging.getLogger("datablame")
+        logger.setLevel(logging.INFO)
+        if not logger.handlers:
+            logger.addHandler(RichHandler(console=console, show_path=False, show_time=False))

@@ -37,20 +37,6 @@ def _dataset(workdir: Path, db: Optional[str]):
     return database, find_dataset(database, config.data_fingerprint)
 
 
-def _self_influence(workdir: Path, method: str, fingerprint: str, device: str, quiet: bool):
-    """(n,) self-influence of ``method``, computing the vectors first when they are missing or of other data."""
-    from datablame.index.vectors import VectorStore, compute_vectors
-    from datablame.influence.build import MethodSettings
-
-    store = VectorStore(Path(workdir) / "vectors" / method)
-    manifest = store.manifest()
-    if (manifest is None or not manifest.complete or manifest.key.get("data") != fingerprint
-            or not (store.folder / "self_influence.npy").is_file()):
-        with progress_bar(f"{method} vectors", quiet) as update:
-            compute_vectors(workdir, method, MethodSettings(device=device), progress=update)
-    return store.self_influence()
-
-
 @report_errors
 def scan(
     workdir: Path = WORKDIR,
@@ -64,39 +50,24 @@ def scan(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Rank every training example by how likely its label is wrong; store the scores, flag the top fraction."""
-    from datablame.influence import detect
-    from datablame.influence.models import load_classifier
-    from datablame.influence.workdir import Workdir
-    from datablame.store.scans import ensure_dataset, record_scan
+    """Rank every training example by how likely its label is wrong; store the scores, flag the top fraction.
 
-    weights = detect.scan_weights(method)
-    config, database = _open(workdir, db)
-    wd = Workdir(workdir)
-    examples = wd.load_examples(config)
-    model, task = load_classifier(wd.checkpoint_path(config.checkpoints[-1]), config.label_names, device,
-                                  config.max_length)
-    with progress_bar("model", quiet) as update:
-        probs, features = detect.probabilities_and_features(task, model, examples, progress=update)
-    cv = detect.cross_validated_probabilities(features, examples.labels, len(config.label_names), folds,
-                                              repeats=repeats) if weights.get("cv") else None
-    influence = {m: _self_influence(workdir, m, config.data_fingerprint, device, quiet)
-                 for m in detect.self_influence_methods(weights)}
-    issues = detect.rank_label_issues(examples.labels, probs, cv, influence, weights)
-    record = record_scan(database, ensure_dataset(database, examples), method, issues,
-                         next(iter(influence.values()), None), flag_top,
-                         {"weights": weights, "folds": folds, "repeats": repeats, "flag_top": flag_top},
-                         [asdict(c) for c in config.checkpoints])
-    names = config.label_names
-    rows = [{"id": int(i), "text": examples.texts[i], "label": names[examples.labels[i]],
-             "score": round(float(issues.score[i]), 6), "suggested_label": names[issues.suggested[i]]}
-            for i in issues.order]
+    Writes the distribution of suspicion scores per class, with the flag threshold, to WORKDIR/plots/."""
+    from datablame.store.scans import scan_workdir
+
+    from .render import scan_plot
+
+    _, database = _open(workdir, db)
+    with progress_bar("scan", quiet) as update:
+        result = scan_workdir(workdir, method, flag_top, folds, repeats, database, device, update)
     if json_out:
-        print(json.dumps({"method": method, "examples": rows}, ensure_ascii=False))
+        print(json.dumps({"method": method, "examples": result.rows()}, ensure_ascii=False))
         return
-    _table(["id", "score", "label", "suggested_label", "text"], rows[:10], f"most suspicious of {len(rows)}")
-    console.print(f"{method}: {record.flagged} new open 'mislabeled' flags (top {flag_top:.0%}); review them with "
-                  f"'datablame flags {workdir} list'")
+    plot = scan_plot(workdir, result)
+    _table(["id", "score", "label", "suggested_label", "text"], result.rows(10),
+           f"most suspicious of {len(result.issues.order)}")
+    console.print(f"{method}: {result.record.flagged} new open 'mislabeled' flags (top {flag_top:.0%}); review them "
+                  f"with 'datablame flags {workdir} list'; plot → {plot}")
 
 
 def _table(columns: list[str], rows: list[dict], title: str) -> None:

@@ -89,7 +89,8 @@ def parse_text_columns(text_column: str | Sequence[str]) -> tuple[str, ...]:
     return cols
 
 
-def _load_table(path: Path):
+def load_table(path: Path):
+    """The data file (or saved datasets folder) as a ``datasets.Dataset``, all its columns."""
     import datasets
 
     datasets.disable_progress_bars()
@@ -136,7 +137,7 @@ def load_examples(
     if not p.exists():
         raise DatablameError(f"data file {p} not found", "check the path")
     cols = parse_text_columns(text_column)
-    ds = _load_table(p)
+    ds = load_table(p)
     missing = [c for c in (*cols, label_column) if c not in ds.column_names]
     if missing:
         raise DatablameError(

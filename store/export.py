@@ -9,7 +9,8 @@ Per example, the flags decide (the latest decision first when several apply):
 - ``open`` and ``rejected`` flags → unchanged.
 
 Formats: csv, jsonl, parquet (one file each) or hf (a ``datasets`` folder from ``save_to_disk``). Columns: ``id``
-(the original row), the text column(s), the label column (label names). The change log ``OUT.changes.csv``
+(the original row), the text column(s), the label column (label names), then the data file's other columns as
+they were (when the file is still there unchanged; the store holds only texts and labels). The change log ``OUT.changes.csv``
 lists ``id, old_label, new_label, reason`` (new_label empty for a dropped example). Both are written to a
 temporary name and renamed: whole or absent.
 """
@@ -71,9 +72,24 @@ def _decide(flags: list[Flag], names: list[str], old: str, drop: bool) -> Change
     return None
 
 
+def other_columns(dataset: Dataset) -> dict[str, list]:
+    """The data file's columns besides id, text and label (name → value per row), when the file is still there
+    and unchanged; else none."""
+    from datablame.influence.data import fingerprint, load_table
+
+    path = Path(dataset.path)
+    if not path.exists() or fingerprint(path) != dataset.fingerprint:
+        return {}
+    table = load_table(path)
+    known = {"id", *dataset.text_columns, dataset.label_column}
+    return {c: table[c] for c in table.column_names if c not in known}
+
+
 def cleaned_rows(db: Database, dataset: Dataset, drop: bool = False) -> tuple[list[dict], list[Change]]:
-    """The cleaned rows (id, text column(s), label column) in id order and the changes made."""
+    """The cleaned rows (id, text column(s), label column, the file's other columns) in id order and the changes
+    made."""
     names = dataset.label_names
+    other = other_columns(dataset)
     with db.transaction() as session:
         examples = session.scalars(select(Example).where(Example.dataset_id == dataset.id)
                                    .order_by(Example.id)).all()
@@ -93,7 +109,8 @@ def cleaned_rows(db: Database, dataset: Dataset, drop: bool = False) -> tuple[li
             continue
         texts = [e.text] if e.text_pair is None else [e.text, e.text_pair]
         rows.append({"id": e.id, **dict(zip(dataset.text_columns, texts)),
-                     dataset.label_column: change.new_label if change is not None else old})
+                     dataset.label_column: change.new_label if change is not None else old,
+                     **{c: values[e.id] for c, values in other.items()}})
     return rows, changes
 
 
@@ -158,7 +175,7 @@ def export(db: Database, dataset: Dataset, out: str | os.PathLike, fmt: str | No
     out = Path(out)
     fmt = export_format(out, fmt)
     rows, changes = cleaned_rows(db, dataset, drop)
-    columns = ["id", *dataset.text_columns, dataset.label_column]
+    columns = list(rows[0]) if rows else ["id", *dataset.text_columns, dataset.label_column]
     _write(rows, columns, out, fmt)
     log = changes_path(out)
     atomic_write_bytes(log, _csv_bytes([{"id": c.id, "old_label": c.old_label, "new_label": c.new_label or "",

@@ -1,4 +1,7 @@
-"""Datasets and scan runs in the store: registering a training set, recording a scan (replacing the last one).
+"""Datasets and scan runs in the store: registering a training set, scanning a workdir, recording a scan.
+
+:func:`scan_workdir` is the whole ``datablame scan``: the last checkpoint's probabilities and features, the
+cross-validated heads and/or self-influence, the ranking, and the record in the store.
 
 One run per (dataset, method). Recording a scan is one transaction: the run's scores are replaced, its open
 ``mislabeled`` flags are replaced by flags on the new top fraction, and reviewed flags are kept; an example
@@ -9,8 +12,10 @@ previous state.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from sqlalchemy import delete, func, insert, select
@@ -18,12 +23,13 @@ from sqlalchemy.orm import Session
 
 from datablame.influence.errors import DatablameError
 
-from .db import Database
+from .db import Database, default_url, open_db
 from .schema import Dataset, Example, Flag, Run, Score, utcnow
 
 if TYPE_CHECKING:  # importing them loads torch, which the review commands never need
     from datablame.influence.data import Examples
     from datablame.influence.detect import LabelIssues
+    from datablame.influence.workdir import Config
 
 
 @dataclass
@@ -33,6 +39,70 @@ class ScanRecord:
     run_id: int
     scores: int
     flagged: int
+
+
+@dataclass
+class ScanResult:
+    """A finished scan: the ranking (positions = example ids), the examples, the stored record, and the flag
+    threshold (the lowest score among the flagged top fraction; +inf when nothing is flagged)."""
+
+    method: str
+    issues: LabelIssues
+    examples: Examples
+    record: ScanRecord
+    threshold: float
+
+    def rows(self, limit: int | None = None) -> list[dict]:
+        """The most suspicious examples first: id, text, label, score, suggested_label."""
+        names, ex = self.examples.label_names, self.examples
+        return [{"id": int(i), "text": ex.texts[i], "label": names[ex.labels[i]],
+                 "score": round(float(self.issues.score[i]), 6), "suggested_label": names[self.issues.suggested[i]]}
+                for i in self.issues.order[:limit]]
+
+
+def scan_workdir(workdir: str | os.PathLike, method: str = "cv", flag_top: float = 0.05, folds: int = 5,
+                 repeats: int = 3, db: Database | None = None, device: str = "auto",
+                 progress: Callable | None = None) -> ScanResult:
+    """Rank every training example of a workdir by how likely its label is wrong (``method``: a scan method of
+    :data:`datablame.influence.detect.SCAN_METHODS`), store the scores and flag the top ``flag_top`` fraction as
+    open ``mislabeled`` flags. ``db``: the store (default: the workdir's SQLite file)."""
+    from datablame.influence import detect
+    from datablame.influence.models import load_classifier
+    from datablame.influence.workdir import Workdir
+
+    weights = detect.scan_weights(method)
+    wd = Workdir(workdir)
+    config = wd.load()
+    db = db or open_db(default_url(workdir))
+    examples = wd.load_examples(config)
+    model, task = load_classifier(wd.checkpoint_path(config.checkpoints[-1]), config.label_names, device,
+                                  config.max_length)
+    probs, features = detect.probabilities_and_features(task, model, examples, progress=progress)
+    cv = detect.cross_validated_probabilities(features, examples.labels, len(config.label_names), folds,
+                                              repeats=repeats) if weights.get("cv") else None
+    influence = {m: self_influence(workdir, m, config, device, progress)
+                 for m in detect.self_influence_methods(weights)}
+    issues = detect.rank_label_issues(examples.labels, probs, cv, influence, weights)
+    record = record_scan(db, ensure_dataset(db, examples), method, issues, next(iter(influence.values()), None),
+                         flag_top, {"weights": weights, "folds": folds, "repeats": repeats, "flag_top": flag_top},
+                         [asdict(c) for c in config.checkpoints])
+    top = math.ceil(flag_top * len(issues.order))
+    threshold = float(issues.score[issues.order[top - 1]]) if top else math.inf
+    return ScanResult(method, issues, examples, record, threshold)
+
+
+def self_influence(workdir: str | os.PathLike, method: str, config: Config, device: str = "auto",
+                   progress: Callable | None = None) -> np.ndarray:
+    """(n,) self-influence of ``method``, computing the vectors first when they are missing or of other data."""
+    from datablame.index.vectors import VectorStore, compute_vectors
+    from datablame.influence.build import MethodSettings
+
+    store = VectorStore(Path(workdir) / "vectors" / method)
+    manifest = store.manifest()
+    if (manifest is None or not manifest.complete or manifest.key.get("data") != config.data_fingerprint
+            or not (store.folder / "self_influence.npy").is_file()):
+        compute_vectors(workdir, method, MethodSettings(device=device), progress=progress)
+    return store.self_influence()
 
 
 def ensure_dataset(db: Database, examples: Examples) -> int:

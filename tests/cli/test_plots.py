@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from datablame.cli import plots
-from datablame.cli.demo_data import demo_dataset_path, demo_queries, injected_errors
+from datablame.cli.demo import demo_dataset_path, demo_queries, injected_errors
 from datablame.influence.data import load_examples
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -7,10 +7,11 @@ import json
 import pytest
 from store_helpers import dataset, db, make_issues  # noqa: F401 (fixtures)
 
+from datablame.influence.data import load_examples
 from datablame.influence.errors import DatablameError
 from datablame.store import flags
 from datablame.store.export import changes_path, export
-from datablame.store.scans import record_scan
+from datablame.store.scans import ensure_dataset, find_dataset, record_scan
 
 
 @pytest.fixture
@@ -72,3 +73,21 @@ def test_unknown_format_is_a_user_error(db, reviewed, tmp_path):
         export(db, reviewed, tmp_path / "clean.xlsx")
     with pytest.raises(DatablameError, match="unknown format"):
         export(db, reviewed, tmp_path / "clean.csv", fmt="xml")
+
+
+def test_export_keeps_the_files_other_columns_and_only_while_it_is_unchanged(db, tmp_path):
+    data = tmp_path / "train.csv"
+    data.write_text("text,label,source\n" + "".join(f"sentence {i},{'neg' if i % 2 == 0 else 'pos'},s{i}\n"
+                                                   for i in range(20)))
+    examples = load_examples(data)
+    ensure_dataset(db, examples)
+    ds = find_dataset(db, examples.fingerprint)
+    record_scan(db, ds.id, "cv", make_issues(), flag_top=0.05)
+    flags.set_status(db, ds, [1], "accepted")
+    export(db, ds, tmp_path / "clean.csv")
+    rows = read_csv(tmp_path / "clean.csv")
+    assert list(rows[0]) == ["id", "text", "label", "source"]
+    assert (rows[0]["label"], rows[0]["source"], rows[7]["source"]) == ("pos", "s0", "s7")
+    data.write_text(data.read_text() + "sentence 20,neg,s20\n")  # changed since the scan: the store's columns only
+    export(db, ds, tmp_path / "clean2.csv")
+    assert list(read_csv(tmp_path / "clean2.csv")[0]) == ["id", "text", "label"]
