@@ -13,7 +13,7 @@ import typer
 
 from . import report, store_commands
 from .errors import report_errors
-from .progress import console, log_verbosely, progress_bar
+from .progress import QUIET, VERBOSE, console, log_verbosely, progress_bar
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -42,9 +42,10 @@ def train(
     max_length: int = typer.Option(128, help="Tokens per input; longer inputs are truncated."),
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Train only the classification head."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = QUIET, verbose: bool = VERBOSE,
 ) -> None:
     """Fine-tune a classifier and save checkpoints with their learning rates into a workdir."""
+    log_verbosely(verbose)
     from datablame.influence.data import load_examples
     from datablame.influence.train import TrainSettings
     from datablame.influence.train import train as run_training
@@ -95,8 +96,6 @@ DTYPE = typer.Option("float32", help="Stored precision: float32 or float16.")
 LAMBDA = typer.Option(1e-3, "--lambda", help="L2 penalty of the representer refit.")
 BATCH_SIZE = typer.Option(32, help="Examples per gradient batch.")
 DEVICE = typer.Option("auto", help="auto, cpu or cuda.")
-QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
-VERBOSE = typer.Option(False, "--verbose", "-v", help="Log what each step does to stderr.")
 
 
 def _settings(params: Optional[List[str]], dim: int, projection: str, seed: int, lam: float, device: str,
@@ -119,9 +118,10 @@ def vectors(
     workdir: Path = typer.Argument(..., help="Workdir made by 'datablame train' or 'datablame init'."),
     method: str = METHOD, params: Optional[List[str]] = PARAMS, dim: int = DIM, projection: str = PROJECTION,
     seed: int = SEED, dtype: str = DTYPE, lam: float = LAMBDA, batch_size: int = BATCH_SIZE, device: str = DEVICE,
-    quiet: bool = QUIET,
+    quiet: bool = QUIET, verbose: bool = VERBOSE,
 ) -> None:
     """Compute every training example's vector and self-influence for each method (resumable)."""
+    log_verbosely(verbose)
     from datablame.index.vectors import compute_vectors
 
     settings = _settings(params, dim, projection, seed, lam, device)
@@ -145,8 +145,10 @@ def index(
                                      "its recall@10 against exact search is measured and printed."),
     curvature: str = typer.Option("lissa", help="Influence queries: lissa (per query) or sketch (once)."),
     dtype: str = DTYPE, lam: float = LAMBDA, batch_size: int = BATCH_SIZE, device: str = DEVICE, quiet: bool = QUIET,
+    verbose: bool = VERBOSE,
 ) -> None:
     """Compute the training vectors (resumable) and build a FAISS index per method and scoring."""
+    log_verbosely(verbose)
     from datablame.index.explain import index_workdir
     from datablame.index.search import SCORINGS
 
@@ -180,7 +182,7 @@ def explain(
     db: Optional[str] = typer.Option(None, "--db", help="SQLAlchemy URL of the store (with --flag)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     plot: bool = typer.Option(True, "--plot/--no-plot", help="Write a bar chart per explanation to WORKDIR/plots."),
-    device: str = DEVICE,
+    device: str = DEVICE, quiet: bool = QUIET, verbose: bool = VERBOSE,
 ) -> None:
     """The training examples that most support and most oppose the model's prediction for an input."""
     from datablame.index.explain import Explainer
@@ -188,6 +190,7 @@ def explain(
 
     from .render import explanation_json, explanation_plot, print_explanation, read_queries
 
+    log_verbosely(verbose)
     texts = read_queries(text, queries)
     explainer = Explainer(workdir, method, score or DEFAULT_SCORING, device, curvature)
     results = [explainer.explain_aggregate(texts, top)] if aggregate else explainer.explain(texts, top)
@@ -198,7 +201,8 @@ def explain(
             print_explanation(result)
     if plot:
         paths = [explanation_plot(workdir, r) for r in results]
-        console.print(f"plot{'s' if len(paths) > 1 else ''} → {paths[0]}" + (" …" if len(paths) > 1 else ""))
+        if not quiet:
+            console.print(f"plot{'s' if len(paths) > 1 else ''} → {paths[0]}" + (" …" if len(paths) > 1 else ""))
     if flag:
         _flag_supporters(workdir, explainer.train, results, flag, db)
 

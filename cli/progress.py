@@ -6,11 +6,14 @@ import contextlib
 import logging
 from typing import Iterator
 
+import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 console = Console(stderr=True)
+QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars or messages.")
+VERBOSE = typer.Option(False, "--verbose", "-v", help="Also log what each step does (sizes, settings, reuse).")
 
 
 @contextlib.contextmanager

@@ -72,8 +72,8 @@ def explanation_plot(workdir: Path, result: Explanation) -> Path:
     what = result.text if isinstance(result.text, str) else f"{len(result.text)} inputs (aggregate)"
     digest = hashlib.sha256(json.dumps(result.text, ensure_ascii=False).encode()).hexdigest()[:10]
     p = result.prediction
-    return explain_bars([(bar_label(n.id, n.text), n.score) for n in result.supporting],
-                        [(bar_label(n.id, n.text), n.score) for n in result.opposing],
+    return explain_bars([(bar_label(n.id, f"({n.label}) {n.text}"), n.score) for n in result.supporting],
+                        [(bar_label(n.id, f"({n.label}) {n.text}"), n.score) for n in result.opposing],
                         f"{what} → {p['label']} ({p['probability']:.2f}); {result.method}, {result.scoring}",
                         Path(workdir) / "plots" / f"explain-{result.method}-{digest}.png")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import List, Optional
@@ -10,7 +11,7 @@ from typing import List, Optional
 import typer
 
 from .errors import report_errors
-from .progress import console, progress_bar
+from .progress import QUIET, VERBOSE, console, log_verbosely, progress_bar
 
 DB = typer.Option(None, "--db", help="SQLAlchemy URL of the store (default: SQLite file WORKDIR/datablame.db).")
 WORKDIR = typer.Argument(..., help="Workdir made by 'datablame train' or 'datablame init'.")
@@ -48,7 +49,7 @@ def scan(
     json_out: bool = typer.Option(False, "--json", help="Print every example, most suspicious first, as JSON."),
     db: Optional[str] = DB,
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = QUIET, verbose: bool = VERBOSE,
 ) -> None:
     """Rank every training example by how likely its label is wrong; store the scores, flag the top fraction.
 
@@ -57,6 +58,8 @@ def scan(
 
     from .render import scan_plot
 
+    log_verbosely(verbose)
+    start = time.perf_counter()
     _, database = _open(workdir, db)
     with progress_bar("scan", quiet) as update:
         result = scan_workdir(workdir, method, flag_top, folds, repeats, database, device, update)
@@ -66,8 +69,10 @@ def scan(
     plot = scan_plot(workdir, result)
     _table(["id", "score", "label", "suggested_label", "text"], result.rows(10),
            f"most suspicious of {len(result.issues.order)}")
-    console.print(f"{method}: {result.record.flagged} new open 'mislabeled' flags (top {flag_top:.0%}); review them "
-                  f"with 'datablame flags {workdir} list'; plot → {plot}")
+    if not quiet:
+        console.print(f"{method}: {result.record.flagged} new open 'mislabeled' flags (top {flag_top:.0%}) in "
+                      f"{time.perf_counter() - start:.1f} s; review them with 'datablame flags {workdir} list'; "
+                      f"plot → {plot}")
 
 
 def _table(columns: list[str], rows: list[dict], title: str) -> None:

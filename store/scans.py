@@ -11,6 +11,7 @@ previous state.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -25,6 +26,8 @@ from datablame.influence.errors import DatablameError
 
 from .db import Database, default_url, open_db
 from .schema import Dataset, Example, Flag, Run, Score, utcnow
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # importing them loads torch, which the review commands never need
     from datablame.influence.data import Examples
@@ -78,11 +81,15 @@ def scan_workdir(workdir: str | os.PathLike, method: str = "cv", flag_top: float
     model, task = load_classifier(wd.checkpoint_path(config.checkpoints[-1]), config.label_names, device,
                                   config.max_length)
     probs, features = detect.probabilities_and_features(task, model, examples, progress=progress)
+    log.info("scan %s: %d examples, %d classes, features %s of checkpoint %s; signals %s", method, len(examples),
+             len(config.label_names), tuple(features.shape), config.checkpoints[-1].path, weights)
     cv = detect.cross_validated_probabilities(features, examples.labels, len(config.label_names), folds,
                                               repeats=repeats) if weights.get("cv") else None
     influence = {m: self_influence(workdir, m, config, device, progress)
                  for m in detect.self_influence_methods(weights)}
     issues = detect.rank_label_issues(examples.labels, probs, cv, influence, weights)
+    log.info("given label's mean probability %.3f; flagging the top %.1f%%", issues.label_probability.mean(),
+             100 * flag_top)
     record = record_scan(db, ensure_dataset(db, examples), method, issues, next(iter(influence.values()), None),
                          flag_top, {"weights": weights, "folds": folds, "repeats": repeats, "flag_top": flag_top},
                          [asdict(c) for c in config.checkpoints])
@@ -101,6 +108,7 @@ def self_influence(workdir: str | os.PathLike, method: str, config: Config, devi
     manifest = store.manifest()
     if (manifest is None or not manifest.complete or manifest.key.get("data") != config.data_fingerprint
             or not (store.folder / "self_influence.npy").is_file()):
+        log.info("computing %s vectors for self-influence (none stored for this data)", method)
         compute_vectors(workdir, method, MethodSettings(device=device), progress=progress)
     return store.self_influence()
 
