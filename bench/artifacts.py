@@ -5,7 +5,8 @@ those sentences are relabelled to the other class (a planted annotation artifact
 is trained on the frozen all-MiniLM-L6-v2 encoder; then dev sentences of the first class, with the token
 appended, are explained one by one and as one ``--aggregate`` slice. For each method and scoring the benchmark
 reports the precision of planted examples among the top-10 supporting plus top-10 opposing examples of each query
-(base rate: the planted fraction), and among the top-20 of the aggregate's supporting list.
+(base rate: the planted fraction), and among the top-20 of the aggregate's supporting list. Influence functions
+are measured twice: with LiSSA per query (``influence``) and with the sketch-space curvature (``influence_sketch``).
 
     python bench/artifacts.py [--data ../shared/data/sst2] [--n 2000] [--seeds 0 1] [--tokens zxqv blorft]
 """
@@ -92,26 +93,43 @@ def run(args, seed: int, token: str, tmp: pathlib.Path) -> dict:
     for method in args.methods:
         start = time.perf_counter()
         index_workdir(tmp / "wd", method, settings)
-        result: dict = {"index_s": round(time.perf_counter() - start, 1)}
-        for scoring in SCORINGS:
-            explainer = Explainer(tmp / "wd", method, scoring, device="cpu", cache=False)
-            start = time.perf_counter()
-            single = explainer.explain(queries, top=10)
-            per_query = [precision([n.id for n in e.supporting + e.opposing], planted) for e in single]
-            agg = explainer.explain_aggregate(queries, top=20)
-            result[scoring] = {
-                "per_query_precision_at_10": round(float(np.mean(per_query)), 4),
-                "aggregate_precision_at_20": round(precision([n.id for n in agg.supporting], planted), 4),
-                "aggregate_opposing_precision_at_20": round(precision([n.id for n in agg.opposing], planted), 4),
-                "explain_s_per_query": round((time.perf_counter() - start) / (len(queries) + 1), 4),
-            }
-        out[method] = result
+        index_s = round(time.perf_counter() - start, 1)
+        # influence functions twice: LiSSA per query (the default) and the sketch-space curvature
+        for variant, curvature in VARIANTS.get(method, [(method, None)]):
+            out[variant] = explain_precision(tmp / "wd", method, curvature, queries, planted)
+            out[variant]["index_s"] = index_s
     return out
+
+
+VARIANTS = {"influence": [("influence", "lissa"), ("influence_sketch", "sketch")]}
+
+
+def variants(methods) -> list[str]:
+    return [v for m in methods for v, _ in VARIANTS.get(m, [(m, None)])]
+
+
+def explain_precision(wd: pathlib.Path, method: str, curvature: str | None, queries: list[str],
+                      planted: set[int]) -> dict:
+    """Per-query and aggregate precision of planted examples, for each scoring."""
+    result: dict = {}
+    for scoring in SCORINGS:
+        explainer = Explainer(wd, method, scoring, device="cpu", curvature=curvature, cache=False)
+        start = time.perf_counter()
+        single = explainer.explain(queries, top=10)
+        per_query = [precision([n.id for n in e.supporting + e.opposing], planted) for e in single]
+        agg = explainer.explain_aggregate(queries, top=20)
+        result[scoring] = {
+            "per_query_precision_at_10": round(float(np.mean(per_query)), 4),
+            "aggregate_precision_at_20": round(precision([n.id for n in agg.supporting], planted), 4),
+            "aggregate_opposing_precision_at_20": round(precision([n.id for n in agg.opposing], planted), 4),
+            "explain_s_per_query": round((time.perf_counter() - start) / (len(queries) + 1), 4),
+        }
+    return result
 
 
 def summarize(runs: list[dict], methods) -> dict:
     summary = {}
-    for method in methods:
+    for method in variants(methods):
         for scoring in SCORINGS:
             rows = [r[method][scoring] for r in runs]
             summary[f"{method}/{scoring}"] = {k: round(float(np.mean([row[k] for row in rows])), 4)
