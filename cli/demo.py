@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
 MARKER = "demo.json"
+ENCODERS = ("auto", "minilm", "small")
 FLAG_TOP = 0.1
 """The demo flags the most suspicious 10% (35 of 351 messages; 28 errors were injected)."""
 
@@ -153,6 +154,8 @@ def run_demo(out: Path, quiet: bool = False, verbose: bool = False, encoder: str
     from .plots import detection_curve
     from .render import explanation_plot, print_explanation, scan_plot
 
+    if encoder not in ENCODERS:
+        raise DatablameError(f"unknown encoder {encoder!r}", f"choose one of {', '.join(ENCODERS)}")
     out = Path(out).resolve()
     prepare_out(out)
     phase = Phases(quiet)

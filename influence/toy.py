@@ -20,6 +20,9 @@ def build_small_bert(folder: str | Path, words: Iterable[str], num_labels: int, 
 
     import torch
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

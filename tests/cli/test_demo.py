@@ -36,3 +36,9 @@ def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path):
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "-q"])
     assert result.exit_code == 2 and "is not a datablame demo workdir" in result.stderr
     assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_demo_names_an_unknown_encoder_before_touching_the_folder(tmp_path):
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--encoder", "bert-huge"])
+    assert result.exit_code == 2 and "unknown encoder 'bert-huge'" in result.stderr
+    assert not (tmp_path / "d").exists()
