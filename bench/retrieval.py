@@ -77,7 +77,7 @@ def measure(x: np.ndarray, queries: dict[str, np.ndarray], scoring: str, approxi
     HNSW also at every efSearch tried (the index keeps the one its build-time check chose on ``sample``)."""
     meta = IndexMeta(method="bench", scoring=scoring, kind="exact", n=0, dim=x.shape[1], key={})
     start = time.perf_counter()
-    index = VectorIndex.build(x, meta, approximate, queries=sample)
+    index = VectorIndex.build(x, meta, approximate, queries=sample, fallback=False)
     out: dict = {"kind": index.meta.kind, "n": len(x), "dim": x.shape[1], "build_s": round(time.perf_counter()
                                                                                            - start, 2)}
     if approximate:
@@ -192,16 +192,23 @@ def main() -> None:
 
 
 def targets(out: dict, method: str) -> dict:
-    """Issue 10's targets, each with the measured value and whether it is met."""
+    """Issue 10's targets, each with the measured value and whether it is met. For HNSW, per query set: the
+    efSearch the build-time check chose, and the operating point (smallest efSearch of the sweep reaching recall@10
+    0.95) that the target asks about; exact search, the fallback, always has recall 1."""
     found = {}
     for key, limit in [(k, 5.0 if k.startswith("synthetic") else 1.0) for k in out
                        if k.endswith("_cosine") and (k.startswith("real_") or k.startswith("synthetic_"))]:
         row = next(r for r in out[key] if r["kind"] == "hnsw")
+        exact = next(r for r in out[key] if r["kind"] == "exact")
         for qs in [q for q in row if q.endswith("queries")]:
-            found[f"{key} hnsw, {qs} (< {limit:g} ms, recall >= 0.95)"] = {
-                "median_ms": row[qs]["median_ms"], "recall_at_10": row[qs]["recall_at_10"],
-                "efSearch": row["hnsw"]["efSearch"],
-                "met": row[qs]["median_ms"] < limit and row[qs]["recall_at_10"] >= 0.95}
+            ok = [(int(ef), m) for ef, m in row[qs]["by_efSearch"].items() if m["recall_at_10"] >= 0.95]
+            best = {"efSearch": ok[0][0], "median_ms": ok[0][1]["median_ms"],
+                    "recall_at_10": ok[0][1]["recall_at_10"]} if ok else None
+            found[f"{key} hnsw, {qs} (< {limit:g} ms at recall >= 0.95)"] = {
+                "chosen_at_build": {"efSearch": row["hnsw"]["efSearch"], "median_ms": row[qs]["median_ms"],
+                                    "recall_at_10": row[qs]["recall_at_10"]},
+                "operating_point": best, "exact_median_ms": exact[qs]["median_ms"],
+                "met": best is not None and best["median_ms"] < limit}
     for name, limit in ((f"{method}_explain", 0.3), ("influence_lissa_explain", 2.5),
                         ("influence_sketch_explain", 2.5)):
         total = out[name]["single_query_median_s"]["total"]

@@ -75,17 +75,33 @@ def test_save_load_and_staleness(tmp_path):
 def test_hnsw_widens_its_search_until_unlike_queries_reach_the_target():
     """Queries far from the training vectors (like curvature-corrected influence queries) may need a larger
     efSearch than training-like ones; the kept one is the smallest measured to reach the target, or the largest."""
-    from datablame.index.search import HNSW_EF_SEARCH, RECALL_TARGET
+    from datablame.index.search import HNSW_EF_SEARCH, RECALL_MARGIN
 
     x = sketches(3000)
     unlike = np.random.default_rng(5).standard_normal((100, x.shape[1])).astype(np.float32)
-    index = VectorIndex.build(x, meta("cosine"), approximate=True, queries=unlike)
+    index = VectorIndex.build(x, meta("cosine"), approximate=True, queries=unlike, fallback=False)
     tried = {int(e): r for e, r in index.meta.hnsw["recall_by_efSearch"].items()}
     chosen = index.meta.hnsw["efSearch"]
     assert list(tried) == [e for e in HNSW_EF_SEARCH if e <= chosen]
-    assert all(r < RECALL_TARGET for e, r in tried.items() if e < chosen)
+    assert all(r < RECALL_MARGIN for e, r in tried.items() if e < chosen)
     assert index.meta.recall_at_10 == pytest.approx(tried[chosen], abs=1e-4)
-    assert tried[chosen] >= RECALL_TARGET or chosen == HNSW_EF_SEARCH[-1]
+    assert tried[chosen] >= RECALL_MARGIN or chosen == HNSW_EF_SEARCH[-1]
     both = np.concatenate([unlike, -unlike])
     exact = VectorIndex.build(x, meta("cosine")).search(both, 10)[1]
     assert recall_at_k(index.search(both, 10)[1], exact) == pytest.approx(index.meta.recall_at_10, abs=1e-4)
+
+
+def test_hnsw_that_cannot_reach_the_target_falls_back_to_exact(monkeypatch, tmp_path):
+    import datablame.index.search as search
+
+    monkeypatch.setattr(search, "HNSW_EF_SEARCH", (1,))  # a search too narrow to reach the target
+    x = sketches(3000)
+    index = VectorIndex.build(x, meta("cosine"), approximate=True)
+    assert index.meta.kind == "exact" and "rejected" in index.meta.hnsw
+    index.save(tmp_path)
+    index = VectorIndex.load(tmp_path, "tracin", "cosine")
+    assert index.meta.kind == "exact"
+    assert index.meta.hnsw["recall_by_efSearch"]["1"] < search.RECALL_TARGET
+    q = sketches(20, seed=4)
+    exact = VectorIndex.build(x, meta("cosine")).search(q, 10)[1]
+    assert recall_at_k(index.search(q, 10)[1], exact) == 1.0
