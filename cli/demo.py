@@ -135,7 +135,7 @@ def base_model(out: Path, texts: list[str], num_labels: int, encoder: str) -> De
                          "all-MiniLM-L6-v2 (frozen) + linear head", ("tracin", "influence"), "influence")
     folder = build_small_bert(out / "base-model", vocabulary(texts), num_labels, layers=2, hidden=64,
                               max_positions=64)
-    return DemoModel(str(folder), TrainSettings(epochs=8, lr=3e-3, batch_size=16, checkpoints=3, max_length=64,
+    return DemoModel(str(folder), TrainSettings(epochs=10, lr=1e-3, batch_size=16, checkpoints=3, max_length=64,
                                                 device="cpu"),
                      "small BERT (2 layers, hidden 64) trained from scratch", ("tracin",), "tracin")
 

@@ -160,6 +160,8 @@ def index(
                                   dtype, batch_size, update)
         for meta in metas:
             recall = "" if meta.recall_at_10 is None else f", recall@10 {meta.recall_at_10:.3f} against exact"
+            if (meta.hnsw or {}).get("rejected"):
+                recall = f" (HNSW {meta.hnsw['rejected']})"
             console.print(f"{name} ({meta.scoring}): {meta.kind} index of {meta.n} × {meta.dim}{recall}; "
                           f"{time.perf_counter() - start:.1f} s")
 
