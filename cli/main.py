@@ -195,7 +195,9 @@ def explain(
     log_verbosely(verbose)
     texts = read_queries(text, queries)
     explainer = Explainer(workdir, method, score or DEFAULT_SCORING, device, curvature)
-    results = [explainer.explain_aggregate(texts, top)] if aggregate else explainer.explain(texts, top)
+    with progress_bar("explain", quiet or len(texts) == 1) as update:
+        results = [explainer.explain_aggregate(texts, top, update)] if aggregate else \
+            explainer.explain(texts, top, update)
     if as_json:
         print(explanation_json(results, single=aggregate or queries is None))
     else:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -34,6 +35,7 @@ from .search import DEFAULT_SCORING, RECALL_QUERIES, SCORINGS, IndexMeta, Vector
 from .vectors import VectorStore, compute_vectors
 
 QUERY_BATCH = 32
+log = logging.getLogger(__name__)
 
 
 def show(text: Text) -> str:
@@ -53,6 +55,8 @@ def index_workdir(workdir: str | Path, method: str, settings: MethodSettings = M
         meta = IndexMeta(method=method, scoring=scoring, kind="exact", n=manifest.n, dim=manifest.dim,
                          key=built.key, settings=settings.to_dict())
         index = VectorIndex.build(vectors, meta, approximate, seed=settings.seed, queries=sample)
+        log.info("%s %s index: %s, %d × %d%s", method, scoring, index.meta.kind, index.meta.n, index.meta.dim,
+                 f"; HNSW {index.meta.hnsw}" if index.meta.hnsw else "")
         index.save(Workdir(workdir).root / "index")
         metas.append(index.meta)
     return metas
@@ -160,17 +164,24 @@ class Explainer:
             return "gradient + sketch-space curvature solve"
         return f"gradient + LiSSA ({self.settings.lissa.depth} Hessian-vector products per query)"
 
-    def queries(self, texts: Sequence[Text]) -> tuple[Queries, int]:
-        """Query vectors of the texts (cached ones read from disk) and how many came from the cache."""
+    def queries(self, texts: Sequence[Text], progress: Progress | None = None) -> tuple[Queries, int]:
+        """Query vectors of the texts (cached ones read from disk) and how many came from the cache;
+        ``progress(done, total)`` counts the texts."""
         rows: list = [self.cache.get(t) if self.cache else None for t in texts]
         missing = [i for i, row in enumerate(rows) if row is None]
+        log.info("%d queries: %d cached, %d to compute (%s)", len(texts), len(texts) - len(missing), len(missing),
+                 self.cost_note)
         for lo in range(0, len(missing), QUERY_BATCH):
+            if progress is not None:
+                progress(len(texts) - len(missing) + lo, len(texts))
             ids = missing[lo:lo + QUERY_BATCH]
             q = self.method.query_vectors([texts[i] for i in ids])
             for j, i in enumerate(ids):
                 rows[i] = (q.vectors[j].numpy(), q.probabilities[j].numpy(), int(q.predictions[j]))
                 if self.cache:
                     self.cache.put(texts[i], *rows[i])
+        if progress is not None:
+            progress(len(texts), len(texts))
         if not texts:
             return Queries(torch.zeros(0, self.index.meta.dim), torch.zeros(0, dtype=torch.long),
                            torch.zeros(0, self.train.num_labels)), 0
@@ -194,10 +205,10 @@ class Explainer:
         return {"query_vectors_s": round(query_s, 4), "search_s": round(search_s, 4), "cached": cached,
                 "queries": n, "index": self.index.meta.kind, "cost": self.cost_note}
 
-    def explain(self, texts: Sequence[Text], top: int = 10) -> list[Explanation]:
+    def explain(self, texts: Sequence[Text], top: int = 10, progress: Progress | None = None) -> list[Explanation]:
         """One explanation per input: its prediction and the ``top`` most supporting and opposing examples."""
         start = time.perf_counter()
-        q, cached = self.queries(texts)
+        q, cached = self.queries(texts, progress)
         query_s = time.perf_counter() - start
         start = time.perf_counter()
         supporting, opposing = self._neighbours(q.vectors.numpy(), top)
@@ -210,13 +221,13 @@ class Explainer:
                             self._timing(query_s / len(texts), search_s / len(texts), cached, 1))
                 for i, t in enumerate(texts)]
 
-    def explain_aggregate(self, texts: Sequence[Text], top: int = 10) -> Explanation:
+    def explain_aggregate(self, texts: Sequence[Text], top: int = 10, progress: Progress | None = None) -> Explanation:
         """The training examples that most support or oppose the model's behaviour on the whole set: one search
         with the sum of the query vectors (unit query vectors for cosine scoring, so each input counts once)."""
         if not texts:
             raise DatablameError("no inputs to aggregate", "give a --queries file with one input per line")
         start = time.perf_counter()
-        q, cached = self.queries(texts)
+        q, cached = self.queries(texts, progress)
         query_s = time.perf_counter() - start
         v = q.vectors.numpy()
         if self.index.meta.scoring == "cosine":

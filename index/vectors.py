@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -29,6 +31,7 @@ from datablame.influence.methods import Method, compute_train_vectors
 from datablame.influence.workdir import Workdir, atomic_write_bytes, atomic_write_json
 
 DTYPES = ("float32", "float16")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -82,8 +85,13 @@ class VectorStore:
         wanted = Manifest(key=key, n=len(train), dim=method.dim, dtype=dtype, shard_size=shard_size)
         if manifest is None or asdict(manifest) | {"done": []} != asdict(wanted):
             if self.folder.exists():
+                log.info("%s: vectors of other settings or data are replaced", self.folder)
                 shutil.rmtree(self.folder)
             manifest = wanted
+        elif manifest.done:
+            log.info("%s: resuming; %d of %d shards already done", self.folder, len(manifest.done), manifest.shards)
+        log.info("%d examples → %d × %d %s vectors in %d shard(s) of %d", len(train), len(train), method.dim, dtype,
+                 manifest.shards, shard_size)
         self.folder.mkdir(parents=True, exist_ok=True)
         for index in range(manifest.shards):
             if index in manifest.done and self.shard_path(index).is_file():

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -32,6 +33,7 @@ from .task import Task, logits_and_features_of, model_device
 from .workdir import atomic_write_bytes
 
 Progress = Callable[[int, int], None]
+log = logging.getLogger(__name__)
 
 
 def encoder_digest(task: Task, model: nn.Module) -> str:
@@ -80,6 +82,7 @@ class TrainFeatures:
             rows = torch.from_numpy(np.load(path))
             if rows.shape[0] == len(train):
                 self._rows, self._known[:] = rows, True
+                log.info("training features %s read from %s", tuple(rows.shape), path)
 
     @property
     def complete(self) -> bool:

@@ -7,6 +7,7 @@ that every checkpoint keeps a non-zero TracIn weight. A checkpoint's learning ra
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import shutil
 import tempfile
@@ -26,6 +27,9 @@ from .workdir import Checkpoint, Config, Workdir
 
 TrainProgress = Callable[[int, int, float], None]
 """progress(step, total_steps, loss): called after every optimizer step (loss in nats)."""
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -87,6 +91,8 @@ def train(examples: Examples, base_model: str, workdir: str | Path, settings: Tr
         for name, p in model.named_parameters():
             p.requires_grad_(name.startswith(head))
     trainable = [p for p in model.parameters() if p.requires_grad]
+    log.info("training %d of %d parameters on %d examples (%s)", sum(p.numel() for p in trainable),
+             sum(p.numel() for p in model.parameters()), len(examples), settings)
     # with --freeze-encoder the encoder runs once (eval mode) and the head trains on its features: a linear probe;
     # the features are kept in the workdir's feature cache, where every method finds them for every checkpoint
     features = None
