@@ -98,13 +98,15 @@ class Phases:
 
 
 def prepare_out(out: Path) -> None:
-    """Make ``out`` for the demo: a new or empty folder, or a previous demo's (which is replaced)."""
+    """Make ``out`` for the demo: a new or empty folder, or a previous demo's (which is replaced). The marker
+    file is written first, so that a demo stopped halfway is still recognised and replaced by the next."""
     if out.exists():
         if not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file()):
             raise DatablameError(f"{out} exists and is not a datablame demo workdir",
                                  "give a new folder with --out, or remove it")
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    atomic_write_json(out / MARKER, {"status": "started"})
 
 
 @dataclass
@@ -131,12 +133,11 @@ def base_model(out: Path, texts: list[str], num_labels: int, encoder: str) -> De
                              "--encoder small")
     if path is not None:
         return DemoModel(str(path), TrainSettings(epochs=20, lr=1e-2, batch_size=16, checkpoints=3, max_length=64,
-                                                  freeze_encoder=True, device="cpu"),
+                                                  freeze_encoder=True),
                          "all-MiniLM-L6-v2 (frozen) + linear head", ("tracin", "influence"), "influence")
     folder = build_small_bert(out / "base-model", vocabulary(texts), num_labels, layers=2, hidden=64,
                               max_positions=64)
-    return DemoModel(str(folder), TrainSettings(epochs=10, lr=1e-3, batch_size=16, checkpoints=3, max_length=64,
-                                                device="cpu"),
+    return DemoModel(str(folder), TrainSettings(epochs=10, lr=1e-3, batch_size=16, checkpoints=3, max_length=64),
                      "small BERT (2 layers, hidden 64) trained from scratch", ("tracin",), "tracin")
 
 
@@ -168,16 +169,16 @@ def run_demo(out: Path, quiet: bool = False, verbose: bool = False, encoder: str
                       f"model: {model.description}")
     with phase("train") as update:
         train(examples, model.path, out, model.settings, update)
-    methods = MethodSettings(device="cpu")
+    methods = MethodSettings()
     with phase("index") as update:
         for method in model.methods:
             index_workdir(out, method, methods, ("cosine",), progress=update)
     db = open_db(default_url(out))
     with phase("scan") as update:
-        scan = scan_workdir(out, "cv", FLAG_TOP, db=db, device="cpu", progress=update)
+        scan = scan_workdir(out, "cv", FLAG_TOP, db=db, progress=update)
     plots = [scan_plot(out, scan)]
     with phase("explain"):
-        explanations = Explainer(out, model.explain_method, device="cpu").explain(demo_queries()[:2], top=5)
+        explanations = Explainer(out, model.explain_method).explain(demo_queries()[:2], top=5)
     for e in explanations:
         if verbose or not quiet:
             print_explanation(e)

@@ -11,8 +11,12 @@ from datablame.cli.main import app
 
 def test_demo_runs_the_whole_story_and_finds_injected_errors(tmp_path):
     out = tmp_path / "demo"
+    out.mkdir()
+    (out / "demo.json").write_text('{"status": "started"}')  # a demo stopped halfway is replaced
+    (out / "leftover.txt").write_text("from the stopped demo")
     result = CliRunner().invoke(app, ["demo", "--out", str(out), "--encoder", "small", "-q"])
     assert result.exit_code == 0, result.output
+    assert not (out / "leftover.txt").exists()
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["injected"] == len(injected_errors()) == 28 and summary["flagged"] == 36
     assert summary["precision"] >= 2 * 28 / 351  # at least twice the base rate of errors among 351 messages
