@@ -63,10 +63,10 @@ def scan(
     _, database = _open(workdir, db)
     with progress_bar("scan", quiet) as update:
         result = scan_workdir(workdir, method, flag_top, folds, repeats, database, device, update)
+    plot = scan_plot(workdir, result)
     if json_out:
         print(json.dumps({"method": method, "examples": result.rows()}, ensure_ascii=False))
         return
-    plot = scan_plot(workdir, result)
     _table(["id", "score", "label", "suggested_label", "text"], result.rows(10),
            f"most suspicious of {len(result.issues.order)}")
     if not quiet:

@@ -3,6 +3,7 @@
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from test_cli import datablame
@@ -28,6 +29,7 @@ def test_scan_review_export(workdir, tmp_path):
     assert first["suggested_label"] != first["label"]
     scores = [e["score"] for e in out["examples"]]
     assert scores == sorted(scores, reverse=True) and sorted(e["id"] for e in out["examples"]) == list(range(48))
+    assert (Path(workdir) / "plots" / "scan-cv.png").stat().st_size > 10_000  # the histogram per class
     assert (workdir / "datablame.db").is_file()
     flags = json.loads(run_ok("flags", workdir, "list", "--json"))
     assert [f["example_id"] for f in flags] == [e["id"] for e in out["examples"][:5]]  # ceil(10% of 48)
