@@ -17,7 +17,13 @@ Baselines, on the same encoder: (a) in-sample loss of the trained head; (b) clea
 scikit-learn's logistic regression over the features; (c) the out-of-sample loss of 5-fold cross-validated copies
 of the head, trained the same way (Chong, Hong & Manning 2022).
 
-    python bench/detection.py [--data ../shared/data/sst2] [--n 6000] [--seed 0] > detection.json
+Plots: one detection curve per setting (recall of the flipped labels against the fraction inspected, most
+suspicious first; ``datablame.cli.plots.detection_curve``) at ``--plots``/<setting>.png, e.g. ``uniform-10.png``:
+the default scan method in bold, the other scan methods and the rankings of baselines (a), (b, self-confidence)
+and (c) as extra curves (the ``loss`` scan method is left out: it ranks as baseline (a) does). The legend gives
+each curve's recall@10%; the JSON records each setting's path under ``detection_curve``.
+
+    python bench/detection.py [--data ../shared/data/sst2] [--n 6000] [--seed 0] [--plots DIR] > detection.json
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from datablame.cli.plots import detection_curve  # noqa: E402
 from datablame.influence import detect  # noqa: E402
 from datablame.influence.data import Examples, load_examples  # noqa: E402
 from datablame.influence.grads import num_params, select_params  # noqa: E402
@@ -162,7 +169,8 @@ def metrics(noisy: np.ndarray, score: np.ndarray, flagged: np.ndarray | None = N
             "flagged": int(len(flagged))}
 
 
-def baselines(x: np.ndarray, y: np.ndarray, noisy: np.ndarray, in_sample: np.ndarray, args) -> dict:
+def baselines(x: np.ndarray, y: np.ndarray, noisy: np.ndarray, in_sample: np.ndarray, args) -> tuple[dict, dict]:
+    """Each baseline's metrics, and the (n,) suspicion score of each ranking baseline (for the plot)."""
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
     from sklearn.linear_model import LogisticRegression
@@ -178,13 +186,15 @@ def baselines(x: np.ndarray, y: np.ndarray, noisy: np.ndarray, in_sample: np.nda
         model = train_head(x[fit], y[fit], args.epochs, args.lr, args.seed)[-1][0]
         cv_head[fold == k] = probabilities(model, x[fold == k])
     p_given = lambda p: p[np.arange(len(y)), y]  # noqa: E731
+    scores = {"in-sample loss": -np.log(p_given(in_sample)), "cleanlab self-confidence": -get_label_quality_scores(
+        y, lr_probs), "cv head loss": -np.log(p_given(cv_head))}
     return {
-        "baseline:in_sample_loss": metrics(noisy, -np.log(p_given(in_sample))),
-        "baseline:cleanlab_find_label_issues": metrics(noisy, -get_label_quality_scores(y, lr_probs),
+        "baseline:in_sample_loss": metrics(noisy, scores["in-sample loss"]),
+        "baseline:cleanlab_find_label_issues": metrics(noisy, scores["cleanlab self-confidence"],
                                                        flagged=np.flatnonzero(issues)),
-        "baseline:cleanlab_self_confidence": metrics(noisy, -get_label_quality_scores(y, lr_probs)),
-        "baseline:cv_head_loss": metrics(noisy, -np.log(p_given(cv_head))),
-    }
+        "baseline:cleanlab_self_confidence": metrics(noisy, scores["cleanlab self-confidence"]),
+        "baseline:cv_head_loss": metrics(noisy, scores["cv head loss"]),
+    }, scores
 
 
 def add_noise(y: np.ndarray, kind: str, rate: float, seed: int) -> np.ndarray:
@@ -196,7 +206,25 @@ def add_noise(y: np.ndarray, kind: str, rate: float, seed: int) -> np.ndarray:
     return noisy
 
 
-def run_setting(x: np.ndarray, clean: np.ndarray, kind: str, rate: float, args) -> dict:
+def plot_setting(noisy: np.ndarray, scans: dict[str, np.ndarray], baseline_scores: dict[str, np.ndarray],
+                 path: Path, title: str) -> Path:
+    """The detection curve of the default scan method against the other scan methods and the baselines."""
+    ranked = lambda score: noisy[np.argsort(-score, kind="stable")]  # noqa: E731 (the order metrics() uses)
+    extra = {f"scan: {m}": ranked(s) for m, s in scans.items() if m not in (detect.DEFAULT_SCAN, "loss")}
+    extra.update({f"baseline: {b}": ranked(s) for b, s in baseline_scores.items()})
+    return detection_curve(ranked(scans[detect.DEFAULT_SCAN]), path, f"scan: {detect.DEFAULT_SCAN} (default)", extra,
+                           title=title, at=0.1)
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it."""
+    try:
+        return str(path.resolve().relative_to(Path(__file__).resolve().parents[1]))
+    except ValueError:
+        return str(path)
+
+
+def run_setting(x: np.ndarray, clean: np.ndarray, kind: str, rate: float, args, name: str = "") -> dict:
     y = add_noise(clean, kind, rate, args.seed)
     noisy = y != clean
     start = time.perf_counter()
@@ -207,8 +235,10 @@ def run_setting(x: np.ndarray, clean: np.ndarray, kind: str, rate: float, args) 
     influence = self_influences(x, y, checkpoints, args.dim, args.lam)
     signals_s = time.perf_counter() - start
     result = {"noisy": int(noisy.sum()), "signals_seconds": round(signals_s, 1), "methods": {}}
+    scans = {}
     for method, weights in detect.SCAN_METHODS.items():
         issues = detect.rank_label_issues(y, probs, cv, influence, weights)
+        scans[method] = issues.score
         entry = metrics(noisy, issues.score, flag_top=args.flag_top)
         entry["suggested_label_accuracy"] = round(float((issues.suggested[noisy] == clean[noisy]).mean()), 4)
         if len([w for w in weights.values() if w]) > 1:  # what each part adds: the combination without it
@@ -220,13 +250,17 @@ def run_setting(x: np.ndarray, clean: np.ndarray, kind: str, rate: float, args) 
     result["methods"]["cv, one partition"] = metrics(  # what averaging partitions adds
         noisy, detect.rank_label_issues(y, cv_probabilities=single).score, flag_top=args.flag_top)
     result["default_scan"] = detect.DEFAULT_SCAN
-    result.update(baselines(x, y, noisy, probs, args))
+    baseline_metrics, baseline_scores = baselines(x, y, noisy, probs, args)
+    result.update(baseline_metrics)
     strongest = max((k for k in result if k.startswith("baseline:")), key=lambda k: result[k]["auroc"])
     default = result["methods"][detect.DEFAULT_SCAN]
     result["default_beats_strongest_baseline"] = {
         "baseline": strongest,
         "auroc": default["auroc"] > result[strongest]["auroc"],
         "recall@10%": default["recall@10%"] > max(result[k]["recall@10%"] for k in result if k.startswith("baseline:"))}
+    title = f"SST-2 {name}: {int(noisy.sum())} of {len(y)} labels flipped (frozen MiniLM)"
+    result["detection_curve"] = shown(plot_setting(noisy, scans, baseline_scores,
+                                                   args.plots / f"{name.replace('%', '')}.png", title))
     return result
 
 
@@ -245,6 +279,8 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "datablame-bench")
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS))
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 on a busy machine)")
+    parser.add_argument("--plots", type=Path, default=Path(__file__).resolve().parent / "results" / "detection",
+                        help="folder for the detection-curve PNGs, one per setting")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -257,7 +293,7 @@ def main() -> None:
            "settings": {}}
     for name in args.settings:
         kind, rate = SETTINGS[name]
-        out["settings"][name] = run_setting(x, train.labels, kind, rate, args)
+        out["settings"][name] = run_setting(x, train.labels, kind, rate, args, name)
         print(f"{name} done", file=sys.stderr)
     print(json.dumps(out, indent=2))
 
