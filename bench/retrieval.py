@@ -151,7 +151,7 @@ def main() -> None:
         out["train_s"] = round(time.perf_counter() - start, 1)
     dev = load_examples(args.data / "dev.tsv", "sentence").texts
     explained = dev[:args.explain_queries]
-    x, queries = {}, {}
+    x = {}
     for method in dict.fromkeys([args.method, "influence"]):
         start = time.perf_counter()
         index_workdir(wd, method, MethodSettings(), scorings=("cosine",))
