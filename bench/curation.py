@@ -14,7 +14,6 @@ trained like ``datablame train --freeze-encoder`` and an L2 logistic regression 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -77,15 +76,8 @@ def cleaned_labels(train, noisy_labels: np.ndarray, x: np.ndarray, folder: Path,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2")
-    parser.add_argument("--n", type=int, default=6000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser = bench.common_arguments(__doc__.splitlines()[0])
     parser.add_argument("--flag-top", type=float, default=0.1)
-    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "datablame-bench")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 on a busy machine)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

