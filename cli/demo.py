@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from datablame.influence.errors import DatablameError
-from datablame.influence.workdir import atomic_write_json
+from datablame.influence.atomic import atomic_write_json
 
 from .progress import console, progress_bar
 
@@ -179,7 +179,7 @@ def run_demo(out: Path, quiet: bool = False, verbose: bool = False, encoder: str
     with phase("review and export"):
         open_flags = [f.id for f in list_flags(db, dataset, status="open", kind="mislabeled")]
         set_status(db, dataset, open_flags, "accepted", who="demo")
-        report = export(db, dataset, out / "cleaned.csv")
+        report = export(db, dataset, out / "cleaned.csv", workdir=out)
     injected = injected_errors(data)
     flagged = {f.example_id for f in list_flags(db, dataset, kind="mislabeled")}
     found = flagged & injected

@@ -11,6 +11,8 @@ from typing import List, Optional
 
 import typer
 
+from datablame.influence.registry import DEFAULT_METHOD, method_names
+
 from . import report, store_commands
 from .errors import report_errors
 from .progress import QUIET, VERBOSE, console, log_verbosely, progress_bar
@@ -24,6 +26,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 
 TEXT_COLUMN = typer.Option("text", "--text-column", help="Text column, or a pair such as premise,hypothesis.")
 LABEL_COLUMN = typer.Option("label", "--label-column", help="Label column (strings or integers).")
+ENCODING = typer.Option("utf-8", "--encoding", help="Text encoding of a CSV, TSV or JSON data file (UTF-8, with or "
+                        "without BOM, by default; e.g. latin-1, cp1252).")
 
 
 @app.command()
@@ -34,6 +38,7 @@ def train(
     out: Path = typer.Option(..., "--out", help="Workdir to create."),
     text_column: str = TEXT_COLUMN,
     label_column: str = LABEL_COLUMN,
+    encoding: str = ENCODING,
     epochs: int = typer.Option(3, help="Passes over the data."),
     lr: float = typer.Option(5e-5, help="Peak learning rate (decays linearly to a tenth)."),
     batch_size: int = typer.Option(16, help="Examples per optimizer step."),
@@ -51,7 +56,7 @@ def train(
     from datablame.influence.train import train as run_training
     from datablame.influence.workdir import describe_checkpoints
 
-    examples = load_examples(data, text_column, label_column)
+    examples = load_examples(data, text_column, label_column, encoding=encoding)
     settings = TrainSettings(epochs=epochs, lr=lr, batch_size=batch_size, checkpoints=checkpoints, seed=seed,
                              max_length=max_length, freeze_encoder=freeze_encoder, device=device)
     start = time.perf_counter()
@@ -73,6 +78,7 @@ def init(
     lr: Optional[List[float]] = typer.Option(None, "--lr", help="Learning rate per --checkpoint (or one for all)."),
     text_column: str = TEXT_COLUMN,
     label_column: str = LABEL_COLUMN,
+    encoding: str = ENCODING,
     max_length: int = typer.Option(128, help="Tokens per input; longer inputs are truncated."),
 ) -> None:
     """Make a workdir from models trained elsewhere (a Hugging Face Trainer output folder is understood)."""
@@ -80,13 +86,13 @@ def init(
     from datablame.influence.train import init_workdir
     from datablame.influence.workdir import describe_checkpoints
 
-    examples = load_examples(data, text_column, label_column)
+    examples = load_examples(data, text_column, label_column, encoding=encoding)
     config = init_workdir(workdir, examples, list(checkpoint), lr, max_length)
     console.print(f"{len(config.checkpoints)} checkpoints: {describe_checkpoints(config.checkpoints)}")
     print(workdir)
 
 
-METHOD = typer.Option("all", help="tracin, influence, representer or all.")
+METHOD = typer.Option("all", help=f"{', '.join(method_names())} or all.")
 PARAMS = typer.Option(None, "--params", help="Parameter globs, or the shortcuts head and last-layer (repeatable; "
                       "default: the trained ones, the head after --freeze-encoder).")
 DIM = typer.Option(256, help="Sketch dimension k (per checkpoint for TracIn).")
@@ -98,17 +104,33 @@ BATCH_SIZE = typer.Option(32, help="Examples per gradient batch.")
 DEVICE = typer.Option("auto", help="auto, cpu or cuda.")
 
 
+def _choose(what: str, option: str, value: Optional[str], choices: tuple[str, ...]) -> None:
+    """Refuse a ``value`` of ``option`` that is not among ``choices`` (the library's own list) in one line,
+    ``unknown WHAT 'VALUE'`` as the library says it, with the choices; the commands call it before anything
+    loads. None (an option left unset) passes."""
+    from datablame.influence.errors import DatablameError
+
+    if value is not None and value not in choices:
+        raise DatablameError(f"unknown {what} {value!r}", f"give {option} one of {', '.join(choices)}")
+
+
 def _settings(params: Optional[List[str]], dim: int, projection: str, seed: int, lam: float, device: str,
               curvature: str = "lissa"):
-    from datablame.influence.build import MethodSettings
+    """The method settings of the options, refusing an unknown --projection or --curvature."""
+    from datablame.influence.build import CURVATURES, MethodSettings
+    from datablame.influence.sketch import PROJECTIONS
 
+    _choose("projection", "--projection", projection, tuple(PROJECTIONS))
+    _choose("curvature", "--curvature", curvature, CURVATURES)
     return MethodSettings(params=[p for arg in params or [] for p in arg.split(",") if p] or None, dim=dim,
                           projection=projection, seed=seed, lam=lam, device=device, curvature=curvature)
 
 
 def _methods(method: str) -> tuple[str, ...]:
+    """The methods that --method names (all of them for ``all``), refusing an unknown one."""
     from datablame.influence.build import METHODS
 
+    _choose("method", "--method", method, ("all", *METHODS))
     return METHODS if method == "all" else (method,)
 
 
@@ -122,8 +144,9 @@ def vectors(
 ) -> None:
     """Compute every training example's vector and self-influence for each method (resumable)."""
     log_verbosely(verbose)
-    from datablame.index.vectors import compute_vectors
+    from datablame.index.vectors import DTYPES, compute_vectors
 
+    _choose("dtype", "--dtype", dtype, DTYPES)
     settings = _settings(params, dim, projection, seed, lam, device)
     for name in _methods(method):
         start = time.perf_counter()
@@ -151,7 +174,10 @@ def index(
     log_verbosely(verbose)
     from datablame.index.explain import index_workdir
     from datablame.index.search import SCORINGS
+    from datablame.index.vectors import DTYPES
 
+    _choose("scoring", "--score", score, ("all", *SCORINGS))
+    _choose("dtype", "--dtype", dtype, DTYPES)
     settings = _settings(params, dim, projection, seed, lam, device, curvature)
     for name in _methods(method):
         start = time.perf_counter()
@@ -171,8 +197,8 @@ def index(
 def explain(
     workdir: Path = typer.Argument(..., help="Workdir with an index ('datablame index')."),
     text: Optional[str] = typer.Argument(None, help="The input to explain."),
-    method: str = typer.Option("influence", help="influence (default: names planted causes best in "
-                               "bench/artifacts.py), tracin (fastest) or representer."),
+    method: Optional[str] = typer.Option(None, help=f"{', '.join(method_names())} (default: {DEFAULT_METHOD} "
+                                         "when it is indexed, else an indexed one; it is named)."),
     top: int = typer.Option(10, "--top", "-k", help="Supporting and opposing examples to show."),
     score: str = typer.Option(None, "--score", help="cosine or raw (default: cosine, the benchmark's winner)."),
     queries: Optional[Path] = typer.Option(None, "--queries", help="A file of inputs, one per line."),
@@ -187,14 +213,28 @@ def explain(
     device: str = DEVICE, quiet: bool = QUIET, verbose: bool = VERBOSE,
 ) -> None:
     """The training examples that most support and most oppose the model's prediction for an input."""
-    from datablame.index.explain import Explainer
-    from datablame.index.search import DEFAULT_SCORING
+    from datablame.index.explain import Explainer, default_method
+    from datablame.index.search import DEFAULT_SCORING, SCORINGS
+    from datablame.influence.build import CURVATURES, METHODS
+    from datablame.influence.errors import DatablameError
 
-    from .render import explanation_json, explanation_plot, print_explanation, read_queries
+    from .render import explanation_json, explanation_plot, print_explanation, read_queries, truncation_warning
 
     log_verbosely(verbose)
+    _choose("method", "--method", method, METHODS)
+    _choose("scoring", "--score", score, SCORINGS)
+    _choose("curvature", "--curvature", curvature, CURVATURES)
+    if top < 1:
+        raise DatablameError(f"--top must be at least 1, not {top}", "e.g. --top 10")
     texts = read_queries(text, queries)
+    if method is None:
+        method, why = default_method(workdir, score or DEFAULT_SCORING)
+        if why:
+            console.print(f"explaining with {method} ({why})")
     explainer = Explainer(workdir, method, score or DEFAULT_SCORING, device, curvature)
+    overlong = explainer.overlong(texts)
+    if overlong:  # shown even with -q: the explanation is of the truncated input
+        typer.echo(truncation_warning(overlong, len(texts), explainer.max_length), err=True)
     with progress_bar("explain", quiet or len(texts) == 1) as update:
         results = [explainer.explain_aggregate(texts, top, update)] if aggregate else \
             explainer.explain(texts, top, update)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
 import textwrap
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -20,6 +19,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+
+from datablame.influence.atomic import atomic_path
 
 DPI = 120
 SUPPORT_COLOUR = "#2b7bba"
@@ -33,20 +34,11 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _save(fig: Figure, path: str | os.PathLike, dpi: int) -> Path:
-    """Write ``fig`` as a PNG at ``path`` atomically (temp file in the same folder, then os.replace)."""
+    """Write ``fig`` as a PNG at ``path`` atomically."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        with open(tmp, "xb") as fh:  # unlike mkstemp's 0600, the umask decides the permissions
+        with atomic_path(target) as tmp, open(tmp, "wb") as fh:
             fig.savefig(fh, format="png", dpi=dpi)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
     finally:
         fig.clear()
     return target

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import math
@@ -18,7 +19,8 @@ stdout = Console(soft_wrap=False)
 
 
 def read_queries(text: Optional[str], queries: Optional[Path]) -> list[str]:
-    """The inputs to explain: the TEXT argument, or the non-empty lines of a --queries file (not both)."""
+    """The inputs to explain: the TEXT argument, or the non-empty lines of a --queries file (not both), which is
+    UTF-8 text, with or without a byte order mark."""
     if (text is None) == (queries is None):
         raise DatablameError("give either TEXT or --queries FILE", "e.g. datablame explain WORKDIR 'some input'")
     if queries is None:
@@ -27,10 +29,30 @@ def read_queries(text: Optional[str], queries: Optional[Path]) -> list[str]:
         return [text]
     if not queries.is_file():
         raise DatablameError(f"queries file {queries} not found", "give a text file with one input per line")
-    lines = [line.strip() for line in queries.read_text(encoding="utf-8").splitlines() if line.strip()]
+    data = queries.read_bytes().removeprefix(codecs.BOM_UTF8)
+    try:
+        content = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DatablameError(f"queries file {queries} is not UTF-8: line {line} has the byte 0x{data[exc.start]:02x}",
+                             f"save it as UTF-8, e.g. iconv -f latin1 -t utf-8 {queries} > utf8-{queries.name}"
+                             ) from None
+    lines = [line.strip() for line in content.splitlines() if line.strip()]
     if not lines:
         raise DatablameError(f"queries file {queries} has no inputs", "write one input per line")
     return lines
+
+
+def truncation_warning(overlong: dict[int, int], inputs: int, max_length: int) -> str:
+    """One line saying which inputs (``overlong``: {0-based position: token count}, of ``inputs``) the model saw
+    truncated to their first ``max_length`` tokens, and how many tokens that dropped."""
+    if inputs == 1:
+        (tokens,) = overlong.values()
+        return (f"warning: the input has {tokens} tokens, more than the workdir's max_length: truncated to "
+                f"{max_length} tokens ({tokens - max_length} dropped)")
+    which = ", ".join(f"#{i + 1}" for i in sorted(overlong)[:5]) + (", …" if len(overlong) > 5 else "")
+    return (f"warning: {len(overlong)} of {inputs} inputs ({which}) are longer than the workdir's max_length: "
+            f"truncated to {max_length} tokens (up to {max(overlong.values()) - max_length} dropped)")
 
 
 def explanation_json(results: Sequence[Explanation], single: bool) -> str:

@@ -101,7 +101,7 @@ def _store(workdir: Path, config, db_url: str | None, summary: Summary) -> list:
 
     if db_url is None and not (workdir / DB_NAME).is_file():
         return []  # no store yet: do not create one just to report that it is empty
-    database = open_db(db_url or default_url(workdir))
+    database = open_db(db_url or default_url(workdir), write=False)  # a read-only store is shown, not refused
     try:
         try:
             dataset = find_dataset(database, config.data_fingerprint)
@@ -360,7 +360,7 @@ def render_html(summary: Summary, flags: Sequence, plots: Sequence[Plot], demo: 
 
 def write_report(workdir: Path, db_url: str | None = None, out: Path | None = None) -> Path:
     """Write the workdir's report (default ``WORKDIR/report.html``) atomically; return its path."""
-    from datablame.influence.workdir import atomic_write_bytes
+    from datablame.influence.atomic import atomic_write_bytes
 
     target = Path(out) if out is not None else Path(workdir) / "report.html"
     atomic_write_bytes(target, render_html(*gather(Path(workdir), db_url)).encode("utf-8"))

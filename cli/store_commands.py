@@ -10,6 +10,8 @@ from typing import List, Optional
 
 import typer
 
+from datablame.influence.registry import method_names
+
 from .errors import report_errors
 from .progress import QUIET, VERBOSE, console, log_verbosely, progress_bar
 
@@ -21,28 +23,29 @@ WHO = typer.Option(None, "--who", help="Reviewer name (default: the user name)."
 flags_app = typer.Typer(no_args_is_help=True, help="Review flags: list, accept, reject, relabel, add.")
 
 
-def _open(workdir: Path, db: Optional[str]):
-    """The workdir's config and its store."""
+def _open(workdir: Path, db: Optional[str], write: bool = True):
+    """The workdir's config and its store; ``write=False`` for commands that only read it (a read-only store is
+    then served instead of refused)."""
     from datablame.influence.workdir import Workdir
     from datablame.store.db import default_url, open_db
 
     config = Workdir(workdir).load()
-    return config, open_db(db or default_url(workdir))
+    return config, open_db(db or default_url(workdir), write=write)
 
 
-def _dataset(workdir: Path, db: Optional[str]):
-    """The store and the workdir's dataset in it."""
+def _dataset(workdir: Path, db: Optional[str], write: bool = False):
+    """The store and the workdir's dataset in it (read-only unless ``write``)."""
     from datablame.store.scans import find_dataset
 
-    config, database = _open(workdir, db)
+    config, database = _open(workdir, db, write)
     return database, find_dataset(database, config.data_fingerprint)
 
 
 @report_errors
 def scan(
     workdir: Path = WORKDIR,
-    method: str = typer.Option("cv", help="cv (cross-validated heads, the default), loss, tracin, influence, "
-                               "representer, or combined (cv + tracin)."),
+    method: str = typer.Option("cv", help="cv (cross-validated heads, the default), loss, "
+                               f"{', '.join(method_names())} (by its self-influence), or combined (cv + tracin)."),
     flag_top: float = typer.Option(0.05, "--flag-top", help="Fraction of examples to flag as open 'mislabeled'."),
     folds: int = typer.Option(5, help="Folds of the cross-validated head."),
     repeats: int = typer.Option(3, help="Fold partitions the cross-validated probabilities are averaged over."),
@@ -112,7 +115,7 @@ def list_flags(ctx: typer.Context, status: Optional[str] = typer.Option(None, he
 def _set_status(ctx: typer.Context, ids: List[int], status: str, who: Optional[str], db: Optional[str]) -> None:
     from datablame.store.flags import set_status
 
-    database, dataset = _dataset(ctx.obj, db)
+    database, dataset = _dataset(ctx.obj, db, write=True)
     console.print(f"{set_status(database, dataset, ids, status, who)} flags {status}")
 
 
@@ -141,7 +144,7 @@ def relabel(ctx: typer.Context, flag_id: int = typer.Argument(..., metavar="ID",
     """Give a flagged example the reviewer's label."""
     from datablame.store.flags import relabel as relabel_flag
 
-    database, dataset = _dataset(ctx.obj, db)
+    database, dataset = _dataset(ctx.obj, db, write=True)
     relabel_flag(database, dataset, flag_id, label, who, note)
     console.print(f"flag {flag_id} relabeled {label}")
 
@@ -171,13 +174,19 @@ def export(
     out: Path = typer.Option(..., "--out", help="Cleaned dataset to write (a folder for --format hf)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="csv|jsonl|parquet|hf (default: from --out's suffix)."),
     drop: bool = typer.Option(False, "--drop", help="Drop accepted examples instead of relabeling them."),
+    force: bool = typer.Option(False, "--force", help="Also write onto the training data, an existing file in the "
+                               "workdir that export did not write, or an existing folder (adding files, deleting "
+                               "nothing). The workdir's own files and the store are never overwritten."),
     db: Optional[str] = DB,
 ) -> None:
-    """Write the cleaned dataset (reviewers' decisions applied) and a change log beside it."""
+    """Write the cleaned dataset (reviewers' decisions applied) and a change log beside it (OUT.changes.csv).
+
+    Refuses, before writing anything, to overwrite the training data, the store, the workdir's files or a folder
+    it did not create (see --force)."""
     from datablame.store.export import export as export_dataset
 
     database, dataset = _dataset(workdir, db)
-    report = export_dataset(database, dataset, out, fmt, drop)
+    report = export_dataset(database, dataset, out, fmt, drop, workdir, force)
     console.print(f"{report.rows} examples ({report.relabeled} relabeled, {report.dropped} dropped) → {report.out}; "
                   f"changes → {report.changes_path}")
     print(report.out)

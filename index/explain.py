@@ -28,8 +28,10 @@ from datablame.influence.build import MethodSettings, build_method
 from datablame.influence.data import Text
 from datablame.influence.errors import DatablameError
 from datablame.influence.lissa import Progress
-from datablame.influence.methods import InfluenceFunctions, Queries
-from datablame.influence.workdir import Workdir, atomic_write_bytes
+from datablame.influence.methods import Queries
+from datablame.influence.registry import DEFAULT_METHOD, method_names, method_spec
+from datablame.influence.atomic import atomic_write_bytes
+from datablame.influence.workdir import Workdir
 
 from .search import DEFAULT_SCORING, RECALL_QUERIES, SCORINGS, IndexMeta, VectorIndex
 from .vectors import VectorStore, compute_vectors
@@ -65,13 +67,14 @@ def index_workdir(workdir: str | Path, method: str, settings: MethodSettings = M
 def recall_sample(method, vectors: np.ndarray, seed: int = 0, m: int = RECALL_QUERIES) -> np.ndarray | None:
     """(m, D) query-like vectors on which an approximate index's recall is measured, or None for the training
     vectors themselves. Influence queries are curvature-corrected, u = (VᵀV/n + λI)⁻¹ P g, which points them
-    where training vectors are sparse and makes graph search harder than for training-like queries; so for
-    influence functions the sample is m training sketches passed through that sketch-space curvature."""
-    if not isinstance(method, InfluenceFunctions):
+    where training vectors are sparse and makes graph search harder than for training-like queries; so for a
+    method with ``query_like`` (influence functions) the sample is m training vectors passed through it (its
+    finalized curvature)."""
+    if not hasattr(method, "query_like"):
         return None
     v = torch.from_numpy(np.asarray(vectors, dtype=np.float32))
     rows = np.random.default_rng(seed).choice(len(v), min(m, len(v)), replace=False)
-    return torch.linalg.solve(method.sketch_curvature(v), v[rows].double().T).T.float().numpy()
+    return method.query_like(v[rows]).numpy()
 
 
 @dataclass
@@ -127,6 +130,17 @@ class QueryCache:
         atomic_write_bytes(self.path(text), buf.getvalue())
 
 
+def default_method(workdir: str | Path, scoring: str) -> tuple[str, str]:
+    """The method ``explain`` uses when none is named, and why when it is not the default: the default method
+    (:data:`.registry.DEFAULT_METHOD`) when it is indexed with ``scoring``, else the first registered one that
+    is; the default when none is (its error then names the command that builds the index)."""
+    folder = Workdir(workdir).root / "index"
+    indexed = [m for m in method_names() if VectorIndex.paths(folder, m, scoring)[1].is_file()]
+    if DEFAULT_METHOD in indexed or not indexed:
+        return DEFAULT_METHOD, ""
+    return indexed[0], f"{DEFAULT_METHOD} is not indexed"
+
+
 class Explainer:
     """One method's index and query side, loaded once; refuses an index that no longer matches the workdir.
 
@@ -136,6 +150,7 @@ class Explainer:
     def __init__(self, workdir: str | Path, method: str = "tracin", scoring: str = DEFAULT_SCORING,
                  device: str = "auto", curvature: str | None = None, cache: bool = True):
         self.workdir = Workdir(workdir)
+        self.workdir.load()  # a folder that is no workdir is refused as such, not for lacking an index
         self.index = VectorIndex.load(self.workdir.root / "index", method, scoring)
         settings = MethodSettings.from_dict(self.index.meta.settings, device)
         if curvature is not None:
@@ -143,26 +158,35 @@ class Explainer:
         built = build_method(self.workdir, method, settings, fit=False)
         self.index.check_fresh(built.key)
         self.method, self.train, self.settings = built.method, built.train, settings
-        if method == "influence" and settings.curvature == "sketch":
-            store = VectorStore(self.workdir.root / "vectors" / method)
-            manifest = store.manifest()
-            if manifest is None or manifest.key != built.key:
-                raise DatablameError(f"the {method} vectors in {store.folder} do not match the index",
-                                     f"rebuild with 'datablame index WORKDIR --method {method}'")
-            self.method.use_sketch_curvature(torch.from_numpy(store.load(manifest).astype(np.float32)))
-        query_side = {"lissa": asdict(settings.lissa), "curvature": settings.curvature} \
-            if method == "influence" else {}
+        self.spec = method_spec(method)
+        finalized = VectorStore(self.workdir.root / "vectors" / method).finalized(built.key)
+        if finalized:
+            self.method.use_finalized(finalized)
+        query_side = {f: settings.to_dict()[f] for f in self.spec.query_fields}
         self.cache = QueryCache(self.workdir.root / "cache" / "queries" / method,
                                 {"key": built.key, **query_side}) if cache else None
+
+    def overlong(self, texts: Sequence[Text]) -> dict[int, int]:
+        """{position: token count} of the inputs longer than the workdir's max_length (``self.max_length``), which
+        the model sees truncated to their first max_length tokens. One tokenizer pass without truncation: cheap
+        next to a query vector."""
+        if not texts:
+            return {}
+        tokenizer = self.method.task.tokenizer  # verbose=False: no warning of its own about long sequences
+        pairs = isinstance(texts[0], tuple)
+        encoded = tokenizer([t[0] for t in texts], [t[1] for t in texts], verbose=False) if pairs else \
+            tokenizer(list(texts), verbose=False)
+        return {i: len(ids) for i, ids in enumerate(encoded["input_ids"]) if len(ids) > self.max_length}
+
+    @property
+    def max_length(self) -> int:
+        """Tokens per input the model sees (the workdir's max_length); longer inputs are truncated."""
+        return self.method.task.max_length
 
     @property
     def cost_note(self) -> str:
         """What a query vector costs, for the timing line."""
-        if self.index.meta.method != "influence":
-            return "one gradient per checkpoint" if self.index.meta.method == "tracin" else "one forward pass"
-        if self.settings.curvature == "sketch":
-            return "gradient + sketch-space curvature solve"
-        return f"gradient + LiSSA ({self.settings.lissa.depth} Hessian-vector products per query)"
+        return self.spec.cost(self.settings)
 
     def queries(self, texts: Sequence[Text], progress: Progress | None = None) -> tuple[Queries, int]:
         """Query vectors of the texts (cached ones read from disk) and how many came from the cache;

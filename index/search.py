@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,8 +23,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from datablame.influence.atomic import atomic_path, atomic_write_json
+from datablame.influence.build import key_changes
 from datablame.influence.errors import DatablameError
-from datablame.influence.workdir import atomic_write_json
 
 SCORINGS = ("cosine", "raw")
 DEFAULT_SCORING = "cosine"  # bench/artifacts.py: cosine names planted causes, raw names large-gradient examples
@@ -143,15 +143,8 @@ class VectorIndex:
     def save(self, folder: str | os.PathLike) -> None:
         """Write the index, then its meta, each atomically (the meta names a finished index only)."""
         index_path, meta_path = self.paths(folder, self.meta.method, self.meta.scoring)
-        index_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=index_path.parent, prefix=f".{index_path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            faiss.write_index(self.index, tmp)
-            os.replace(tmp, index_path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(index_path) as tmp:
+            faiss.write_index(self.index, str(tmp))
         atomic_write_json(meta_path, asdict(self.meta))
 
     @classmethod
@@ -170,8 +163,8 @@ class VectorIndex:
 
     def check_fresh(self, key: dict) -> None:
         """Refuse an index built from other data, checkpoints, parameters or projection than ``key`` names."""
-        if json.dumps(self.meta.key, sort_keys=True) != json.dumps(key, sort_keys=True):
-            changed = sorted(k for k in set(key) | set(self.meta.key) if key.get(k) != self.meta.key.get(k))
+        changed = key_changes(self.meta.key, key)
+        if changed:
             raise DatablameError(
                 f"the {self.meta.method} index is stale ({', '.join(changed)} changed since it was built)",
                 f"rebuild it with 'datablame index WORKDIR --method {self.meta.method}'")

@@ -5,6 +5,7 @@ Layout of ``WORKDIR/vectors/<method>/``::
     manifest.json        what the vectors were computed from (the key), n, dim, dtype, shard size, done shards
     shard-00000.npy …    (shard_size, D) rows in example-id order, float32 or float16
     self_influence.npy   (n,) float32, once every shard is done
+    final-<name>.npy     what the method computes once from all vectors (influence: the (k, k) curvature)
 
 A shard is whole or absent (temporary name, then rename), and the manifest lists it only after it exists, so an
 interrupted run resumes at the first missing shard. A manifest whose key differs (other data, checkpoints,
@@ -23,12 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datablame.influence.build import Built, MethodSettings, build_method
+from datablame.influence.build import Built, MethodSettings, build_method, key_changes
 from datablame.influence.data import Examples
 from datablame.influence.errors import DatablameError
 from datablame.influence.lissa import Progress
 from datablame.influence.methods import Method, compute_train_vectors
-from datablame.influence.workdir import Workdir, atomic_write_bytes, atomic_write_json
+from datablame.influence.atomic import atomic_write_bytes, atomic_write_json
+from datablame.influence.workdir import Workdir
 
 DTYPES = ("float32", "float16")
 log = logging.getLogger(__name__)
@@ -83,9 +85,11 @@ class VectorStore:
             raise DatablameError(f"unknown dtype {dtype!r}", f"choose one of {', '.join(DTYPES)}")
         manifest = self.manifest()
         wanted = Manifest(key=key, n=len(train), dim=method.dim, dtype=dtype, shard_size=shard_size)
-        if manifest is None or asdict(manifest) | {"done": []} != asdict(wanted):
+        changed = ["settings"] if manifest is None else \
+            key_changes(manifest.key, key) + key_changes(asdict(manifest) | {"done": [], "key": key}, asdict(wanted))
+        if changed:
             if self.folder.exists():
-                log.info("%s: vectors of other settings or data are replaced", self.folder)
+                log.info("%s: vectors of other %s are replaced", self.folder, ", ".join(changed))
                 shutil.rmtree(self.folder)
             manifest = wanted
         elif manifest.done:
@@ -106,9 +110,20 @@ class VectorStore:
         if progress is not None:
             progress(len(train), len(train))
         vectors = torch.from_numpy(self.load(manifest).astype(np.float32))
+        if hasattr(method, "finalize"):
+            for name, array in method.finalize(vectors).items():
+                _save_npy(self.folder / f"final-{name}.npy", array)
         self_influence = method.self_influence(vectors, torch.as_tensor(train.labels)).numpy().astype(np.float32)
         _save_npy(self.folder / "self_influence.npy", self_influence)
         return manifest
+
+    def finalized(self, key: dict) -> dict[str, np.ndarray]:
+        """The arrays the method's ``finalize`` stored (name → array) when the vectors are finished and were
+        computed under ``key``; else none."""
+        manifest = self.manifest()
+        if manifest is None or not manifest.complete or key_changes(manifest.key, key):
+            return {}
+        return {p.stem[len("final-"):]: np.load(p) for p in sorted(self.folder.glob("final-*.npy"))}
 
     def load(self, manifest: Manifest | None = None) -> np.ndarray:
         """(n, D) vectors in id order, in their stored dtype."""

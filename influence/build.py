@@ -1,21 +1,28 @@
-"""Building a method from a workdir: load its checkpoints and data, select parameters, make the projector."""
+"""Building a registered method from a workdir: its checkpoints (verified by digest) and data, the selected
+parameters, the projector, the shared feature cache."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
+
+from torch import nn
 
 from .data import Examples
 from .errors import DatablameError
 from .features import FeatureCache, features_folder
 from .grads import num_params, only_head, select_params
-from .lissa import LissaConfig
-from .methods import InfluenceFunctions, Method, Representer, TracIn
+from .lissa import LissaConfig, Progress
+from .methods import Method
 from .models import load_classifier
-from .sketch import DEFAULT_DIM, make_projector
-from .workdir import Workdir
+from .registry import method_names, method_spec
+from .sketch import DEFAULT_DIM, Projector, make_projector
+from .task import Task
+from .workdir import Checkpoint, Config, Workdir
 
-METHODS = ("tracin", "influence", "representer")
+METHODS = method_names()
+"""The registered attribution methods (see :mod:`.registry`)."""
 CURVATURES = ("lissa", "sketch")
 
 
@@ -49,24 +56,84 @@ class MethodSettings:
 @dataclass
 class Built:
     """A method ready to compute vectors, the workdir's training examples, and the key that identifies what the
-    vectors are computed from (method settings, data fingerprint, checkpoints with learning rates)."""
+    vectors are computed from (method settings, data fingerprint, checkpoints with learning rates and weight
+    digests)."""
 
     method: Method
     train: Examples
     key: dict
 
 
-def build_method(workdir: str | Workdir, name: str, settings: MethodSettings = MethodSettings(),
-                 progress=None, fit: bool = True) -> Built:
-    """The named method from a workdir's checkpoints (TracIn: all of them; the others: the last one).
+@dataclass
+class BuildContext:
+    """What a registered method is built from (see :mod:`.registry`): the workdir, its config and training
+    examples, the settings, the checkpoints the method reads with their loaded (model, task), the shared training
+    feature cache, a progress callback and whether to fit (the representer's refit)."""
 
-    The representer method is fitted here (one forward pass over the training data, then L-BFGS) unless ``fit``
-    is False: its query vectors need no fit, only its training vectors do. Methods that need the training set's
-    penultimate features (representer points; the others over head parameters) share one
-    :class:`.features.FeatureCache` in ``WORKDIR/cache/features``: one encoder pass per distinct encoder, ever.
+    workdir: Workdir
+    config: Config
+    train: Examples
+    settings: MethodSettings
+    checkpoints: list[Checkpoint]
+    loaded: list[tuple[nn.Module, Task]]
+    features: FeatureCache
+    progress: Progress | None = None
+    fit: bool = True
+
+    @property
+    def model(self) -> nn.Module:
+        """The last checkpoint's model."""
+        return self.loaded[-1][0]
+
+    @property
+    def task(self) -> Task:
+        return self.loaded[-1][1]
+
+    @property
+    def models(self) -> list[tuple[nn.Module, float]]:
+        """(model, learning rate) of every checkpoint the method reads, in order."""
+        return [(m, c.learning_rate) for (m, _), c in zip(self.loaded, self.checkpoints)]
+
+    def params(self) -> list[str]:
+        """The selected parameter names: ``settings.params``, else those that were trained (only the head after
+        ``--freeze-encoder``)."""
+        params = self.settings.params or (["head"] if self.config.training.get("freeze_encoder") else None)
+        return select_params(self.model, self.task, params)
+
+    def projector(self, names: Sequence[str]) -> Projector:
+        """The seeded projection of gradients over ``names`` to ``settings.dim``."""
+        s = self.settings
+        return make_projector(s.projection, num_params(self.model, names), s.dim, s.seed)
+
+    def head_features(self, names: Sequence[str]) -> FeatureCache | None:
+        """The training feature cache when ``names`` are the head's (gradients from cached features), else None."""
+        return self.features if only_head(self.task, names) else None
+
+
+def key_changes(recorded: dict, current: dict, fields: Sequence[str] | None = None) -> list[str]:
+    """The one freshness rule: the fields (all, or only ``fields``) in which a recorded key differs from the
+    current one, sorted; empty when what was computed is current. Vectors, indexes, the query cache (keyed by
+    the key) and scan's self-influence all decide by it."""
+    names = set(recorded) | set(current) if fields is None else set(fields)
+    return sorted(k for k in names if json.dumps(recorded.get(k), sort_keys=True) != json.dumps(current.get(k),
+                                                                                               sort_keys=True))
+
+
+def chosen_checkpoints(name: str, config: Config) -> list[Checkpoint]:
+    """The checkpoints a registered method reads: all of them, or the last one."""
+    every = method_spec(name).checkpoints == "all"
+    return list(config.checkpoints) if every else list(config.checkpoints[-1:])
+
+
+def build_method(workdir: str | Workdir, name: str, settings: MethodSettings = MethodSettings(),
+                 progress: Progress | None = None, fit: bool = True) -> Built:
+    """The registered method ``name`` from a workdir's checkpoints, verified against their recorded digests.
+
+    Methods that need the training set's penultimate features (representer points; the others over head
+    parameters) share one :class:`.features.FeatureCache` in ``WORKDIR/cache/features``: one encoder pass per
+    distinct encoder, ever. ``fit`` False skips what only the training side needs (the representer's refit).
     """
-    if name not in METHODS:
-        raise DatablameError(f"unknown method {name!r}", f"choose one of {', '.join(METHODS)}")
+    spec = method_spec(name)
     if settings.curvature not in CURVATURES:
         raise DatablameError(f"unknown curvature {settings.curvature!r}", f"choose one of {', '.join(CURVATURES)}")
     wd = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
@@ -74,27 +141,13 @@ def build_method(workdir: str | Workdir, name: str, settings: MethodSettings = M
     train = wd.load_examples(config)
     if not config.checkpoints:
         raise DatablameError(f"{wd.root} records no checkpoint", "run 'datablame train' or 'datablame init'")
-    chosen = config.checkpoints if name == "tracin" else config.checkpoints[-1:]
+    chosen = chosen_checkpoints(name, config)
+    wd.verify(chosen)
     loaded = [load_classifier(wd.checkpoint_path(c), config.label_names, settings.device, config.max_length)
               for c in chosen]
-    model, task = loaded[-1]
-    features = FeatureCache(train, features_folder(wd.root))
-    method: Method
-    if name == "representer":
-        method = Representer(task, model, settings.lam, features=features)
-        if fit:
-            method.fit(train, progress)
-    else:
-        # default: the parameters that were trained (only the head, for a frozen encoder)
-        params = settings.params or (["head"] if config.training.get("freeze_encoder") else None)
-        names = select_params(model, task, params)
-        projector = make_projector(settings.projection, num_params(model, names), settings.dim, settings.seed)
-        shared = features if only_head(task, names) else None
-        if name == "tracin":
-            method = TracIn(task, [(m, c.learning_rate) for (m, _), c in zip(loaded, chosen)], names, projector,
-                            shared)
-        else:
-            method = InfluenceFunctions(task, model, names, projector, train, settings.lissa, shared)
+    method = spec.build(BuildContext(wd, config, train, settings, chosen, loaded,
+                                     FeatureCache(train, features_folder(wd.root)), progress, fit))
     key = {**method.describe(), "data": config.data_fingerprint, "checkpoints": [asdict(c) for c in chosen]}
-    key.pop("lissa", None)  # LiSSA settings shape the query side only
+    for field_name in spec.query_fields:  # query-side settings shape the query vectors only
+        key.pop(field_name, None)
     return Built(method, train, key)

@@ -5,7 +5,6 @@ An example's id is its 0-based row in the file, everywhere in datablame.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -15,12 +14,10 @@ from typing import Iterator, Sequence, Union
 import numpy as np
 
 from .errors import DatablameError
+from .tables import DEFAULT_ENCODING, read_table
 
 Text = Union[str, tuple[str, str]]
 """One input: a sentence, or a pair of sentences (e.g. premise, hypothesis) for NLI."""
-
-_FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-
 
 @dataclass
 class Examples:
@@ -38,6 +35,7 @@ class Examples:
     text_columns: tuple[str, ...] = ("text",)
     label_column: str = "label"
     ids: np.ndarray = field(default=None)  # type: ignore[assignment]
+    encoding: str = DEFAULT_ENCODING
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
@@ -57,7 +55,7 @@ class Examples:
         return Examples(
             texts=[self.texts[i] for i in ids], labels=self.labels[ids], label_names=self.label_names,
             path=self.path, fingerprint=self.fingerprint, text_columns=self.text_columns,
-            label_column=self.label_column, ids=self.ids[ids],
+            label_column=self.label_column, ids=self.ids[ids], encoding=self.encoding,
         )
 
     def batches(self, batch_size: int) -> Iterator["Examples"]:
@@ -89,83 +87,74 @@ def parse_text_columns(text_column: str | Sequence[str]) -> tuple[str, ...]:
     return cols
 
 
-def load_table(path: Path):
-    """The data file (or saved datasets folder) as a ``datasets.Dataset``, all its columns."""
-    import datasets
-
-    datasets.disable_progress_bars()
-    if path.is_dir():
-        try:
-            ds = datasets.load_from_disk(str(path))
-        except Exception as exc:  # noqa: BLE001 - any failure here means "not a saved dataset"
-            raise DatablameError(f"{path} is a folder but not a saved datasets folder ({exc})",
-                                 "pass a CSV, TSV, JSONL or parquet file, or a folder from Dataset.save_to_disk") from None
-        if isinstance(ds, datasets.DatasetDict):
-            split = "train" if "train" in ds else next(iter(ds))
-            ds = ds[split]
-        return ds
-    fmt = _FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise DatablameError(f"unknown data format {path.suffix!r} for {path}",
-                             "use .csv, .tsv, .jsonl, .json or .parquet, or a saved datasets folder")
-    if path.stat().st_size == 0:
-        raise DatablameError(f"{path} is empty", "give a file with a header row and at least one example")
-    kwargs = {}
-    if path.suffix.lower() == ".tsv":
-        kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
-    try:
-        return datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
-    except Exception as exc:  # noqa: BLE001 - parser errors become one line
-        raise DatablameError(f"could not read {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-                             "check the file's format and encoding") from None
-
-
 def load_examples(
     path: str | os.PathLike,
     text_column: str | Sequence[str] = "text",
     label_column: str = "label",
     label_names: Sequence[str] | None = None,
+    encoding: str = DEFAULT_ENCODING,
 ) -> Examples:
-    """Load a labelled text dataset.
+    """Load a labelled text dataset, reading text faithfully (see :mod:`datablame.influence.tables`).
 
     Labels may be strings or integers. With ``label_names`` given (e.g. from a workdir), every label must be
     one of them (or an integer index into them); without, they are the sorted distinct labels, and integer
-    labels keep their values (names ``"0" … str(max)``).
-    Raises DatablameError on a missing file or column, an empty file, an unknown or empty label.
+    labels keep their values (names ``"0" … str(max)``), and at least two classes are required.
+    Raises DatablameError on a missing file or column, an empty file, an undecodable byte, a missing, unknown
+    or list-typed label, or a row without text.
     """
     p = Path(path)
     if not p.exists():
         raise DatablameError(f"data file {p} not found", "check the path")
     cols = parse_text_columns(text_column)
-    ds = load_table(p)
-    missing = [c for c in (*cols, label_column) if c not in ds.column_names]
+    table = read_table(p, encoding)
+    missing = [c for c in (*cols, label_column) if c not in table.column_names]
     if missing:
         raise DatablameError(
-            f"column {missing[0]!r} not in {p.name} (columns: {', '.join(ds.column_names)})",
+            f"column {missing[0]!r} not in {p.name} (columns: {', '.join(table.column_names)})",
             "choose columns with --text-column and --label-column")
-    if len(ds) == 0:
+    if len(table) == 0:
         raise DatablameError(f"{p} has no examples", "give a file with at least one labelled row")
-    raw_labels = ds[label_column]
-    if any(v is None for v in raw_labels):
-        row = next(i for i, v in enumerate(raw_labels) if v is None)
-        raise DatablameError(f"row {row} of {p.name} has no label", "fill in or remove unlabelled rows")
-    columns = [["" if t is None else str(t) for t in ds[c]] for c in cols]
+    columns = [_texts(table[c], c, p.name) for c in cols]
     texts: list[Text] = list(columns[0]) if len(cols) == 1 else list(zip(*columns))
-    labels, names = _encode_labels(list(raw_labels), label_names, p.name)
+    labels, names = _encode_labels(table[label_column], label_names, p.name)
     return Examples(texts=texts, labels=labels, label_names=names, path=str(p.resolve()),
-                    fingerprint=fingerprint(p), text_columns=cols, label_column=label_column)
+                    fingerprint=fingerprint(p), text_columns=cols, label_column=label_column, encoding=encoding)
+
+
+def _texts(values: list, column: str, source: str) -> list[str]:
+    """A text column as strings: integers (a CSV column of numbers) as written; no text at all is refused."""
+    for row, v in enumerate(values):
+        if v is None:
+            raise DatablameError(f"row {row} of {source} has no {column!r} (null)",
+                                 "fill in or remove rows without text")
+        if not isinstance(v, (str, int)):
+            raise DatablameError(f"{column!r} at row {row} of {source} is a {type(v).__name__}, not text",
+                                 f"store {column!r} as strings")
+    return [v if isinstance(v, str) else str(v) for v in values]
 
 
 def _encode_labels(raw: list, label_names: Sequence[str] | None, source: str) -> tuple[np.ndarray, list[str]]:
-    is_int = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in raw)
+    for row, v in enumerate(raw):
+        if v is None or v == "":
+            raise DatablameError(f"row {row} of {source} has no label", "fill in or remove unlabelled rows")
+        if isinstance(v, bool) or not isinstance(v, (str, int, np.integer)):
+            raise DatablameError(f"the label at row {row} of {source} is a {type(v).__name__} ({v!r:.40})",
+                                 "give one label per row, a string or an integer: datablame classifies each "
+                                 "input into one class")
+    is_int = all(isinstance(v, (int, np.integer)) for v in raw)
     if label_names is None:
         if is_int:
             if min(raw) < 0:
                 raise DatablameError(f"negative integer label {min(raw)} in {source}",
                                      "integer labels must be class indexes 0, 1, …")
             names = [str(i) for i in range(max(raw) + 1)]
+        else:
+            names = sorted({str(v) for v in raw})
+        if len({str(v) for v in raw}) < 2:
+            raise DatablameError(f"every example in {source} has the label {str(raw[0])!r}",
+                                 "a classifier needs examples of at least two classes")
+        if is_int:
             return np.asarray(raw, dtype=np.int64), names
-        names = sorted({str(v) for v in raw})
         label_names = names
     names = [str(n) for n in label_names]
     index = {n: i for i, n in enumerate(names)}

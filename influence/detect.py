@@ -29,11 +29,12 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .data import Examples
 from .errors import DatablameError
+from .heads import fit_softmax_head, with_bias
+from .registry import method_names, method_spec
 from .lissa import Progress
 from .task import Task, logits_and_features_of
 
@@ -41,12 +42,11 @@ from .task import Task, logits_and_features_of
 SCAN_METHODS: dict[str, dict[str, float]] = {
     "loss": {"loss": 1.0},
     "cv": {"cv": 1.0},
-    "tracin": {"self_influence:tracin": 1.0},
-    "influence": {"self_influence:influence": 1.0},
-    "representer": {"self_influence:representer": 1.0},
+    **{name: {f"self_influence:{name}": 1.0} for name in method_names() if method_spec(name).self_influence},
     "combined": {"cv": 1.0, "self_influence:tracin": 1.0},
 }
-"""Scan methods: the signals each one weighs (see :func:`rank_label_issues`)."""
+"""Scan methods: the signals each one weighs (see :func:`rank_label_issues`); one per registered attribution
+method that gives self-influence (:mod:`.registry`)."""
 DEFAULT_SCAN = "cv"
 """The scan method that detects best in ``bench/detection.py`` (cross-validated heads, 3 partitions averaged)."""
 DEFAULT_REPEATS = 3
@@ -138,26 +138,6 @@ def rank_label_issues(labels: Sequence[int], probabilities: np.ndarray | None = 
     return LabelIssues(order, score, suggest_labels(y, reference), given_label_probability(y, reference), parts)
 
 
-def fit_softmax_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int, lam: float = 1e-3,
-                     max_iter: int = 200) -> torch.Tensor:
-    """(K, h+1) float64 weights (last column the bias) minimising mean cross-entropy + lam·‖W‖² (L-BFGS).
-
-    features: (n, h+1) float64 with a constant 1 in the last column; labels: (n,) int64.
-    """
-    w = torch.zeros(num_classes, features.shape[1], dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w], lr=1.0, max_iter=max_iter, tolerance_grad=1e-9, tolerance_change=1e-12,
-                            history_size=20, line_search_fn="strong_wolfe")
-
-    def objective() -> torch.Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(features @ w.T, labels) + lam * w.pow(2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(objective)
-    return w.detach()
-
-
 def stratified_folds(labels: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
     """(n,) int64 fold of each example: a seeded random partition with each label spread evenly over the folds."""
     rng = np.random.default_rng(seed)
@@ -194,8 +174,7 @@ def _cross_validated(features: np.ndarray, labels: Sequence[int], num_classes: i
         mean, std = x[fit].mean(0), x[fit].std(0).clamp_min(1e-8)
 
         def design(rows: torch.Tensor) -> torch.Tensor:
-            z = (rows - mean) / std
-            return torch.cat([z, torch.ones(len(z), 1, dtype=z.dtype)], 1)
+            return with_bias((rows - mean) / std)
 
         w = fit_softmax_head(design(x[fit]), torch.as_tensor(y[fit]), num_classes, lam)
         out[held] = (design(x[held]) @ w.T).softmax(-1).numpy()

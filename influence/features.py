@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from .data import Examples
 from .task import Task, logits_and_features_of, model_device
-from .workdir import atomic_write_bytes
+from .atomic import atomic_write_bytes
 
 Progress = Callable[[int, int], None]
 log = logging.getLogger(__name__)
@@ -105,10 +105,6 @@ class TrainFeatures:
                 self._save()
         assert self._rows is not None
         return self._rows[torch.from_numpy(ids)].to(model_device(self.model))
-
-    def all(self, progress: Progress | None = None) -> Tensor:
-        """(n, h) float32 features of every training example, on the model's device."""
-        return self.rows(np.arange(len(self.train)), progress)
 
     def put(self, features: Tensor) -> None:
         """Record (n, h) features of every training example computed elsewhere (e.g. by frozen training)."""

@@ -1,7 +1,9 @@
 """Per-example gradients over a chosen parameter subset, batched with ``torch.func.vmap``.
 
 Gradients are flattened in the order of :func:`select_params` and returned as (b, p) float32 tensors, where p
-is the number of selected parameters.
+is the number of selected parameters. What is differentiated is each example's cross-entropy (nats) unless an
+``objective`` is given: any :data:`Objective`, a per-example scalar function of the logits and a label (TRAK's
+margin, :func:`.trak.margin`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ HEAD = "head"
 LAST_LAYER = "last-layer"
 SHORTCUTS = {HEAD: "the classification head", LAST_LAYER: "the classification head + the last encoder layer"}
 _LAYER_INDEX = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")
+Objective = Callable[[Tensor, Tensor], Tensor]
+"""(b, K) logits, (b,) labels → (b,) per-example scalars to differentiate (like :meth:`.task.Task.loss`)."""
 
 
 def select_params(model: nn.Module, task: Task, patterns: Sequence[str] | None = None) -> list[str]:
@@ -62,9 +66,11 @@ def num_params(model: nn.Module, names: Sequence[str]) -> int:
 
 
 def per_example_grads(
-    task: Task, model: nn.Module, batch: Batch, labels: Tensor, names: Sequence[str], chunk_size: int | None = None
+    task: Task, model: nn.Module, batch: Batch, labels: Tensor, names: Sequence[str], chunk_size: int | None = None,
+    objective: Objective | None = None,
 ) -> Tensor:
-    """(b, p) float32: row i is the gradient of example i's cross-entropy loss (nats) w.r.t. the named parameters.
+    """(b, p) float32: row i is the gradient of example i's cross-entropy loss (nats), or of ``objective``,
+    w.r.t. the named parameters.
 
     The model is evaluated in eval mode (no dropout); other parameters and buffers are held fixed. ``chunk_size``
     bounds how many examples ``vmap`` runs at once. When every named parameter belongs to the head, the layers
@@ -74,7 +80,8 @@ def per_example_grads(
     device = model_device(model)
     batch, labels = to_device(batch, device), labels.to(device)
     if only_head(task, names):
-        return _head_grads(task, model, batch, labels, names, chunk_size)
+        return _head_grads(task, model, batch, labels, names, chunk_size, objective)
+    objective = objective or task.loss
     was_training = model.training
     model.eval()
     params, fixed = split_params(model, names)
@@ -82,7 +89,7 @@ def per_example_grads(
     def loss_one(p: dict[str, Tensor], inputs: Batch, label: Tensor) -> Tensor:
         one = {k: v.unsqueeze(0) for k, v in inputs.items()}
         logits = task.functional_logits(model, {**fixed, **p}, one)
-        return task.loss(logits, label.unsqueeze(0)).sum()
+        return objective(logits, label.unsqueeze(0)).sum()
 
     try:
         g = vmap(grad(loss_one), in_dims=(None, 0, 0), chunk_size=chunk_size)(params, batch, labels)
@@ -107,7 +114,7 @@ def head_logits_fn(task: Task, model: nn.Module, names: Sequence[str]) -> Callab
 
 
 def _head_grads(task: Task, model: nn.Module, batch: Batch, labels: Tensor, names: Sequence[str],
-                chunk_size: int | None) -> Tensor:
+                chunk_size: int | None, objective: Objective | None = None) -> Tensor:
     """(b, p) per-example gradients w.r.t. head parameters only, from the features computed once."""
     was_training = model.training
     model.eval()
@@ -116,18 +123,20 @@ def _head_grads(task: Task, model: nn.Module, batch: Batch, labels: Tensor, name
             _, features = task.logits_and_features(model, batch)
     finally:
         model.train(was_training)
-    return head_grads(task, model, features, labels, names, chunk_size)
+    return head_grads(task, model, features, labels, names, chunk_size, objective)
 
 
 def head_grads(task: Task, model: nn.Module, features: Tensor, labels: Tensor, names: Sequence[str],
-               chunk_size: int | None = None) -> Tensor:
-    """(b, p) float32 per-example gradients of the cross-entropy (nats) w.r.t. the named head parameters, from
-    the examples' (b, h) penultimate features (e.g. read from :class:`.features.FeatureCache`) and (b,) labels."""
+               chunk_size: int | None = None, objective: Objective | None = None) -> Tensor:
+    """(b, p) float32 per-example gradients of the cross-entropy (nats), or of ``objective``, w.r.t. the named
+    head parameters, from the examples' (b, h) penultimate features (e.g. read from
+    :class:`.features.FeatureCache`) and (b,) labels."""
     labels = labels.to(features.device)
     logits_fn = head_logits_fn(task, model, names)
+    objective = objective or task.loss
 
     def loss_one(p: dict[str, Tensor], f: Tensor, label: Tensor) -> Tensor:
-        return task.loss(logits_fn(p, f.unsqueeze(0)), label.unsqueeze(0)).sum()
+        return objective(logits_fn(p, f.unsqueeze(0)), label.unsqueeze(0)).sum()
 
     params, _ = split_params(model, names)
     g = vmap(grad(loss_one), in_dims=(None, 0, 0), chunk_size=chunk_size)(params, features.detach(), labels)

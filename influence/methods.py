@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -29,9 +29,14 @@ from .data import Examples, Text
 from .errors import DatablameError
 from .features import FeatureCache, same_encoder
 from .grads import head_grads, only_head, per_example_grads
+from .heads import fit_softmax_head, with_bias
 from .lissa import HessianVectorProducts, LissaConfig, LissaReport, Progress, lissa, top_eigenvalue
+from .registry import MethodSpec, register
 from .sketch import Projector
 from .task import Task
+
+if TYPE_CHECKING:
+    from .build import BuildContext, MethodSettings
 
 @dataclass
 class Queries:
@@ -43,7 +48,13 @@ class Queries:
 
 
 class Method(Protocol):
-    """What every method provides; nothing downstream knows which method it holds."""
+    """What every method provides; nothing downstream knows which method it holds.
+
+    Optional, for a method whose query side is preconditioned by something computed from all training vectors
+    (a curvature): ``finalize(vectors) -> dict[str, ndarray]`` once the (n, D) vectors are finished (stored
+    beside them), ``use_finalized(arrays)`` in a query process, and ``query_like(vectors)``, training vectors
+    mapped as queries are (where an approximate index measures its recall).
+    """
 
     name: str
     dim: int
@@ -167,21 +178,23 @@ class InfluenceFunctions:
 
     Self-influence g_iᵀ H^{-1} g_i is approximated in sketch space by a damped Gauss-Newton (empirical Fisher)
     matrix, as TRAK does: v_iᵀ (VᵀV/n + λI)^{-1} v_i with V the (n, k) training sketches. The same matrix can
-    stand in for LiSSA on the query side (:meth:`use_sketch_curvature`): u_q = (VᵀV/n + λI)^{-1} P g(z_q), a
-    (k × k) solve per query instead of ``depth`` Hessian-vector products.
+    stand in for LiSSA on the query side (``curvature="sketch"``): u_q = (VᵀV/n + λI)^{-1} P g(z_q), a (k × k)
+    solve per query instead of ``depth`` Hessian-vector products. The matrix is computed once, when the training
+    vectors are finished (:meth:`finalize`), stored beside them, and handed back to a query process
+    (:meth:`use_finalized`).
     """
 
     name = "influence"
 
     def __init__(self, task: Task, model: nn.Module, names: Sequence[str], projector: Projector,
-                 train: Examples, config: LissaConfig = LissaConfig(), features: FeatureCache | None = None):
+                 train: Examples, config: LissaConfig = LissaConfig(), features: FeatureCache | None = None,
+                 curvature: str = "lissa"):
         self.task, self.model, self.names, self.projector = task, model, list(names), projector
-        self.train, self.config = train, config
+        self.train, self.config, self.query_curvature = train, config, curvature
         self.features = features  # the training set's penultimate features (head parameters), see .features
         self.dim = projector.out_dim
         self.last_report: LissaReport | None = None
-        self.progress: Progress | None = None
-        self.curvature: Tensor | None = None  # (k, k) float64 sketch-space curvature, when used
+        self.curvature: Tensor | None = None  # (k, k) float64 sketch-space curvature, once finalized
         self.hvp: HessianVectorProducts | None = None  # kept between queries (it caches head features)
         self.scale: float | None = config.scale  # LiSSA's scale: estimated once (power iteration), then kept
 
@@ -190,9 +203,20 @@ class InfluenceFunctions:
         v = vectors.double()
         return v.T @ v / v.shape[0] + self.config.damping * torch.eye(v.shape[1], dtype=v.dtype)
 
-    def use_sketch_curvature(self, vectors: Tensor) -> None:
-        """Answer queries with the sketch-space curvature of these (n, k) training sketches instead of LiSSA."""
+    def finalize(self, vectors: Tensor) -> dict[str, np.ndarray]:
+        """What the finished (n, k) training sketches give once for all queries: ``curvature``, (k, k) float64."""
         self.curvature = self.sketch_curvature(vectors)
+        return {"curvature": self.curvature.numpy()}
+
+    def use_finalized(self, arrays: dict[str, np.ndarray]) -> None:
+        """Take the arrays :meth:`finalize` made (read back from beside the vectors)."""
+        self.curvature = torch.from_numpy(arrays["curvature"])
+
+    def query_like(self, vectors: Tensor) -> Tensor:
+        """(m, k) training sketches as queries see them: through the sketch-space curvature (finalized first)."""
+        if self.curvature is None:
+            raise RuntimeError("finalize() or use_finalized() must run before query_like()")
+        return torch.linalg.solve(self.curvature, vectors.double().T).T.float()
 
     def train_vectors(self, batch: Examples) -> Tensor:
         return self.projector(train_grads(self.task, self.model, batch, self.names, self.features)).cpu()
@@ -209,7 +233,7 @@ class InfluenceFunctions:
             self.scale = 2.0 * (top_eigenvalue(self.hvp, grads.shape[1], seed=self.config.seed)
                                 + self.config.damping)
         self.hvp.reset()
-        ihvp, self.last_report = lissa(self.hvp, grads, replace(self.config, scale=self.scale), self.progress)
+        ihvp, self.last_report = lissa(self.hvp, grads, replace(self.config, scale=self.scale))
         return ihvp
 
     def query_vectors(self, texts: Sequence[Text]) -> Queries:
@@ -218,9 +242,11 @@ class InfluenceFunctions:
             g = head_grads(self.task, self.model, f, pred, self.names)
         else:
             g = per_example_grads(self.task, self.model, self.task.encode(texts), pred, self.names)
-        if self.curvature is not None:
-            sketch = self.projector(g).cpu().double()
-            return Queries(torch.linalg.solve(self.curvature, sketch.T).T.float(), pred, probs)
+        if self.query_curvature == "sketch":
+            if self.curvature is None:
+                raise DatablameError("the influence vectors' sketch-space curvature is missing or stale",
+                                     "rebuild with 'datablame index WORKDIR --method influence'")
+            return Queries(self.query_like(self.projector(g).cpu()), pred, probs)
         return Queries(self.projector(self.inverse_hvp(g)).cpu(), pred, probs)
 
     def self_influence(self, vectors: Tensor, labels: Tensor) -> Tensor:
@@ -271,8 +297,7 @@ class Representer:
         """(b, K) model logits and (b, h+1) float64 features [f, 1], on CPU."""
         self.model.eval()
         logits, f = self.task.logits_and_features(self.model, self.task.encode(texts))
-        f = f.double().cpu()
-        return logits.float().cpu(), torch.cat([f, torch.ones(f.shape[0], 1, dtype=f.dtype)], 1)
+        return logits.float().cpu(), with_bias(f.double().cpu())
 
     @torch.no_grad()
     def train_features(self, batch: Examples) -> tuple[Tensor, Tensor]:
@@ -282,8 +307,7 @@ class Representer:
             return self.features(batch.texts)
         self.model.eval()
         logits = self.task.head(self.model)(f).float().cpu()
-        f = f.double().cpu()
-        return logits, torch.cat([f, torch.ones(f.shape[0], 1, dtype=f.dtype)], 1)
+        return logits, with_bias(f.double().cpu())
 
     def fit(self, train: Examples, progress: Progress | None = None, max_iter: int = 500) -> RefitReport:
         feats, orig_logits = [], []
@@ -299,21 +323,13 @@ class Representer:
         w0 = torch.cat([head.weight.detach().double().cpu().reshape(head.out_features, -1),
                         (head.bias.detach().double().cpu() if head.bias is not None
                          else torch.zeros(head.out_features, dtype=torch.float64))[:, None]], 1)
-        w = w0.clone().requires_grad_(True)
-        opt = torch.optim.LBFGS([w], lr=1.0, max_iter=max_iter, tolerance_grad=1e-12, tolerance_change=1e-16,
-                                history_size=50, line_search_fn="strong_wolfe")
-
-        def objective() -> Tensor:
-            opt.zero_grad()
-            loss = F.cross_entropy(x @ w.T, y) + self.lam * w.pow(2).sum()
-            loss.backward()
-            return loss
-
-        opt.step(objective)
-        loss = objective().detach()
+        w = fit_softmax_head(x, y, head.out_features, self.lam, max_iter, init=w0, tolerance_grad=1e-12,
+                             tolerance_change=1e-16, history_size=50).requires_grad_(True)
+        loss = F.cross_entropy(x @ w.T, y) + self.lam * w.pow(2).sum()
+        loss.backward()
         grad_norm = float(w.grad.norm())
         self.weight, self.n = w.detach(), len(train)
-        self.report = RefitReport(self.lam, float(loss), grad_norm,
+        self.report = RefitReport(self.lam, float(loss.detach()), grad_norm,
                                   accuracy=float(((x @ self.weight.T).argmax(1) == y).double().mean()),
                                   original_accuracy=float((torch.cat(orig_logits).argmax(1) == y).double().mean()))
         return self.report
@@ -373,3 +389,36 @@ def scores(method: Method, train_vectors: np.ndarray | Tensor, texts: Sequence[T
     """(b, n) scores of every training example for each query (brute force), and the queries."""
     q = method.query_vectors(texts)
     return q.vectors @ torch.as_tensor(np.asarray(train_vectors)).T, q
+
+
+def _build_tracin(ctx: "BuildContext") -> TracIn:
+    names = ctx.params()
+    return TracIn(ctx.task, ctx.models, names, ctx.projector(names), ctx.head_features(names))
+
+
+def _build_influence(ctx: "BuildContext") -> InfluenceFunctions:
+    names = ctx.params()
+    return InfluenceFunctions(ctx.task, ctx.model, names, ctx.projector(names), ctx.train, ctx.settings.lissa,
+                              ctx.head_features(names), ctx.settings.curvature)
+
+
+def _build_representer(ctx: "BuildContext") -> Representer:
+    method = Representer(ctx.task, ctx.model, ctx.settings.lam, features=ctx.features)
+    if ctx.fit:
+        method.fit(ctx.train, ctx.progress)
+    return method
+
+
+def _influence_cost(settings: "MethodSettings") -> str:
+    if settings.curvature == "sketch":
+        return "gradient + sketch-space curvature solve"
+    return f"gradient + LiSSA ({settings.lissa.depth} Hessian-vector products per query)"
+
+
+register(MethodSpec("tracin", "TracIn: learning-rate-weighted gradient products summed over checkpoints (fastest)",
+                    "all", _build_tracin, lambda _: "one gradient per checkpoint"))
+register(MethodSpec("influence", "influence functions: the query's gradient through the inverse Hessian (LiSSA, or "
+                    "the sketch-space curvature); names planted causes best in bench/artifacts.py",
+                    "last", _build_influence, _influence_cost, query_fields=("lissa", "curvature")))
+register(MethodSpec("representer", "representer points: the refit head's logit split over training examples",
+                    "last", _build_representer, lambda _: "one forward pass"))

@@ -2,28 +2,38 @@
 
 Schedule: AdamW, learning rate decayed linearly from ``lr`` at the first step to ``lr / 10`` at the last, so
 that every checkpoint keeps a non-zero TracIn weight. A checkpoint's learning rate is the one its last step used.
+
+Resuming: each checkpoint folder is saved with the state needed to continue from it (``training_state.pt``:
+AdamW's moments, torch's global RNG state for dropout, the shuffling generator's state at the start of the
+epoch), and then ``checkpoints/progress.json`` records the run (data, base model and its weights digest,
+settings), the checkpoints so far with their digests, and where in the epoch training stands. A run killed at any
+moment is continued from its last recorded checkpoint by the next ``train`` of the same data, base model and
+settings, and ends with the same checkpoints, bit for bit on CPU, as a run never interrupted. Only the last
+checkpoint keeps its training state; a finished run (config.json written) keeps none, nor the record.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import math
 import shutil
-import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
+from .atomic import atomic_folder, atomic_write_json
 from .data import Examples
 from .errors import DatablameError
 from .features import FeatureCache, features_folder
 from .models import load_classifier
 from .task import logits_and_features_of
-from .workdir import Checkpoint, Config, Workdir
+from .workdir import OWNED, Checkpoint, Config, Workdir, weights_digest
 
 TrainProgress = Callable[[int, int, float], None]
 """progress(step, total_steps, loss): called after every optimizer step (loss in nats)."""
@@ -61,30 +71,178 @@ def checkpoint_steps(total: int, k: int) -> list[int]:
     return sorted({max(1, round(total * (j + 1) / k)) for j in range(k)})
 
 
-def _save_atomically(model, tokenizer, dest: Path) -> None:
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
-    try:
+PROGRESS = Path("checkpoints") / "progress.json"
+"""The record of an unfinished run, relative to the workdir (inside checkpoints/, so cleared with them)."""
+STATE = "training_state.pt"
+"""The file in a checkpoint folder holding what continuing from it needs (see :func:`_training_state`)."""
+
+
+def _save_atomically(model, tokenizer, dest: Path, state: dict) -> None:
+    """The model, its tokenizer and the training ``state`` into ``dest``, all three or none."""
+    with atomic_folder(dest) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        torch.save(state, tmp / STATE)
+
+
+def _training_state(opt: torch.optim.Optimizer, epoch_start: torch.Tensor, device: torch.device) -> dict:
+    """What continuing after the current step needs beyond the weights: the optimizer's state (AdamW's step
+    count and moments), torch's global RNG state (dropout; the CUDA one too on a GPU), and ``epoch_start``, the
+    shuffling generator's state before it drew the current epoch's order."""
+    state = {"optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "generator": epoch_start}
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _digest(array: torch.Tensor) -> str:
+    """BLAKE2b hex digest of a tensor's float32 bytes (the frozen encoder's features)."""
+    return hashlib.blake2b(array.detach().float().cpu().contiguous().numpy().tobytes(), digest_size=16).hexdigest()
+
+
+def _run_identity(examples: Examples, base_model: str, settings: TrainSettings, wd: Workdir) -> dict:
+    """What decides a run's checkpoints: the data (file fingerprint and a digest of the texts, labels and label
+    names), the base model (resolved path and :func:`weights_digest`) and the settings (the device aside)."""
+    content = hashlib.blake2b(json.dumps([examples.texts, list(examples.label_names)]).encode(), digest_size=20)
+    content.update(np.asarray(examples.labels, dtype=np.int64).tobytes())
+    return {"data_fingerprint": examples.fingerprint, "examples": content.hexdigest(),
+            "base_model": str(Path(base_model).resolve()),
+            "base_digest": weights_digest(base_model, wd.digest_cache), "settings": _settings_record(settings)}
+
+
+def _settings_record(settings: TrainSettings) -> dict:
+    """The settings that decide the checkpoints (all but the device), as config.json's ``training`` holds them."""
+    return {k: v for k, v in vars(settings).items() if k != "device"}
+
+
+@dataclass
+class _Resume:
+    """Where an interrupted run stopped: its recorded checkpoints (the last one's folder holds ``state``, see
+    :func:`_training_state`), the 0-based epoch it was in and the optimizer steps of that epoch done
+    (``position``, up to the steps per epoch), and the digest of the frozen encoder's features it trained on
+    (None without --freeze-encoder)."""
+
+    run: dict
+    checkpoints: list[Checkpoint]
+    epoch: int
+    position: int
+    features: str | None
+    state: dict
+
+
+def _resumable(wd: Workdir, examples: Examples, base_model: str, settings: TrainSettings) -> _Resume | None:
+    """The interrupted run recorded in ``wd`` when it is this run (:func:`_run_identity`) and its recorded
+    checkpoints and training state are intact; None otherwise (no record, a finished run, another run, or
+    damaged files), saying why at INFO."""
+    path = wd.root / PROGRESS
+    if wd.exists() or not path.is_file():
+        return None
+    run = _run_identity(examples, base_model, settings, wd)  # the record makes it a workdir: its cache may be written
+    try:
+        record = json.loads(path.read_text())
+        checkpoints = [Checkpoint(**c) for c in record["checkpoints"]]
+        differs = [k for k in run if record["run"].get(k) != run[k]]
+        if differs:
+            log.info("%s holds an interrupted run of other %s: training from scratch", wd.root, ", ".join(differs))
+            return None
+        for ck in checkpoints:
+            folder = wd.checkpoint_path(ck)
+            if not folder.is_dir() or weights_digest(folder, wd.digest_cache) != ck.digest:
+                log.info("checkpoint %s of the interrupted run is missing or changed: training from scratch", folder)
+                return None
+        state = torch.load(wd.checkpoint_path(checkpoints[-1]) / STATE, map_location="cpu", weights_only=True)
+        return _Resume(run, checkpoints, int(record["epoch"]), int(record["position"]), record["features"], state)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
+        log.info("the record of the interrupted run in %s is unreadable (%s: %s): training from scratch", wd.root,
+                 type(exc).__name__, exc)
+        return None
+
+
+def _record_progress(wd: Workdir, run: dict, checkpoints: list[Checkpoint], epoch: int, position: int,
+                     features: str | None) -> None:
+    """Record the run after its newest checkpoint (see :class:`_Resume`), then drop the previous checkpoint's
+    training state, which nothing can resume from any more."""
+    atomic_write_json(wd.root / PROGRESS, {"run": run, "checkpoints": [asdict(c) for c in checkpoints],
+                                           "epoch": epoch, "position": position, "features": features})
+    if len(checkpoints) > 1:
+        (wd.checkpoint_path(checkpoints[-2]) / STATE).unlink(missing_ok=True)
+
+
+def _tidy(wd: Workdir, checkpoints: list[Checkpoint]) -> None:
+    """Remove what an interrupted run left in checkpoints/ beyond its record: a checkpoint saved after the record
+    was last written, temporary folders and files of a save cut short, and the training state of every recorded
+    checkpoint but the last."""
+    keep = {PROGRESS.name} | {wd.checkpoint_path(c).name for c in checkpoints}
+    for entry in (wd.root / PROGRESS.parent).iterdir():
+        if entry.name not in keep:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    for ck in checkpoints[:-1]:
+        (wd.checkpoint_path(ck) / STATE).unlink(missing_ok=True)
+
+
+def _frozen_features(task, model, examples: Examples, wd: Workdir, resumed: str | None) -> torch.Tensor:
+    """(n, h) features of the frozen encoder, the inputs of the trained head, kept in the workdir's feature cache.
+
+    ``resumed``: the digest of the features an interrupted run trained on. A resumed run reads them from the cache
+    (no encoder pass), or computes them in the same batches when the cache lost them; a new run computes them.
+    """
+    cached = FeatureCache(examples, features_folder(wd.root)).of(task, model)
+    if resumed is None:
+        features = logits_and_features_of(task, model, examples)[1]
+        cached.put(features)
+        return features
+    features = cached.rows(np.arange(len(examples)))
+    if _digest(features) != resumed:
+        log.warning("the frozen encoder's features differ from those the interrupted run trained on (another "
+                    "device?): the resumed run may differ slightly from an uninterrupted one")
+    return features
+
+
+DERIVED = ("config.json", "checkpoints", "vectors", "index", "cache/queries", "plots", "report.html")
+"""What training into an existing workdir replaces (config first: a half-cleared folder is no workdir); the store
+(reviews and flags, keyed by the data's content) and the content-keyed feature cache stay."""
+
+
+def clear_for_training(wd: Workdir) -> None:
+    """Make ``wd`` ready for new checkpoints: new, empty, or a workdir whose derived artifacts are removed, so that
+    nothing computed from old weights is left beside the new ones. Any other folder is refused."""
+    root = wd.root
+    if root.exists() and not root.is_dir():
+        raise DatablameError(f"--out {root} is a file", "give a folder for the workdir")
+    if not root.is_dir() or not any(root.iterdir()):
+        return
+    if not any((root / name).exists() for name in OWNED):
+        raise DatablameError(f"--out {root} is a folder with other files, not a datablame workdir",
+                             "give a new or empty folder, or an existing workdir to retrain into")
+    removed = [name for name in DERIVED if (root / name).exists()]
+    for name in removed:
+        path = root / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if removed:
+        log.info("retraining into %s: removed %s", root, ", ".join(removed))
 
 
 def train(examples: Examples, base_model: str, workdir: str | Path, settings: TrainSettings = TrainSettings(),
           progress: TrainProgress | None = None) -> Config:
     """Fine-tune ``base_model`` on ``examples``, saving checkpoints and config.json into ``workdir``.
 
-    Deterministic for a given seed on a given device. Raises DatablameError if the loss becomes NaN or inf.
+    Deterministic for a given seed on a given device. Resumes an interrupted run of the same data, base model and
+    settings in ``workdir`` at its last checkpoint (see the module's doc), with the same result; any other
+    existing workdir is cleared first (:func:`clear_for_training`). ``progress`` sees the true step, also when
+    resumed. Raises DatablameError if the loss becomes NaN or inf.
     """
     settings.check()
     wd = Workdir(workdir)
+    resume = _resumable(wd, examples, base_model, settings)
+    if resume is None:
+        clear_for_training(wd)
+        run, checkpoints = _run_identity(examples, base_model, settings, wd), []
+    else:
+        run, checkpoints = resume.run, list(resume.checkpoints)
+        _tidy(wd, checkpoints)
     torch.manual_seed(settings.seed)
-    model, task = load_classifier(base_model, examples.label_names, settings.device, settings.max_length,
-                                  settings.seed)
+    model, task = load_classifier(base_model if resume is None else wd.checkpoint_path(checkpoints[-1]),
+                                  examples.label_names, settings.device, settings.max_length, settings.seed)
     tokenizer = task.tokenizer
     if settings.freeze_encoder:
         head = task.head_name + "."
@@ -95,32 +253,40 @@ def train(examples: Examples, base_model: str, workdir: str | Path, settings: Tr
              sum(p.numel() for p in model.parameters()), len(examples), settings)
     # with --freeze-encoder the encoder runs once (eval mode) and the head trains on its features: a linear probe;
     # the features are kept in the workdir's feature cache, where every method finds them for every checkpoint
-    features = None
+    features = features_digest = None
     if settings.freeze_encoder:
-        features = logits_and_features_of(task, model, examples)[1]
-        FeatureCache(examples, features_folder(wd.root)).of(task, model).put(features)
+        features = _frozen_features(task, model, examples, wd, None if resume is None else resume.features)
+        features_digest = _digest(features)
     opt = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=0.01)
     steps_per_epoch = math.ceil(len(examples) / settings.batch_size)
     total = settings.epochs * steps_per_epoch
     save_at = checkpoint_steps(total, settings.checkpoints)
     gen = torch.Generator().manual_seed(settings.seed)
-    ck_root = wd.root / "checkpoints"
-    ck_root.mkdir(parents=True, exist_ok=True)
-    checkpoints: list[Checkpoint] = []
     device = next(model.parameters()).device
-    step = 0
+    step, first_epoch, done_in_epoch = 0, 0, 0
+    if resume is not None:
+        opt.load_state_dict(resume.state["optimizer"])
+        torch.set_rng_state(resume.state["rng"])
+        if device.type == "cuda" and "cuda_rng" in resume.state:
+            torch.cuda.set_rng_state(resume.state["cuda_rng"], device)
+        gen.set_state(resume.state["generator"])
+        step, first_epoch, done_in_epoch = checkpoints[-1].step, resume.epoch, resume.position
+        log.info("resuming at step %d of %d from checkpoint %s", step, total, checkpoints[-1].path)
+    (wd.root / PROGRESS.parent).mkdir(parents=True, exist_ok=True)
     model.train()
-    for _ in range(settings.epochs):
+    for epoch in range(first_epoch, settings.epochs):
+        epoch_start = gen.get_state()
         order = torch.randperm(len(examples), generator=gen).numpy()
-        for start in range(0, len(examples), settings.batch_size):
-            batch = examples.subset(order[start:start + settings.batch_size])
+        for position in range(done_in_epoch if epoch == first_epoch else 0, steps_per_epoch):
+            rows = order[position * settings.batch_size:(position + 1) * settings.batch_size]
+            batch = examples.subset(rows)
             lr = learning_rate(step, total, settings.lr)
             for group in opt.param_groups:
                 group["lr"] = lr
             if features is None:
                 logits = task.logits(model, task.encode(batch.texts))
             else:
-                logits = task.head(model)(features[order[start:start + settings.batch_size]])
+                logits = task.head(model)(features[rows])
             loss = task.loss(logits, torch.as_tensor(batch.labels, device=device)).mean()
             if not torch.isfinite(loss):
                 raise DatablameError(f"the training loss became {loss.item()} at step {step + 1}",
@@ -132,30 +298,22 @@ def train(examples: Examples, base_model: str, workdir: str | Path, settings: Tr
             if progress is not None:
                 progress(step, total, loss.item())
             if step in save_at:
-                rel = Path("checkpoints") / f"ck-{len(checkpoints):03d}"
+                rel = PROGRESS.parent / f"ck-{len(checkpoints):03d}"
                 model.eval()
-                _save_atomically(model, tokenizer, wd.root / rel)
+                _save_atomically(model, tokenizer, wd.root / rel, _training_state(opt, epoch_start, device))
                 model.train()
-                checkpoints.append(Checkpoint(path=str(rel), learning_rate=lr, step=step))
+                checkpoints.append(wd.record(Checkpoint(path=str(rel), learning_rate=lr, step=step)))
+                _record_progress(wd, run, checkpoints, epoch, position + 1, features_digest)
     config = Config(
         data_path=examples.path, data_fingerprint=examples.fingerprint, text_columns=list(examples.text_columns),
         label_column=examples.label_column, label_names=list(examples.label_names), checkpoints=checkpoints,
         max_length=settings.max_length, seed=settings.seed, base_model=str(Path(base_model).resolve()),
-        training={k: v for k, v in vars(settings).items() if k not in ("device",)},
+        training=_settings_record(settings), encoding=examples.encoding,
     )
     wd.save(config)
+    (wd.checkpoint_path(checkpoints[-1]) / STATE).unlink(missing_ok=True)
+    (wd.root / PROGRESS).unlink(missing_ok=True)
     return config
-
-
-def evaluate(model, task, examples: Examples, batch_size: int = 64) -> float:
-    """Accuracy of the model on ``examples`` (fraction in [0, 1])."""
-    correct = 0
-    model.eval()
-    with torch.no_grad():
-        for batch in examples.batches(batch_size):
-            pred = task.logits(model, task.encode(batch.texts)).argmax(-1).cpu().numpy()
-            correct += int(np.sum(pred == batch.labels))
-    return correct / max(1, len(examples))
 
 
 def init_workdir(workdir: str | Path, examples: Examples, checkpoints: list[str | Path],
@@ -187,6 +345,8 @@ def init_workdir(workdir: str | Path, examples: Examples, checkpoints: list[str 
         lrs = lrs * len(paths) if len(lrs) == 1 else (lrs or [1.0] * len(paths))
         cks = [Checkpoint(path=str(p.resolve()), learning_rate=float(lr), step=i) for i, (p, lr) in
                enumerate(zip(paths, lrs))]
+    wd = Workdir(workdir)
+    cks = [wd.record(c) for c in cks]
     names = model_label_order(cks[0].path, examples.label_names)
     if names != examples.label_names:
         order = {n: i for i, n in enumerate(names)}
@@ -205,6 +365,7 @@ def init_workdir(workdir: str | Path, examples: Examples, checkpoints: list[str 
         del model
     config = Config(data_path=examples.path, data_fingerprint=examples.fingerprint,
                     text_columns=list(examples.text_columns), label_column=examples.label_column,
-                    label_names=names, checkpoints=cks, max_length=max_length, base_model=cks[0].path)
-    Workdir(workdir).save(config)
+                    label_names=names, checkpoints=cks, max_length=max_length, base_model=cks[0].path,
+                    encoding=examples.encoding)
+    wd.save(config)
     return config

@@ -1,8 +1,8 @@
-"""The workdir: config.json, checkpoints with their learning rates, and atomic file writes.
+"""The workdir: config.json, checkpoints with their learning rates.
 
 Layout::
 
-    WORKDIR/config.json           data path + fingerprint, columns, label names, checkpoints, learning rates
+    WORKDIR/config.json           data path + fingerprint + encoding, columns, label names, checkpoints, learning rates
     WORKDIR/checkpoints/ck-000/   model + tokenizer folders (safetensors), written by ``datablame train``
 
 Checkpoints made elsewhere (``datablame init``) are recorded by absolute path and not copied.
@@ -10,49 +10,74 @@ Checkpoints made elsewhere (``datablame init``) are recorded by absolute path an
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from .atomic import atomic_write_json
 from .data import Examples, fingerprint, load_examples
 from .errors import DatablameError
+from .tables import DEFAULT_ENCODING
 
 CONFIG_NAME = "config.json"
 CONFIG_VERSION = 1
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename: whole or absent."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: str | os.PathLike, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+OWNED = ("config.json", "datablame.db", "datablame.db-wal", "datablame.db-shm", "datablame.db-journal",
+         "checkpoints", "vectors", "index", "cache", "plots", "report.html", "demo.json", "exports.json")
+"""Names at the top of a workdir that datablame itself writes and reads back: never an export's target."""
 
 
 @dataclass
 class Checkpoint:
     """A saved model: ``path`` (relative to the workdir, or absolute), the learning rate in effect when it was
-    saved, and the optimizer step."""
+    saved, the optimizer step, and ``digest``: :func:`weights_digest` of its files when it was recorded (empty in
+    workdirs made before digests existed). The digest enters the key of everything computed from the
+    checkpoint, so weights replaced at the same path are never mistaken for the old ones."""
 
     path: str
     learning_rate: float
     step: int = 0
+    digest: str = ""
+
+
+WEIGHT_FILES = ("config.json", "*.safetensors", "pytorch_model*.bin")
+"""The files of a model folder that decide its outputs (not a Trainer's optimizer, scheduler or RNG state)."""
+
+
+def weights_digest(folder: str | os.PathLike, cache: str | os.PathLike | None = None) -> str:
+    """SHA-256 hex digest of a model folder's :data:`WEIGHT_FILES` (names and bytes, sorted by name).
+
+    ``cache``: a JSON file remembering each file's (size, mtime_ns, digest), so that an unchanged file is not
+    read again (git's index does the same); a file whose size or mtime changed is always read.
+    """
+    folder = Path(folder)
+    files = sorted({f for pattern in WEIGHT_FILES for f in folder.glob(pattern) if f.is_file()})
+    known: dict = {}
+    if cache is not None and Path(cache).is_file():
+        try:
+            known = json.loads(Path(cache).read_text())
+        except ValueError:
+            known = {}
+    total, changed = hashlib.sha256(), False
+    for f in files:
+        st = f.stat()
+        stamp = [st.st_size, st.st_mtime_ns]
+        entry = known.get(str(f.resolve()))
+        if entry is None or entry[:2] != stamp:
+            h = hashlib.sha256()
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+            entry = known[str(f.resolve())] = [*stamp, h.hexdigest()]
+            changed = True
+        total.update(f"{f.name}\0{entry[2]}\0".encode())
+    if cache is not None and changed:
+        atomic_write_json(cache, known)
+    return total.hexdigest()
 
 
 @dataclass
@@ -67,6 +92,7 @@ class Config:
     seed: int = 0
     base_model: str = ""
     training: dict = field(default_factory=dict)
+    encoding: str = DEFAULT_ENCODING
     version: int = CONFIG_VERSION
 
     @classmethod
@@ -102,9 +128,37 @@ class Workdir:
     def save(self, config: Config) -> None:
         atomic_write_json(self.config_path, asdict(config))
 
+    def owns(self, path: str | os.PathLike) -> bool:
+        """Whether ``path`` is (inside) one of the workdir's own files or folders (:data:`OWNED`)."""
+        try:
+            top = Path(path).resolve().relative_to(self.root.resolve()).parts[:1]
+        except ValueError:
+            return False
+        return bool(top) and top[0] in OWNED
+
     def checkpoint_path(self, ck: Checkpoint) -> Path:
         p = Path(ck.path)
         return p if p.is_absolute() else self.root / p
+
+    @property
+    def digest_cache(self) -> Path:
+        return self.root / "cache" / "digests.json"
+
+    def record(self, ck: Checkpoint) -> Checkpoint:
+        """``ck`` with the digest of its weights as they are now."""
+        return dataclasses.replace(ck, digest=weights_digest(self.checkpoint_path(ck), self.digest_cache))
+
+    def verify(self, checkpoints: Sequence[Checkpoint]) -> None:
+        """Refuse checkpoints whose weights changed since they were recorded (retrained or re-saved in place)."""
+        for ck in checkpoints:
+            path = self.checkpoint_path(ck)
+            if not path.is_dir():
+                raise DatablameError(f"checkpoint {path} not found",
+                                     "restore it, or record the checkpoints again with 'datablame init'")
+            if ck.digest and weights_digest(path, self.digest_cache) != ck.digest:
+                raise DatablameError(f"the weights of checkpoint {path} changed since the workdir recorded them",
+                                     "record them again with 'datablame init WORKDIR --data DATA --checkpoint ...', "
+                                     "or retrain with 'datablame train ... --out WORKDIR'")
 
     def load_examples(self, config: Config | None = None) -> Examples:
         """The training data, refused if the file changed since the workdir was made."""
@@ -115,7 +169,8 @@ class Workdir:
         if fingerprint(config.data_path) != config.data_fingerprint:
             raise DatablameError(f"training data {config.data_path} changed since the workdir was made",
                                  "retrain, or recreate the workdir with 'datablame init'")
-        return load_examples(config.data_path, config.text_columns, config.label_column, config.label_names)
+        return load_examples(config.data_path, config.text_columns, config.label_column, config.label_names,
+                             config.encoding)
 
 
 def trainer_checkpoints(folder: str | os.PathLike) -> list[Checkpoint]:
@@ -134,8 +189,14 @@ def trainer_checkpoints(folder: str | os.PathLike) -> list[Checkpoint]:
         if state is None:
             raise DatablameError(f"{path} has no trainer_state.json to read its learning rate from",
                                  "pass the checkpoint folders with --checkpoint DIR --lr VALUE instead")
-        logged = [(h["step"], h["learning_rate"]) for h in json.loads(state.read_text()).get("log_history", [])
-                  if "learning_rate" in h and "step" in h]
+        try:
+            history = json.loads(state.read_text(encoding="utf-8"))["log_history"]
+            logged = [(int(h["step"]), float(h["learning_rate"])) for h in history
+                      if isinstance(h, dict) and "learning_rate" in h and "step" in h]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DatablameError(f"{state} is truncated or malformed ({type(exc).__name__}: {exc})",
+                                 "restore it from the Trainer's run, or pass --checkpoint DIR --lr VALUE for each "
+                                 "checkpoint instead") from None
         if not logged:
             raise DatablameError(f"{state} logs no learning rate", "pass --lr VALUE for each --checkpoint")
         before = [lr for s, lr in sorted(logged) if s <= step]

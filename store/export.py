@@ -11,8 +11,14 @@ Per example, the flags decide (the latest decision first when several apply):
 Formats: csv, jsonl, parquet (one file each) or hf (a ``datasets`` folder from ``save_to_disk``). Columns: ``id``
 (the original row), the text column(s), the label column (label names), then the data file's other columns as
 they were (when the file is still there unchanged; the store holds only texts and labels). The change log ``OUT.changes.csv``
-lists ``id, old_label, new_label, reason`` (new_label empty for a dropped example). Both are written to a
-temporary name and renamed: whole or absent.
+lists ``id, old_label, new_label, reason`` (new_label empty for a dropped example). CSV is RFC 4180 (UTF-8, CRLF
+line ends, fields quoted when they hold a comma, quote or line break); JSONL is UTF-8 JSON, one object a line.
+
+Export never destroys anything (:func:`check_target`): it refuses to write onto the training data, the store, a
+workdir's own files, any other existing path inside the workdir that an earlier export did not create
+(``WORKDIR/exports.json`` lists those), or an existing folder, unless ``force``; it never deletes a folder it did
+not create (its hf folders carry a ``.datablame-export`` marker) nor the workdir's own files, even with ``force``.
+Both files are written to a temporary name and renamed (whole or absent), with the umask's permissions.
 """
 
 from __future__ import annotations
@@ -29,12 +35,18 @@ from pathlib import Path
 from sqlalchemy import select
 
 from datablame.influence.errors import DatablameError
-from datablame.influence.workdir import atomic_write_bytes
+from datablame.influence.atomic import atomic_folder, atomic_write_bytes, atomic_write_json
+from datablame.influence.tables import DEFAULT_ENCODING
+from datablame.influence.workdir import Workdir
 
 from .db import Database
 from .schema import Dataset, Example, Flag
 
 FORMATS = ("csv", "jsonl", "parquet", "hf")
+MARKER = ".datablame-export"
+"""A file inside every hf folder that export writes: the sign that a later export may replace the folder."""
+RECORD = "exports.json"
+"""WORKDIR/exports.json: the absolute paths export has written inside the workdir (it may overwrite those)."""
 
 
 @dataclass
@@ -72,24 +84,24 @@ def _decide(flags: list[Flag], names: list[str], old: str, drop: bool) -> Change
     return None
 
 
-def other_columns(dataset: Dataset) -> dict[str, list]:
+def other_columns(dataset: Dataset, encoding: str = DEFAULT_ENCODING) -> dict[str, list]:
     """The data file's columns besides id, text and label (name → value per row), when the file is still there
     and unchanged; else none."""
-    from datablame.influence.data import fingerprint, load_table
+    from datablame.influence.data import fingerprint
+    from datablame.influence.tables import read_table
 
     path = Path(dataset.path)
     if not path.exists() or fingerprint(path) != dataset.fingerprint:
         return {}
-    table = load_table(path)
+    table = read_table(path, encoding)
     known = {"id", *dataset.text_columns, dataset.label_column}
     return {c: table[c] for c in table.column_names if c not in known}
-
-
-def cleaned_rows(db: Database, dataset: Dataset, drop: bool = False) -> tuple[list[dict], list[Change]]:
+def cleaned_rows(db: Database, dataset: Dataset, drop: bool = False, encoding: str = DEFAULT_ENCODING
+                 ) -> tuple[list[dict], list[Change]]:
     """The cleaned rows (id, text column(s), label column, the file's other columns) in id order and the changes
-    made."""
+    made. ``encoding``: the data file's, to read its other columns."""
     names = dataset.label_names
-    other = other_columns(dataset)
+    other = other_columns(dataset, encoding)
     with db.transaction() as session:
         examples = session.scalars(select(Example).where(Example.dataset_id == dataset.id)
                                    .order_by(Example.id)).all()
@@ -115,14 +127,15 @@ def cleaned_rows(db: Database, dataset: Dataset, drop: bool = False) -> tuple[li
 
 
 def _csv_bytes(rows: list[dict], columns: list[str]) -> bytes:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\r\n")
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue().encode()
 
 
-def _write(rows: list[dict], columns: list[str], out: Path, fmt: str) -> None:
+def _write(rows: list[dict], columns: list[str], out: Path, fmt: str, replace_folder: bool) -> None:
+    """Write the rows; an hf folder replaces ``out`` when ``replace_folder``, else its files go into ``out``."""
     if fmt == "csv":
         atomic_write_bytes(out, _csv_bytes(rows, columns))
     elif fmt == "jsonl":
@@ -138,17 +151,19 @@ def _write(rows: list[dict], columns: list[str], out: Path, fmt: str) -> None:
         import datasets
 
         datasets.disable_progress_bars()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-        try:
-            datasets.Dataset.from_dict({c: [r[c] for r in rows] for c in columns}).save_to_disk(str(tmp / "d"))
-            if out.is_dir():
-                shutil.rmtree(out)
-            elif out.exists():
-                out.unlink()
-            os.replace(tmp / "d", out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        table = datasets.Dataset.from_dict({c: [r[c] for r in rows] for c in columns})
+        if replace_folder:
+            with atomic_folder(out) as tmp:
+                table.save_to_disk(str(tmp))
+                (tmp / MARKER).write_text("written by datablame export; a later export may replace this folder\n")
+        else:  # --force into a folder export did not create: its files are added, nothing of it deleted
+            tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+            try:
+                table.save_to_disk(str(tmp))
+                for f in tmp.iterdir():
+                    os.replace(f, out / f.name)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def export_format(out: Path, fmt: str | None) -> str:
@@ -169,17 +184,77 @@ def changes_path(out: Path) -> Path:
     return out.with_name((out.stem if out.suffix else out.name) + ".changes.csv")
 
 
-def export(db: Database, dataset: Dataset, out: str | os.PathLike, fmt: str | None = None,
-           drop: bool = False) -> ExportReport:
-    """Write the cleaned dataset to ``out`` and its change log beside it."""
+def _recorded(workdir: Workdir | None) -> set[str]:
+    """The paths earlier exports wrote inside the workdir."""
+    if workdir is None or not (workdir.root / RECORD).is_file():
+        return set()
+    try:
+        return set(json.loads((workdir.root / RECORD).read_text()).get("paths", []))
+    except (ValueError, AttributeError):
+        return set()
+
+
+def check_target(path: Path, fmt: str, dataset: Dataset, db: Database, workdir: Workdir | None,
+                 force: bool) -> bool:
+    """Refuse to write the export (or its change log) at ``path`` when that could destroy data; see the module
+    docstring. Returns whether an existing folder at ``path`` is to be replaced (an earlier export's)."""
+    target = path.resolve()
+    what = f"--out {path}"
+    if db.path is not None and target in {Path(f"{db.path}{end}").resolve() for end in ("", "-wal", "-shm")}:
+        raise DatablameError(f"{what} is the store {db.path}", "choose another --out")
+    if workdir is not None and target == workdir.root.resolve():
+        raise DatablameError(f"{what} is the workdir", f"name a file, e.g. {workdir.root / 'cleaned.csv'}")
+    if workdir is not None and workdir.owns(target):
+        raise DatablameError(f"{what} is one of the workdir's own files", "choose another --out, e.g. "
+                             f"{workdir.root / 'cleaned.csv'} or a file outside the workdir")
+    data = Path(dataset.path).resolve()
+    if not force and (target == data or data in target.parents or target in data.parents):
+        raise DatablameError(f"{what} would overwrite the training data {data}",
+                             "write the cleaned data to a new file, or pass --force to replace the training data "
+                             "(the workdir then refuses to run until you retrain on it)")
+    if not (path.exists() or path.is_symlink()):
+        return False
+    if path.is_dir():
+        if fmt != "hf":
+            raise DatablameError(f"{what} is an existing folder", f"name a file, e.g. {path / ('clean.' + fmt)}")
+        if (path / MARKER).is_file():
+            return True
+        if not force:
+            raise DatablameError(f"{what} is an existing folder that export did not create",
+                                 "choose a new folder, or pass --force to add the dataset's files to it "
+                                 "(nothing in it is deleted)")
+        return False
+    inside = workdir is not None and workdir.root.resolve() in target.parents
+    if inside and not force and str(target) not in _recorded(workdir):
+        raise DatablameError(f"{what} already exists in the workdir and export did not write it",
+                             "choose a new file name, or pass --force to overwrite it")
+    return False
+
+
+def export(db: Database, dataset: Dataset, out: str | os.PathLike, fmt: str | None = None, drop: bool = False,
+           workdir: str | os.PathLike | None = None, force: bool = False) -> ExportReport:
+    """Write the cleaned dataset to ``out`` and its change log beside it.
+
+    ``workdir``: the dataset's workdir, whose files export protects and whose config gives the data file's
+    encoding. ``force``: write onto the training data, an existing file in the workdir or a folder export did
+    not create (see :func:`check_target`). Raises DatablameError before writing anything when refused.
+    """
     out = Path(out)
     fmt = export_format(out, fmt)
-    rows, changes = cleaned_rows(db, dataset, drop)
-    columns = list(rows[0]) if rows else ["id", *dataset.text_columns, dataset.label_column]
-    _write(rows, columns, out, fmt)
+    wd = Workdir(workdir) if workdir is not None else None
     log = changes_path(out)
+    replace_folder = check_target(out, fmt, dataset, db, wd, force)
+    check_target(log, "csv", dataset, db, wd, force)
+    encoding = wd.load().encoding if wd is not None else DEFAULT_ENCODING
+    rows, changes = cleaned_rows(db, dataset, drop, encoding)
+    columns = list(rows[0]) if rows else ["id", *dataset.text_columns, dataset.label_column]
+    _write(rows, columns, out, fmt, replace_folder or not out.is_dir())
     atomic_write_bytes(log, _csv_bytes([{"id": c.id, "old_label": c.old_label, "new_label": c.new_label or "",
                                          "reason": c.reason} for c in changes],
                                        ["id", "old_label", "new_label", "reason"]))
+    if wd is not None:
+        inside = [str(p.resolve()) for p in (out, log) if wd.root.resolve() in p.resolve().parents]
+        if inside:
+            atomic_write_json(wd.root / RECORD, {"paths": sorted(_recorded(wd) | set(inside))})
     dropped = sum(c.new_label is None for c in changes)
     return ExportReport(len(rows), len(changes) - dropped, dropped, out, log)

@@ -2,7 +2,8 @@
 
 Every action is one conditional ``UPDATE``/``INSERT`` in one transaction (``version = version + 1`` computed
 by the database, never read-modify-write in Python), so reviewers working at once in several processes lose no
-update; the last decision on a flag wins and every decision is counted in ``version``.
+update; the last decision on a flag wins and every decision is counted in ``version``. An update locks its rows
+in id order before changing them, so reviewers of overlapping flags on PostgreSQL cannot deadlock.
 """
 
 from __future__ import annotations
@@ -88,6 +89,10 @@ def _update(db: Database, dataset: Dataset, ids: Sequence[int], **values) -> int
     if not ids:
         raise DatablameError("no flag id given", "pass one or more ids from 'datablame flags WORKDIR list'")
     with db.transaction() as session:
+        # lock the rows in id order first: one UPDATE of several rows locks them in whatever order it scans them,
+        # so two on PostgreSQL could deadlock (SQLite's BEGIN IMMEDIATE serializes writers already)
+        session.execute(select(Flag.id).where(Flag.dataset_id == dataset.id, Flag.id.in_(ids)).order_by(Flag.id)
+                        .with_for_update())
         done = session.execute(update(Flag).where(Flag.dataset_id == dataset.id, Flag.id.in_(ids))
                                .values(**values, updated_at=utcnow(), version=Flag.version + 1)
                                .returning(Flag.id)).scalars().all()

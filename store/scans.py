@@ -78,6 +78,7 @@ def scan_workdir(workdir: str | os.PathLike, method: str = "cv", flag_top: float
     config = wd.load()
     db = db or open_db(default_url(workdir))
     examples = wd.load_examples(config)
+    wd.verify(config.checkpoints[-1:])
     model, task = load_classifier(wd.checkpoint_path(config.checkpoints[-1]), config.label_names, device,
                                   config.max_length)
     probs, features = detect.probabilities_and_features(task, model, examples, progress=progress)
@@ -100,15 +101,18 @@ def scan_workdir(workdir: str | os.PathLike, method: str = "cv", flag_top: float
 
 def self_influence(workdir: str | os.PathLike, method: str, config: Config, device: str = "auto",
                    progress: Callable | None = None) -> np.ndarray:
-    """(n,) self-influence of ``method``, computing the vectors first when they are missing or of other data."""
+    """(n,) self-influence of ``method``, computing the vectors first when they are missing or were computed
+    from other data or other checkpoints (weights compared by digest); stored vectors of other settings of the
+    same model (e.g. another --dim) serve."""
     from datablame.index.vectors import VectorStore, compute_vectors
-    from datablame.influence.build import MethodSettings
+    from datablame.influence.build import MethodSettings, chosen_checkpoints, key_changes
 
     store = VectorStore(Path(workdir) / "vectors" / method)
     manifest = store.manifest()
-    if (manifest is None or not manifest.complete or manifest.key.get("data") != config.data_fingerprint
+    current = {"data": config.data_fingerprint, "checkpoints": [asdict(c) for c in chosen_checkpoints(method, config)]}
+    if (manifest is None or not manifest.complete or key_changes(manifest.key, current, current)
             or not (store.folder / "self_influence.npy").is_file()):
-        log.info("computing %s vectors for self-influence (none stored for this data)", method)
+        log.info("computing %s vectors for self-influence (none stored for this data and these checkpoints)", method)
         compute_vectors(workdir, method, MethodSettings(device=device), progress=progress)
     return store.self_influence()
 

@@ -1,0 +1,70 @@
+"""The registry of attribution methods: every command, test and benchmark iterates it instead of naming methods.
+
+A method is one module that defines its :class:`.methods.Method` and registers a :class:`MethodSpec`: its name,
+a one-line summary (CLI help), which checkpoints it reads, how it is built from a workdir
+(:class:`.build.BuildContext` → Method), which of :class:`.build.MethodSettings`'s fields shape only its query side
+(they stay out of the training vectors' key, as Kronfluence keeps ``ScoreArguments`` apart from
+``FactorArguments``), what a query costs (the timing line) and whether its self-influence can rank a ``scan``.
+Adding a method = its module, its line in :data:`MODULES`, and its tests.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from .errors import DatablameError
+
+if TYPE_CHECKING:
+    from .build import BuildContext, MethodSettings
+    from .methods import Method
+
+MODULES = {"tracin": "datablame.influence.methods", "influence": "datablame.influence.methods",
+           "representer": "datablame.influence.methods",
+           "trak": "datablame.influence.trak"}
+"""The registration: each method's name and the module that defines it (imported when the method is asked for,
+so listing names costs no import of torch), in the order commands list them."""
+DEFAULT_METHOD = "influence"
+"""What ``explain`` uses when it is indexed: it names planted causes best in ``bench/artifacts.py``."""
+
+_REGISTRY: dict[str, "MethodSpec"] = {}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """name; summary: one line for help; checkpoints: ``all`` or ``last``; build: the method from a
+    :class:`.build.BuildContext`; cost: what one query vector costs under these settings (the timing line);
+    query_fields: the :class:`.build.MethodSettings` fields that shape the query side only; self_influence:
+    whether ``scan --method NAME`` ranks by its self-influence."""
+
+    name: str
+    summary: str
+    checkpoints: str
+    build: Callable[["BuildContext"], "Method"]
+    cost: Callable[["MethodSettings"], str]
+    query_fields: tuple[str, ...] = ()
+    self_influence: bool = True
+
+
+def register(spec: MethodSpec) -> MethodSpec:
+    """Add a method (a module calls this at import); a second registration of a name replaces the first."""
+    if spec.checkpoints not in ("all", "last"):
+        raise ValueError(f"{spec.name}: checkpoints must be 'all' or 'last', not {spec.checkpoints!r}")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def method_names() -> tuple[str, ...]:
+    """The registered methods' names: :data:`MODULES`' order, then any registered from elsewhere."""
+    return tuple(dict.fromkeys([*MODULES, *_REGISTRY]))
+
+
+def method_spec(name: str) -> MethodSpec:
+    """The registered method ``name`` (importing its module); an unknown name is a DatablameError listing the
+    known ones."""
+    if name not in _REGISTRY and name in MODULES:
+        importlib.import_module(MODULES[name])
+    if name not in _REGISTRY:
+        raise DatablameError(f"unknown method {name!r}", f"choose one of {', '.join(method_names())}")
+    return _REGISTRY[name]

@@ -1,0 +1,44 @@
+"""A bug (any exception other than DatablameError) reaching the CLI: one line naming it and where to report it,
+exit status 1; with -v its traceback first."""
+
+import pytest
+from typer.testing import CliRunner
+
+from datablame.cli.errors import ISSUES_URL
+from datablame.cli.main import app
+
+BUG = f"this is a bug in datablame; rerun with -v for the traceback and report it at {ISSUES_URL}"
+
+
+def broken(*args, **kwargs):
+    raise RuntimeError("index file\n  is corrupt")
+
+
+@pytest.fixture
+def broken_explainer(monkeypatch):
+    monkeypatch.setattr("datablame.index.explain.Explainer.__init__", broken)
+
+
+def test_unexpected_error_is_one_line(broken_explainer, tmp_path):
+    r = CliRunner().invoke(app, ["explain", str(tmp_path), "goal team", "--method", "tracin"])
+    assert r.exit_code == 1, r.output
+    assert r.stderr.splitlines() == [f"error: unexpected RuntimeError: index file is corrupt ({BUG})"]
+    assert r.stdout == ""
+
+
+def test_verbose_shows_the_traceback(broken_explainer, tmp_path):
+    r = CliRunner().invoke(app, ["explain", str(tmp_path), "goal team", "--method", "tracin", "-v"])
+    assert r.exit_code == 1, r.output
+    lines = r.stderr.splitlines()
+    assert lines[0] == "Traceback (most recent call last):" and any("in broken" in line for line in lines)
+    assert lines[-1] == ("error: unexpected RuntimeError: index file is corrupt (this is a bug in datablame; "
+                         f"report it with the traceback above at {ISSUES_URL})")
+
+
+def test_command_without_verbose_option(monkeypatch, tmp_path):
+    monkeypatch.setattr("datablame.influence.data.load_examples", broken)
+    r = CliRunner().invoke(app, ["init", str(tmp_path / "wd"), "--data", str(tmp_path / "train.csv"),
+                                 "--checkpoint", str(tmp_path)])
+    assert r.exit_code == 1, r.output
+    assert r.stderr.splitlines() == [f"error: unexpected RuntimeError: index file is corrupt (this is a bug in "
+                                     f"datablame; report it at {ISSUES_URL})"]
