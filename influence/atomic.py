@@ -5,8 +5,8 @@ The result gets the permissions an ordinary ``open()`` or ``mkdir()`` would give
 (``tempfile`` alone would leave it owner-only, mode 0600 / 0700).
 
 A temporary name, ``.NAME.PID-HOST.RANDOM.tmp``, names its writer (process id, hash of the host name): the next
-write of NAME removes the temporaries of writers on this host that are no longer running (killed mid-write), so
-a command killed and run again leaves nothing behind.
+write into the folder (the first in a process) removes the temporaries of writers on this host that are no longer
+running (killed mid-write), so a command killed and run again leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -47,11 +47,16 @@ def _running(pid: int) -> bool:
     return True
 
 
-def _remove_leftovers(folder: Path, name: str) -> None:
-    """Remove the temporaries for ``name`` in ``folder`` left by writers on this host that no longer run."""
-    if os.name != "posix":  # os.kill(pid, 0) probes a process only on POSIX
+_CLEANED: set[Path] = set()
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Remove the temporaries in ``folder`` left by writers on this host that no longer run; once per folder and
+    process (a folder of many files is not listed again at every write)."""
+    if os.name != "posix" or folder in _CLEANED:  # os.kill(pid, 0) probes a process only on POSIX
         return
-    pattern = re.compile(rf"\.{re.escape(name)}\.(\d+)-{_HOST}\.\w+\.(tmp|old)")
+    _CLEANED.add(folder)
+    pattern = re.compile(rf"\..+\.(\d+)-{_HOST}\.\w+\.(tmp|old)")
     for entry in folder.iterdir():
         found = pattern.fullmatch(entry.name)
         if found and not _running(int(found.group(1))):
@@ -67,7 +72,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     ``savefig``); on success the file replaces ``path``, on failure it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(path.parent, path.name)
+    _remove_leftovers(path.parent.resolve())
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_prefix(path.name), suffix=".tmp")
     os.close(fd)
     try:
@@ -94,7 +99,8 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
 
 @contextlib.contextmanager
 def atomic_folder(dest: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``dest``; fill it; on success it replaces ``dest``.
+    """Yield an empty temporary folder beside ``dest``; fill it; on success it replaces ``dest``, its files and
+    folders with the umask's permissions.
 
     ``dest``, when it exists, must be a folder the caller may replace (checked by the caller): it is renamed
     aside and deleted only once the new folder is in place. On failure the temporary folder is removed and
@@ -102,11 +108,14 @@ def atomic_folder(dest: str | os.PathLike) -> Iterator[Path]:
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(dest.parent, dest.name)
+    _remove_leftovers(dest.parent.resolve())
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=_prefix(dest.name), suffix=".tmp"))
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())
+        mask = _umask()
+        for entry in [tmp, *tmp.rglob("*")]:  # what writers made owner-only (safetensors, mkstemp) too
+            if not entry.is_symlink():
+                os.chmod(entry, (0o777 if entry.is_dir() else 0o666) & ~mask)
         old = None
         if dest.exists():
             old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=_prefix(dest.name), suffix=".old"))

@@ -113,6 +113,7 @@ def test_files_get_the_umasks_permissions(setup, tmp_path):
     for path in (report.out, report.changes_path, wd / "exports.json", wd / "config.json"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
     assert stat.S_IMODE((tmp_path / "clean").stat().st_mode) == 0o755
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "clean").iterdir()} == {0o644}
 
 
 def test_a_failed_write_leaves_the_old_file(setup, tmp_path, monkeypatch):
