@@ -49,12 +49,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from datablame.cli.plots import detection_curve  # noqa: E402
 from datablame.influence import detect  # noqa: E402
 from datablame.influence.data import Examples, load_examples  # noqa: E402
-from datablame.influence.grads import num_params, select_params  # noqa: E402
-from datablame.influence.methods import InfluenceFunctions, Representer, TracIn, compute_train_vectors  # noqa: E402
+from datablame.influence.build import BuildContext, MethodSettings  # noqa: E402
+from datablame.influence.features import FeatureCache  # noqa: E402
+from datablame.influence.methods import compute_train_vectors  # noqa: E402
 from datablame.influence.models import load_classifier, minilm_path  # noqa: E402
-from datablame.influence.sketch import make_projector  # noqa: E402
+from datablame.influence.registry import method_names, method_spec  # noqa: E402
 from datablame.influence.task import ModuleTask  # noqa: E402
 from datablame.influence.train import checkpoint_steps, learning_rate  # noqa: E402
+from datablame.influence.workdir import Checkpoint, Config  # noqa: E402
 
 SETTINGS = {"uniform-10%": ("uniform", 0.10), "uniform-20%": ("uniform", 0.20), "systematic-30%-pos": ("systematic", 0.30)}
 
@@ -128,21 +130,28 @@ def probabilities(model: Head, x: np.ndarray) -> np.ndarray:
 
 
 def self_influences(x: np.ndarray, y: np.ndarray, checkpoints, dim: int, lam: float) -> dict[str, np.ndarray]:
-    """Each method's (n,) self-influence from datablame's classes on the head (ids index the features)."""
+    """(n,) self-influence of every registered method that gives one, built by its registration on the head over
+    the features (ids index the features; ``checkpoints``: (head, learning rate) in order)."""
     xt = torch.as_tensor(x)
     task = ModuleTask(lambda texts: {"x": xt[[int(t) for t in texts]]}, "classifier")
     ex = Examples(texts=[str(i) for i in range(len(y))], labels=y, label_names=["0", "1"])
-    final = checkpoints[-1][0]
-    names = select_params(final, task, ["head"])
-    projector = make_projector("countsketch", num_params(final, names), dim, 0)
-    methods = {"tracin": TracIn(task, checkpoints, names, projector),
-               "influence": InfluenceFunctions(task, final, names, projector, ex)}
-    representer = Representer(task, final, lam)
-    representer.fit(ex)
-    methods["representer"] = representer
+    config = Config(data_path="", data_fingerprint="", text_columns=["text"], label_column="label",
+                    label_names=ex.label_names, training={"freeze_encoder": True})
+    settings = MethodSettings(params=["head"], dim=dim, lam=lam, device="cpu")
     labels = torch.as_tensor(y)
-    return {name: m.self_influence(torch.as_tensor(compute_train_vectors(m, ex, 256)), labels).numpy()
-            for name, m in methods.items()}
+    out = {}
+    for name in method_names():
+        spec = method_spec(name)
+        if not spec.self_influence:
+            continue
+        chosen = checkpoints if spec.checkpoints == "all" else checkpoints[-1:]
+        method = spec.build(BuildContext(None, config, ex, settings, [Checkpoint("", lr) for _, lr in chosen],
+                                         [(m, task) for m, _ in chosen], FeatureCache(ex)))
+        vectors = torch.as_tensor(compute_train_vectors(method, ex, 256))
+        if hasattr(method, "finalize"):
+            method.finalize(vectors)
+        out[name] = method.self_influence(vectors, labels).numpy()
+    return out
 
 
 def metrics(noisy: np.ndarray, score: np.ndarray, flagged: np.ndarray | None = None, flag_top: float = 0.05) -> dict:

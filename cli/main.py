@@ -100,6 +100,9 @@ PROJECTION = typer.Option("countsketch", help="countsketch (sparse JL) or gaussi
 SEED = typer.Option(0, help="Seed of the random projection.")
 DTYPE = typer.Option("float32", help="Stored precision: float32 or float16.")
 LAMBDA = typer.Option(1e-3, "--lambda", help="L2 penalty of the representer refit.")
+DAMPING_DEFAULT = 0.01
+DAMPING = typer.Option(DAMPING_DEFAULT, "--damping", help="λ added to the curvature of influence functions "
+                       "(LiSSA, sketch and exact): larger is more stable, smaller is closer to the exact inverse.")
 BATCH_SIZE = typer.Option(32, help="Examples per gradient batch.")
 DEVICE = typer.Option("auto", help="auto, cpu or cuda.")
 
@@ -115,15 +118,25 @@ def _choose(what: str, option: str, value: Optional[str], choices: tuple[str, ..
 
 
 def _settings(params: Optional[List[str]], dim: int, projection: str, seed: int, lam: float, device: str,
-              curvature: str = "lissa"):
+              curvature: str = "lissa", damping: float = DAMPING_DEFAULT):
     """The method settings of the options, refusing an unknown --projection or --curvature."""
     from datablame.influence.build import CURVATURES, MethodSettings
+    from datablame.influence.lissa import LissaConfig
     from datablame.influence.sketch import PROJECTIONS
 
     _choose("projection", "--projection", projection, tuple(PROJECTIONS))
     _choose("curvature", "--curvature", curvature, CURVATURES)
     return MethodSettings(params=[p for arg in params or [] for p in arg.split(",") if p] or None, dim=dim,
-                          projection=projection, seed=seed, lam=lam, device=device, curvature=curvature)
+                          projection=projection, seed=seed, lam=lam, device=device, curvature=curvature,
+                          lissa=LissaConfig(damping=_damping(damping)))
+
+
+def _damping(value: float) -> float:
+    from datablame.influence.errors import DatablameError
+
+    if not value > 0:
+        raise DatablameError(f"--damping must be positive, not {value}", "e.g. --damping 1e-3")
+    return value
 
 
 def _methods(method: str) -> tuple[str, ...]:
@@ -166,7 +179,9 @@ def index(
     score: str = typer.Option("all", "--score", help="Scoring to index: cosine, raw or all."),
     approximate: bool = typer.Option(False, "--approximate", help="HNSW instead of exact search (for large data); "
                                      "its recall@10 against exact search is measured and printed."),
-    curvature: str = typer.Option("lissa", help="Influence queries: lissa (per query) or sketch (once)."),
+    curvature: str = typer.Option("lissa", help="Influence queries: lissa (per query), sketch (the sketches' "
+                                  "Gauss-Newton, once) or exact (the head's Hessian, once; ≤ 4096 parameters)."),
+    damping: float = DAMPING,
     dtype: str = DTYPE, lam: float = LAMBDA, batch_size: int = BATCH_SIZE, device: str = DEVICE, quiet: bool = QUIET,
     verbose: bool = VERBOSE,
 ) -> None:
@@ -178,7 +193,7 @@ def index(
 
     _choose("scoring", "--score", score, ("all", *SCORINGS))
     _choose("dtype", "--dtype", dtype, DTYPES)
-    settings = _settings(params, dim, projection, seed, lam, device, curvature)
+    settings = _settings(params, dim, projection, seed, lam, device, curvature, damping)
     for name in _methods(method):
         start = time.perf_counter()
         with progress_bar(name, quiet) as update:
@@ -204,7 +219,9 @@ def explain(
     queries: Optional[Path] = typer.Option(None, "--queries", help="A file of inputs, one per line."),
     aggregate: bool = typer.Option(False, "--aggregate", help="Explain the --queries set as a whole (summed query "
                                    "vectors): the training examples behind the model's behaviour on the slice."),
-    curvature: Optional[str] = typer.Option(None, help="Influence queries: lissa or sketch (default: as indexed)."),
+    curvature: Optional[str] = typer.Option(None, help="Influence queries: lissa, sketch or exact (default: as "
+                                            "indexed)."),
+    damping: Optional[float] = typer.Option(None, "--damping", help="Influence functions' λ (default: as indexed)."),
     flag: Optional[str] = typer.Option(None, "--flag", help="Record the supporting examples in the store as open "
                                        "flags of this kind (e.g. biased: the causes of a slice's behaviour)."),
     db: Optional[str] = typer.Option(None, "--db", help="SQLAlchemy URL of the store (with --flag)."),
@@ -231,7 +248,8 @@ def explain(
         method, why = default_method(workdir, score or DEFAULT_SCORING)
         if why:
             console.print(f"explaining with {method} ({why})")
-    explainer = Explainer(workdir, method, score or DEFAULT_SCORING, device, curvature)
+    explainer = Explainer(workdir, method, score or DEFAULT_SCORING, device, curvature,
+                          damping=None if damping is None else _damping(damping))
     overlong = explainer.overlong(texts)
     if overlong:  # shown even with -q: the explanation is of the truncated input
         typer.echo(truncation_warning(overlong, len(texts), explainer.max_length), err=True)

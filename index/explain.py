@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -144,17 +144,21 @@ def default_method(workdir: str | Path, scoring: str) -> tuple[str, str]:
 class Explainer:
     """One method's index and query side, loaded once; refuses an index that no longer matches the workdir.
 
-    ``curvature`` (influence only) overrides the recorded query-side curvature: ``lissa`` or ``sketch``.
+    ``curvature`` and ``damping`` (influence only) override the recorded query side: ``lissa``, ``sketch`` or
+    ``exact``, and the λ added to it.
     """
 
     def __init__(self, workdir: str | Path, method: str = "tracin", scoring: str = DEFAULT_SCORING,
-                 device: str = "auto", curvature: str | None = None, cache: bool = True):
+                 device: str = "auto", curvature: str | None = None, cache: bool = True,
+                 damping: float | None = None):
         self.workdir = Workdir(workdir)
         self.workdir.load()  # a folder that is no workdir is refused as such, not for lacking an index
         self.index = VectorIndex.load(self.workdir.root / "index", method, scoring)
         settings = MethodSettings.from_dict(self.index.meta.settings, device)
         if curvature is not None:
             settings.curvature = curvature
+        if damping is not None:
+            settings.lissa = replace(settings.lissa, damping=damping)
         built = build_method(self.workdir, method, settings, fit=False)
         self.index.check_fresh(built.key)
         self.method, self.train, self.settings = built.method, built.train, settings

@@ -163,8 +163,8 @@ def lissa(hvp: Callable[[Tensor], Tensor], v: Tensor, config: LissaConfig = Liss
     if scale is None:
         scale = 2.0 * (top_eigenvalue(hvp, v.shape[1], seed=config.seed) + config.damping)
     if not scale > 0:
-        raise DatablameError(f"LiSSA scale must be positive, got {scale}", "set --lissa-scale above the largest "
-                             "Hessian eigenvalue")
+        raise DatablameError(f"LiSSA's scale must be positive, got {scale} (2 × the estimated top Hessian "
+                             "eigenvalue + λ)", "answer influence queries with --curvature sketch or exact")
     report = LissaReport(scale=scale)
     bound = 10.0 * scale / config.damping * v.norm(dim=1, keepdim=True) if config.damping > 0 else None
     total, done = config.depth * config.repeats, 0
@@ -177,12 +177,14 @@ def lissa(hvp: Callable[[Tensor], Tensor], v: Tensor, config: LissaConfig = Liss
             h = v + h - (hvp(h) + config.damping * h) / scale
             norms = h.norm(dim=1, keepdim=True)
             if not torch.isfinite(norms).all():
-                raise DatablameError(f"LiSSA diverged at step {t + 1} (the estimate became NaN or inf)",
-                                     f"raise --lissa-scale above {scale:g} or raise --lissa-damping")
+                raise DatablameError(f"LiSSA diverged at step {t + 1} (the estimate became NaN or inf; scale "
+                                     f"{scale:g})", f"raise the damping above {config.damping:g} (--damping), or "
+                                     "answer with --curvature sketch or exact")
             if bound is not None and (norms > bound).any():
-                raise DatablameError(f"LiSSA diverged at step {t + 1} (the estimate's norm keeps growing)",
-                                     f"raise --lissa-damping above {config.damping:g} (the Hessian has negative "
-                                     f"curvature) or --lissa-scale above {scale:g}")
+                raise DatablameError(f"LiSSA diverged at step {t + 1} (the estimate's norm keeps growing: the "
+                                     f"Hessian has negative curvature; scale {scale:g})",
+                                     f"raise the damping above {config.damping:g} (--damping), or answer with "
+                                     "--curvature sketch or exact")
             if r == 0:
                 report.norms.append(float(norms.max()) / scale)
             if t == config.depth - 1 - tail:

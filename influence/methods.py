@@ -201,9 +201,9 @@ class InfluenceFunctions:
         self.features = features  # the training set's penultimate features (head parameters), see .features
         self.dim = projector.out_dim
         self.last_report: LissaReport | None = None
-        self.curvature: Tensor | None = None  # (k, k) float64 sketch-space curvature, once finalized
-        self.hessian: Tensor | None = None  # (p, p) float64 undamped Hessian (curvature "exact"), once finalized
-        self._damped: Tensor | None = None  # Cholesky factor of H + λI, made on first use
+        self.gram: Tensor | None = None  # (k, k) float64 VᵀV/n of the training sketches, once finalized
+        self.hessian: Tensor | None = None  # (p, p) float64 Hessian (curvature "exact"), once finalized
+        self._factors: dict[str, Tensor] = {}  # Cholesky factors of the damped matrices, made on first use
         self.hvp: HessianVectorProducts | None = None  # kept between queries (it caches head features)
         self.scale: float | None = config.scale  # LiSSA's scale: estimated once (power iteration), then kept
 
@@ -213,20 +213,34 @@ class InfluenceFunctions:
         return v.T @ v / v.shape[0] + self.config.damping * torch.eye(v.shape[1], dtype=v.dtype)
 
     def finalize(self, vectors: Tensor) -> dict[str, np.ndarray]:
-        """What the finished (n, k) training sketches give once for all queries: ``curvature``, (k, k) float64,
-        and with ``curvature="exact"`` the undamped ``hessian``, (p, p) float64."""
-        self.curvature = self.sketch_curvature(vectors)
-        arrays = {"curvature": self.curvature.numpy()}
+        """What the finished (n, k) training sketches give once for all queries, undamped (the damping λ is a
+        query-side setting): ``gram``, (k, k) float64 VᵀV/n, and with ``curvature="exact"`` the ``hessian``,
+        (p, p) float64."""
+        v = vectors.double()
+        self.gram, self._factors = v.T @ v / v.shape[0], {}
+        arrays = {"gram": self.gram.numpy()}
         if self.query_curvature == "exact":
-            self.hessian, self._damped = self.exact_hessian(), None
+            self.hessian = self.exact_hessian()
             arrays["hessian"] = self.hessian.numpy()
         return arrays
 
     def use_finalized(self, arrays: dict[str, np.ndarray]) -> None:
         """Take the arrays :meth:`finalize` made (read back from beside the vectors)."""
-        self.curvature = torch.from_numpy(arrays["curvature"])
+        self.gram, self._factors = torch.from_numpy(arrays["gram"]), {}
         if "hessian" in arrays:
-            self.hessian, self._damped = torch.from_numpy(arrays["hessian"]), None
+            self.hessian = torch.from_numpy(arrays["hessian"])
+
+    def _solve(self, name: str, rows: Tensor) -> Tensor:
+        """(m, d) → (m, d) float64 (M + λI)^{-1} x for each row x, M the finalized ``gram`` or ``hessian``."""
+        matrix = getattr(self, name)
+        if matrix is None:
+            what, flag = ("sketch-space curvature", "") if name == "gram" else ("exact Hessian", " --curvature exact")
+            raise DatablameError(f"the influence vectors' {what} is missing or stale",
+                                 f"rebuild with 'datablame index WORKDIR --method influence{flag}'")
+        if name not in self._factors:
+            damped = matrix + self.config.damping * torch.eye(matrix.shape[0], dtype=torch.float64)
+            self._factors[name] = torch.linalg.cholesky(damped)
+        return torch.cholesky_solve(rows.double().cpu().T, self._factors[name]).T
 
     def exact_hessian(self, chunk: int = 128) -> Tensor:
         """(p, p) float64 Hessian of the mean training loss over the selected parameters: p Hessian-vector
@@ -238,24 +252,12 @@ class InfluenceFunctions:
         h = torch.cat([hvp(eye[i:i + chunk]).double().cpu() for i in range(0, p, chunk)])
         return (h + h.T) / 2
 
-    def _exact_solve(self, grads: Tensor) -> Tensor:
-        """(m, p) → (m, p) float64 (H + λI)^{-1} g by the Cholesky factor of the damped exact Hessian."""
-        if self.hessian is None:
-            raise DatablameError("the influence vectors' exact Hessian is missing or stale",
-                                 "rebuild with 'datablame index WORKDIR --method influence --curvature exact'")
-        if self._damped is None:
-            damped = self.hessian + self.config.damping * torch.eye(self.hessian.shape[0], dtype=torch.float64)
-            self._damped = torch.linalg.cholesky(damped)
-        return torch.cholesky_solve(grads.double().cpu().T, self._damped).T
-
     def query_like(self, vectors: Tensor) -> Tensor:
         """(m, k) training vectors as queries see them: through the exact Hessian when queries use it and the
         vectors are unprojected gradients, else through the sketch-space curvature (finalized first)."""
         if self.query_curvature == "exact" and isinstance(self.projector, Identity):
-            return self._exact_solve(vectors).float()
-        if self.curvature is None:
-            raise RuntimeError("finalize() or use_finalized() must run before query_like()")
-        return torch.linalg.solve(self.curvature, vectors.double().T).T.float()
+            return self._solve("hessian", vectors).float()
+        return self._solve("gram", vectors).float()
 
     def train_vectors(self, batch: Examples) -> Tensor:
         return self.projector(train_grads(self.task, self.model, batch, self.names, self.features)).cpu()
@@ -282,12 +284,9 @@ class InfluenceFunctions:
         else:
             g = per_example_grads(self.task, self.model, self.task.encode(texts), pred, self.names)
         if self.query_curvature == "sketch":
-            if self.curvature is None:
-                raise DatablameError("the influence vectors' sketch-space curvature is missing or stale",
-                                     "rebuild with 'datablame index WORKDIR --method influence'")
-            return Queries(self.query_like(self.projector(g).cpu()), pred, probs)
+            return Queries(self._solve("gram", self.projector(g).cpu()).float(), pred, probs)
         if self.query_curvature == "exact":
-            return Queries(self.projector(self._exact_solve(g).float()).cpu(), pred, probs)
+            return Queries(self.projector(self._solve("hessian", g).float()).cpu(), pred, probs)
         return Queries(self.projector(self.inverse_hvp(g)).cpu(), pred, probs)
 
     def self_influence(self, vectors: Tensor, labels: Tensor) -> Tensor:

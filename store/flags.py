@@ -49,8 +49,11 @@ def default_reviewer() -> str:
 
 
 def _check_choice(value: str | None, choices: Sequence[str], option: str) -> None:
+    """Refuse a value outside ``choices``; ``option``: the CLI option (``--kind``) or, for a setting the CLI does
+    not expose, its name."""
     if value is not None and value not in choices:
-        raise DatablameError(f"unknown {option.lstrip('-')} {value!r}", f"use {option} {'|'.join(choices)}")
+        use = f"use {option} {'|'.join(choices)}" if option.startswith("--") else f"use one of {', '.join(choices)}"
+        raise DatablameError(f"unknown {option.lstrip('-')} {value!r}", use)
 
 
 def label_index(dataset: Dataset, label: str) -> int:
@@ -126,7 +129,7 @@ def add_flag(db: Database, dataset: Dataset, example_id: int, kind: str, note: s
              suggested_label: str | None = None, who: str | None = None) -> int:
     """Flag an example (by id, its 0-based row); returns the new flag's id. One flag per example and kind."""
     _check_choice(kind, FLAG_KINDS, "--kind")
-    _check_choice(source, FLAG_SOURCES, "--source")
+    _check_choice(source, FLAG_SOURCES, "source")
     suggested = None if suggested_label is None else label_index(dataset, suggested_label)
     now = utcnow()
     with db.transaction() as session:
