@@ -18,7 +18,7 @@ scikit-learn's logistic regression over the features; (c) the out-of-sample loss
 of the head, trained the same way (Chong, Hong & Manning 2022).
 
 Plots: one detection curve per setting (recall of the flipped labels against the fraction inspected, most
-suspicious first; ``datablame.cli.plots.detection_curve``) at ``--plots``/<setting>.png, e.g. ``uniform-10.png``:
+suspicious first; ``datablame.store.plots.detection_curve``) at ``--plots``/<setting>.png, e.g. ``uniform-10.png``:
 the default scan method in bold, the other scan methods and the rankings of baselines (a), (b, self-confidence)
 and (c) as extra curves (the ``loss`` scan method is left out: it ranks as baseline (a) does). The legend gives
 each curve's recall@10%; the JSON records each setting's path under ``detection_curve``.
@@ -46,7 +46,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from datablame.cli.plots import detection_curve  # noqa: E402
 from datablame.influence import detect  # noqa: E402
 from datablame.influence.data import Examples, load_examples  # noqa: E402
 from datablame.influence.build import BuildContext, MethodSettings  # noqa: E402
@@ -57,6 +56,7 @@ from datablame.influence.registry import method_names, method_spec  # noqa: E402
 from datablame.influence.task import ModuleTask  # noqa: E402
 from datablame.influence.train import checkpoint_steps, learning_rate  # noqa: E402
 from datablame.influence.workdir import Checkpoint, Config  # noqa: E402
+from datablame.store.plots import detection_curve  # noqa: E402
 
 SETTINGS = {"uniform-10%": ("uniform", 0.10), "uniform-20%": ("uniform", 0.20), "systematic-30%-pos": ("systematic", 0.30)}
 

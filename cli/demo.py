@@ -144,8 +144,9 @@ def run_demo(out: Path, quiet: bool = False, verbose: bool = False, encoder: str
     from datablame.store.flags import list_flags, set_status
     from datablame.store.scans import find_dataset, scan_workdir
 
-    from .plots import detection_curve
-    from .render import explanation_plot, print_explanation, scan_plot
+    from datablame.store.plots import detection_curve, explanation_plot, scan_plot
+
+    from .render import print_explanation
 
     if encoder not in ENCODERS:
         raise DatablameError(f"unknown encoder {encoder!r}", f"choose one of {', '.join(ENCODERS)}")

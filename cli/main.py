@@ -235,7 +235,9 @@ def explain(
     from datablame.influence.build import CURVATURES, METHODS
     from datablame.influence.errors import DatablameError
 
-    from .render import explanation_json, explanation_plot, print_explanation, read_queries, truncation_warning
+    from datablame.store.plots import explanation_plot
+
+    from .render import explanation_json, print_explanation, read_queries, truncation_warning
 
     log_verbosely(verbose)
     _choose("method", "--method", method, METHODS)

@@ -1,11 +1,9 @@
-"""Reading inputs, printing explanations (readable tables or JSON, on standard output), the commands' plots."""
+"""Reading inputs and printing explanations (readable tables or JSON, on standard output)."""
 
 from __future__ import annotations
 
 import codecs
-import hashlib
 import json
-import math
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -85,27 +83,3 @@ def print_explanation(result: Explanation) -> None:
     cached = " (cached)" if t.get("cached") else ""
     stdout.print(f"[dim]query vectors {t['query_vectors_s'] * 1000:.0f} ms{cached} ({t['cost']}); "
                  f"search {t['search_s'] * 1000:.1f} ms ({t['index']} index)[/dim]\n")
-
-
-def explanation_plot(workdir: Path, result: Explanation) -> Path:
-    """WORKDIR/plots/explain-METHOD-HASH.png: the bars of one explanation (HASH: of the input, or inputs)."""
-    from .plots import bar_label, explain_bars
-
-    what = result.text if isinstance(result.text, str) else f"{len(result.text)} inputs (aggregate)"
-    digest = hashlib.sha256(json.dumps(result.text, ensure_ascii=False).encode()).hexdigest()[:10]
-    p = result.prediction
-    return explain_bars([(bar_label(n.id, f"({n.label}) {n.text}"), n.score) for n in result.supporting],
-                        [(bar_label(n.id, f"({n.label}) {n.text}"), n.score) for n in result.opposing],
-                        f"{what} → {p['label']} ({p['probability']:.2f}); {result.method}, {result.scoring}",
-                        Path(workdir) / "plots" / f"explain-{result.method}-{digest}.png")
-
-
-def scan_plot(workdir: Path, result) -> Path:
-    """WORKDIR/plots/scan-METHOD.png: each class's suspicion scores and the flag threshold."""
-    from .plots import suspicion_histogram
-
-    ex = result.examples
-    threshold = result.threshold if math.isfinite(result.threshold) else float(result.issues.score.max()) + 1e-9
-    return suspicion_histogram(result.issues.score, [ex.label_names[y] for y in ex.labels], threshold,
-                               Path(workdir) / "plots" / f"scan-{result.method}.png",
-                               title=f"Suspicion scores by given label ({result.method} scan)")

@@ -59,7 +59,7 @@ def scan(
     Writes the distribution of suspicion scores per class, with the flag threshold, to WORKDIR/plots/."""
     from datablame.store.scans import scan_workdir
 
-    from .render import scan_plot
+    from datablame.store.plots import scan_plot
 
     log_verbosely(verbose)
     start = time.perf_counter()

@@ -1,1 +1,12 @@
-"""datablame.index"""
+"""datablame.index: training vectors on disk, FAISS indexes over them, and explanations found in them.
+Names are imported on first use."""
+
+from datablame.influence.exports import lazy_exports
+
+_EXPORTS = {
+    "index_workdir": "explain", "Explainer": "explain", "Explanation": "explain", "Neighbour": "explain",
+    "default_method": "explain", "VectorIndex": "search", "IndexMeta": "search", "VectorStore": "vectors",
+    "compute_vectors": "vectors",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

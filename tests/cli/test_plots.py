@@ -8,7 +8,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from datablame.cli import plots
+from datablame.store import plots
 from datablame.cli.demo import demo_dataset_path, demo_queries, injected_errors
 from datablame.influence.data import load_examples
 

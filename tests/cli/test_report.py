@@ -13,7 +13,7 @@ import pytest
 import typer
 from datablame.cli import report
 from datablame.cli.main import app as main_app
-from datablame.cli.plots import suspicion_histogram
+from datablame.store.plots import suspicion_histogram
 from datablame.store.flags import FlagView
 from typer.testing import CliRunner
 

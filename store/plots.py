@@ -1,4 +1,5 @@
-"""PNG plots for the command line: suspicion scores, one explanation's bars, label-error detection curves.
+"""PNG plots: suspicion scores, one explanation's bars, label-error detection curves, and the workdir's plots
+(``WORKDIR/plots/``) of an explanation or a scan, for the commands, notebooks and benchmarks alike.
 
 Every figure is drawn on its own ``matplotlib.figure.Figure`` on an Agg canvas: no display, no pyplot, nothing
 kept in pyplot's registry of open figures, and the process-wide backend left as it is (so importing this module
@@ -8,11 +9,13 @@ from a notebook changes nothing). Figures are written atomically: to a temporary
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import textwrap
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import matplotlib
 import numpy as np
@@ -21,6 +24,11 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from datablame.influence.atomic import atomic_path
+
+if TYPE_CHECKING:
+    from datablame.index.explain import Explanation
+
+    from .scans import ScanResult
 
 DPI = 120
 SUPPORT_COLOUR = "#2b7bba"
@@ -245,3 +253,24 @@ def detection_curve(
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, path, dpi)
+
+
+def explanation_plot(workdir: Path, result: "Explanation") -> Path:
+    """WORKDIR/plots/explain-METHOD-HASH.png: the bars of one explanation (HASH: of the input, or inputs)."""
+    what = result.text if isinstance(result.text, str) else f"{len(result.text)} inputs (aggregate)"
+    digest = hashlib.sha256(json.dumps(result.text, ensure_ascii=False).encode()).hexdigest()[:10]
+    p = result.prediction
+    return explain_bars([(bar_label(n.id, f"({n.label}) {n.text}"), n.score) for n in result.supporting],
+                        [(bar_label(n.id, f"({n.label}) {n.text}"), n.score) for n in result.opposing],
+                        f"{what} → {p['label']} ({p['probability']:.2f}); {result.method}, {result.scoring}",
+                        Path(workdir) / "plots" / f"explain-{result.method}-{digest}.png")
+
+
+def scan_plot(workdir: Path, result: "ScanResult") -> Path:
+    """WORKDIR/plots/scan-METHOD.png: each class's suspicion scores and the flag threshold."""
+    ex = result.examples
+    threshold = result.threshold if math.isfinite(result.threshold) else float(result.issues.score.max()) + 1e-9
+    return suspicion_histogram(result.issues.score, [ex.label_names[y] for y in ex.labels], threshold,
+                               Path(workdir) / "plots" / f"scan-{result.method}.png",
+                               title=f"Suspicion scores by given label ({result.method} scan)")
+
