@@ -1,20 +1,20 @@
 """Faithfulness benchmark: the linear datamodeling score (LDS) of every registered attribution method. Prints JSON.
 
-LDS (Park et al. 2023, "TRAK: Attributing Model Behavior at Scale"): draw S random subsets of the training set
-(each a fraction α of it), retrain on each, and record every test point q's margin f_s(q) = log p_ŷ − log(1 − p_ŷ)
-for the label ŷ the full model predicts (datablame's query vectors are for ŷ). Attribution scores τ(q, i) predict
-subset s's margin as Σ_{i in subset s} τ(q, i); the LDS of q is the Spearman correlation, across the S subsets,
-of prediction and retrained margin. Reported: the mean over test points, and a bootstrap 95% interval over test
-points (1000 seeded resamples, the same for every configuration). 1: the scores rank the subsets exactly as
-retraining does; 0: no better than chance.
+LDS (Park et al. 2023, "TRAK: Attributing Model Behavior at Scale"): draw S random subsets of the training
+set (each a fraction α of it), retrain on each, and record every test point q's margin f_s(q) = log p_ŷ −
+log(1 − p_ŷ) for the label ŷ the full model predicts (datablame's query vectors are for ŷ). Attribution scores
+τ(q, i) predict subset s's margin as Σ_{i in subset s} τ(q, i); the LDS of q is the Spearman correlation, across
+the S subsets, of prediction and retrained margin. Reported: the mean over test points, and a bootstrap 95%
+interval over test points (1000 seeded resamples, the same for every configuration). 1: the scores rank the
+subsets exactly as retraining does; 0: no better than chance.
 
 Setting (convex): a seeded subset of --n SST-2 training sentences and --test dev sentences; the frozen
 all-MiniLM-L6-v2 encoder with its linear classification head, trained by ``datablame.influence.train.train``
 (--freeze-encoder, 20 epochs, AdamW, lr 1e-2 decayed linearly to 1e-3, batch 16, 3 checkpoints), which caches
 the training features in WORKDIR/cache/features. Each retrain replays that head recipe on the cached features of
 a subset: the head initialised as ``load_classifier`` initialises it for the base model with the seed, AdamW with
-weight decay 0.01, ``learning_rate()`` over the subset's steps, the seeded shuffling; replayed on the whole
-subset of --n it reproduces the final checkpoint's head (``replay_max_abs_diff`` in the output).
+weight decay 0.01, ``learning_rate()`` over the subset's steps, the seeded shuffling; replayed on all --n
+sentences it reproduces the final checkpoint's head (``replay_max_abs_diff`` in the output).
 
 Configurations: each registered method (``datablame.influence.registry``), built from the workdir by
 ``build_method``, at each sketch dimension of --dims (``exact``: the identity projector, as is any dimension ≥
@@ -128,16 +128,26 @@ def retrain_head(task: Task, init: torch.nn.Linear, x: torch.Tensor, y: torch.Te
                  settings: TrainSettings) -> torch.nn.Linear:
     """The head ``train`` trains with --freeze-encoder, replayed on the cached features ``x`` (n, h) and labels
     ``y`` of the training examples ``rows`` (in order): from ``init``, AdamW (weight decay 0.01),
-    ``learning_rate()`` from lr to lr/10 over the steps, batches of a seeded permutation per epoch."""
+    ``learning_rate()`` from lr to lr/10 over the steps, batches of a seeded permutation per epoch. Runs on one
+    thread: its operations are tiny, and two threads made it ten times slower on a shared two-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _retrain_head(task, init, x[rows], y[rows], settings)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _retrain_head(task: Task, init: torch.nn.Linear, xs: torch.Tensor, ys: torch.Tensor,
+                  settings: TrainSettings) -> torch.nn.Linear:
     head = copy.deepcopy(init)
-    xs, ys = x[rows], y[rows]
     opt = torch.optim.AdamW(list(head.parameters()), lr=settings.lr, weight_decay=0.01)
-    steps_per_epoch = math.ceil(len(rows) / settings.batch_size)
+    steps_per_epoch = math.ceil(len(ys) / settings.batch_size)
     total = settings.epochs * steps_per_epoch
     gen = torch.Generator().manual_seed(settings.seed)
     step = 0
     for _ in range(settings.epochs):
-        order = torch.randperm(len(rows), generator=gen).numpy()
+        order = torch.randperm(len(ys), generator=gen).numpy()
         for position in range(steps_per_epoch):
             batch = order[position * settings.batch_size:(position + 1) * settings.batch_size]
             for group in opt.param_groups:
@@ -242,12 +252,12 @@ def run(args, tmp: pathlib.Path) -> dict:
 
     results, seen = [], {}
     for cfg in configurations(args.dims, args.damping, params, args.configs):
+        method_settings = cfg.settings(params, args.seed)
         start = time.perf_counter()
-        built = build_method(wd, cfg.method, cfg.settings(params, args.seed))
+        built = build_method(wd, cfg.method, method_settings)
         build_s = time.perf_counter() - start
-        spec = method_spec(cfg.method)
-        identity = json.dumps([built.key, [cfg.settings(params, args.seed).to_dict()[f] for f in spec.query_fields]],
-                              sort_keys=True)
+        query_side = [method_settings.to_dict()[f] for f in method_spec(cfg.method).query_fields]
+        identity = json.dumps([built.key, query_side], sort_keys=True)
         if identity in seen:
             log(f"{cfg.name}: same vectors and query settings as {seen[identity]}, skipped")
             continue
@@ -263,7 +273,8 @@ def run(args, tmp: pathlib.Path) -> dict:
     setting = {"data": "SST-2", "n": args.n, "test": args.test, "subsets": args.subsets, "fraction": args.fraction,
                "subset_size": size, "seed": args.seed, "quick": args.quick, "model": "all-MiniLM-L6-v2 (frozen)",
                "training": {k: v for k, v in vars(settings).items() if k != "device"},
-               "params": params, "curvatures": list(CURVATURES),
+               "params": params, "dims": ["exact" if d is None else d for d in args.dims],
+               "curvatures": list(CURVATURES), "damping": args.damping,
                "test_accuracy": round(float((predictions.numpy() == test.labels).mean()), 4),
                "margin_std_over_subsets": round(float(margins.std(axis=0).mean()), 4),
                "replay_max_abs_diff": replay_diff, "train_seconds": round(train_s, 1),

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from datablame.influence.errors import DatablameError
 from datablame.influence.atomic import atomic_write_json
+from datablame.influence.workdir import Workdir
 
 from .progress import console, progress_bar
 
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
     from datablame.influence.train import TrainSettings
 
 DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
-MARKER = "demo.json"
 ENCODERS = ("auto", "minilm", "small")
 FLAG_TOP = 0.1
 """The demo flags the most suspicious 10% (35 of 351 messages; 28 errors were injected)."""
@@ -92,12 +92,12 @@ def prepare_out(out: Path) -> None:
     """Make ``out`` for the demo: a new or empty folder, or a previous demo's (which is replaced). The marker
     file is written first, so that a demo stopped halfway is still recognised and replaced by the next."""
     if out.exists():
-        if not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file()):
+        if not out.is_dir() or (any(out.iterdir()) and not Workdir(out).demo_marker.is_file()):
             raise DatablameError(f"{out} exists and is not a datablame demo workdir",
                                  "give a new folder with --out, or remove it")
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    atomic_write_json(out / MARKER, {"status": "started"})
+    atomic_write_json(Workdir(out).demo_marker, {"status": "started"})
 
 
 @dataclass
@@ -186,12 +186,12 @@ def run_demo(out: Path, quiet: bool = False, verbose: bool = False, encoder: str
     found = flagged & injected
     fixed = _fixed(report.out, [examples.label_names[y] for y in examples.labels])
     order = scan.issues.order
-    plots.append(detection_curve([int(i) in injected for i in order], out / "plots" / "detection.png",
+    plots.append(detection_curve([int(i) in injected for i in order], Workdir(out).plots_dir / "detection.png",
                                  label=f"datablame scan ({scan.method})", at=FLAG_TOP))
     result = DemoResult(str(out), model.description, len(injected), len(flagged), len(found),
                         round(len(found) / max(len(flagged), 1), 3), round(len(found) / len(injected), 3), fixed,
                         str(report.out), [str(p) for p in plots], phase.timings)
-    atomic_write_json(out / MARKER, asdict(result))
+    atomic_write_json(Workdir(out).demo_marker, asdict(result))
     return result
 
 

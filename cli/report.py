@@ -78,8 +78,10 @@ def _read_json(path: Path) -> Any:
 
 
 def _indexes(workdir: Path) -> list[dict]:
+    from datablame.influence.workdir import Workdir
+
     found = []
-    for path in sorted((workdir / "index").glob("*.json")):
+    for path in sorted(Workdir(workdir).index_dir.glob("*.json")):
         meta = _read_json(path)
         if isinstance(meta, dict) and "method" in meta:
             found.append(meta)
@@ -87,19 +89,22 @@ def _indexes(workdir: Path) -> list[dict]:
 
 
 def _plots(workdir: Path) -> list[Plot]:
-    return [Plot(p.name, p.read_bytes()) for p in sorted((workdir / "plots").glob("*.png")) if p.is_file()]
+    from datablame.influence.workdir import Workdir
+
+    return [Plot(p.name, p.read_bytes()) for p in sorted(Workdir(workdir).plots_dir.glob("*.png")) if p.is_file()]
 
 
 def _store(workdir: Path, config, db_url: str | None, summary: Summary) -> list:
     """Fill the store's part of ``summary`` (runs, label counts); return the flags (empty without a scan)."""
     from datablame.influence.errors import DatablameError
-    from datablame.store.db import DB_NAME, default_url, open_db
+    from datablame.influence.workdir import Workdir
+    from datablame.store.db import default_url, open_db
     from datablame.store.flags import list_flags
     from datablame.store.scans import find_dataset
     from datablame.store.schema import Example, Run
     from sqlalchemy import func, select
 
-    if db_url is None and not (workdir / DB_NAME).is_file():
+    if db_url is None and not Workdir(workdir).store_path.is_file():
         return []  # no store yet: do not create one just to report that it is empty
     database = open_db(db_url or default_url(workdir), write=False)  # a read-only store is shown, not refused
     try:
@@ -146,7 +151,8 @@ def gather(workdir: Path, db_url: str | None = None) -> tuple[Summary, list, lis
     flags = _store(workdir, config, db_url, summary)
     if summary.label_counts is None:
         summary.label_counts = _label_counts_from_data(workdir, config)
-    demo = _read_json(workdir / "demo.json") if (workdir / "demo.json").is_file() else None
+    marker = Workdir(workdir).demo_marker
+    demo = _read_json(marker) if marker.is_file() else None
     return summary, flags, _plots(workdir), demo if isinstance(demo, dict) else None
 
 
@@ -361,8 +367,9 @@ def render_html(summary: Summary, flags: Sequence, plots: Sequence[Plot], demo: 
 def write_report(workdir: Path, db_url: str | None = None, out: Path | None = None) -> Path:
     """Write the workdir's report (default ``WORKDIR/report.html``) atomically; return its path."""
     from datablame.influence.atomic import atomic_write_bytes
+    from datablame.influence.workdir import Workdir
 
-    target = Path(out) if out is not None else Path(workdir) / "report.html"
+    target = Path(out) if out is not None else Workdir(workdir).report_path
     atomic_write_bytes(target, render_html(*gather(Path(workdir), db_url)).encode("utf-8"))
     return target
 

@@ -59,7 +59,7 @@ def index_workdir(workdir: str | Path, method: str, settings: MethodSettings = M
         index = VectorIndex.build(vectors, meta, approximate, seed=settings.seed, queries=sample)
         log.info("%s %s index: %s, %d × %d%s", method, scoring, index.meta.kind, index.meta.n, index.meta.dim,
                  f"; HNSW {index.meta.hnsw}" if index.meta.hnsw else "")
-        index.save(Workdir(workdir).root / "index")
+        index.save(Workdir(workdir).index_dir)
         metas.append(index.meta)
     return metas
 
@@ -134,7 +134,7 @@ def default_method(workdir: str | Path, scoring: str) -> tuple[str, str]:
     """The method ``explain`` uses when none is named, and why when it is not the default: the default method
     (:data:`.registry.DEFAULT_METHOD`) when it is indexed with ``scoring``, else the first registered one that
     is; the default when none is (its error then names the command that builds the index)."""
-    folder = Workdir(workdir).root / "index"
+    folder = Workdir(workdir).index_dir
     indexed = [m for m in method_names() if VectorIndex.paths(folder, m, scoring)[1].is_file()]
     if DEFAULT_METHOD in indexed or not indexed:
         return DEFAULT_METHOD, ""
@@ -153,7 +153,7 @@ class Explainer:
                  damping: float | None = None):
         self.workdir = Workdir(workdir)
         self.workdir.load()  # a folder that is no workdir is refused as such, not for lacking an index
-        self.index = VectorIndex.load(self.workdir.root / "index", method, scoring)
+        self.index = VectorIndex.load(self.workdir.index_dir, method, scoring)
         settings = MethodSettings.from_dict(self.index.meta.settings, device)
         if curvature is not None:
             settings.curvature = curvature
@@ -163,11 +163,11 @@ class Explainer:
         self.index.check_fresh(built.key)
         self.method, self.train, self.settings = built.method, built.train, settings
         self.spec = method_spec(method)
-        finalized = VectorStore(self.workdir.root / "vectors" / method).finalized(built.key)
+        finalized = VectorStore(self.workdir.vectors_dir(method)).finalized(built.key)
         if finalized:
             self.method.use_finalized(finalized)
         query_side = {f: settings.to_dict()[f] for f in self.spec.query_fields}
-        self.cache = QueryCache(self.workdir.root / "cache" / "queries" / method,
+        self.cache = QueryCache(self.workdir.queries_cache(method),
                                 {"key": built.key, **query_side}) if cache else None
 
     def overlong(self, texts: Sequence[Text]) -> dict[int, int]:

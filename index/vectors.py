@@ -148,7 +148,7 @@ def compute_vectors(workdir: str | Path, method: str, settings: MethodSettings =
     under ``WORKDIR/vectors/<method>/``; returns the built method, its store and the finished manifest."""
     wd = Workdir(workdir)
     built = build_method(wd, method, settings, progress)
-    store = VectorStore(wd.root / "vectors" / method)
+    store = VectorStore(wd.vectors_dir(method))
     return built, store, store.compute(built.method, built.train, built.key, dtype, batch_size=batch_size,
                                        progress=progress)
 

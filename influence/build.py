@@ -11,7 +11,7 @@ from torch import nn
 
 from .data import Examples
 from .errors import DatablameError
-from .features import FeatureCache, features_folder
+from .features import FeatureCache
 from .grads import num_params, only_head, select_params
 from .lissa import LissaConfig, Progress
 from .methods import Method
@@ -147,7 +147,7 @@ def build_method(workdir: str | Workdir, name: str, settings: MethodSettings = M
     loaded = [load_classifier(wd.checkpoint_path(c), config.label_names, settings.device, config.max_length)
               for c in chosen]
     method = spec.build(BuildContext(wd, config, train, settings, chosen, loaded,
-                                     FeatureCache(train, features_folder(wd.root)), progress, fit))
+                                     FeatureCache(train, wd.features_cache), progress, fit))
     key = {**method.describe(), "data": config.data_fingerprint, "checkpoints": [asdict(c) for c in chosen]}
     for field_name in spec.query_fields:  # query-side settings shape the query vectors only
         key.pop(field_name, None)

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from .data import Examples
 from .task import Task, logits_and_features_of, model_device
 from .atomic import atomic_write_bytes
+from .workdir import Workdir
 
 Progress = Callable[[int, int], None]
 log = logging.getLogger(__name__)
@@ -164,5 +165,5 @@ class FeatureCache:
 
 
 def features_folder(root: str | Path) -> Path:
-    """Where a workdir keeps its feature matrices: ``WORKDIR/cache/features``."""
-    return Path(root) / "cache" / "features"
+    """Where a workdir keeps its feature matrices (:attr:`.workdir.Workdir.features_cache`)."""
+    return Workdir(root).features_cache

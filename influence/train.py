@@ -30,7 +30,7 @@ import torch
 from .atomic import atomic_folder, atomic_write_json
 from .data import Examples
 from .errors import DatablameError
-from .features import FeatureCache, features_folder
+from .features import FeatureCache
 from .models import load_classifier
 from .task import logits_and_features_of
 from .workdir import OWNED, Checkpoint, Config, Workdir, weights_digest
@@ -71,8 +71,6 @@ def checkpoint_steps(total: int, k: int) -> list[int]:
     return sorted({max(1, round(total * (j + 1) / k)) for j in range(k)})
 
 
-PROGRESS = Path("checkpoints") / "progress.json"
-"""The record of an unfinished run, relative to the workdir (inside checkpoints/, so cleared with them)."""
 STATE = "training_state.pt"
 """The file in a checkpoint folder holding what continuing from it needs (see :func:`_training_state`)."""
 
@@ -134,7 +132,7 @@ def _resumable(wd: Workdir, examples: Examples, base_model: str, settings: Train
     """The interrupted run recorded in ``wd`` when it is this run (:func:`_run_identity`) and its recorded
     checkpoints and training state are intact; None otherwise (no record, a finished run, another run, or
     damaged files), saying why at INFO."""
-    path = wd.root / PROGRESS
+    path = wd.training_progress
     if wd.exists() or not path.is_file():
         return None
     run = _run_identity(examples, base_model, settings, wd)  # the record makes it a workdir: its cache may be written
@@ -162,7 +160,7 @@ def _record_progress(wd: Workdir, run: dict, checkpoints: list[Checkpoint], epoc
                      features: str | None) -> None:
     """Record the run after its newest checkpoint (see :class:`_Resume`), then drop the previous checkpoint's
     training state, which nothing can resume from any more."""
-    atomic_write_json(wd.root / PROGRESS, {"run": run, "checkpoints": [asdict(c) for c in checkpoints],
+    atomic_write_json(wd.training_progress, {"run": run, "checkpoints": [asdict(c) for c in checkpoints],
                                            "epoch": epoch, "position": position, "features": features})
     if len(checkpoints) > 1:
         (wd.checkpoint_path(checkpoints[-2]) / STATE).unlink(missing_ok=True)
@@ -172,8 +170,8 @@ def _tidy(wd: Workdir, checkpoints: list[Checkpoint]) -> None:
     """Remove what an interrupted run left in checkpoints/ beyond its record: a checkpoint saved after the record
     was last written, temporary folders and files of a save cut short, and the training state of every recorded
     checkpoint but the last."""
-    keep = {PROGRESS.name} | {wd.checkpoint_path(c).name for c in checkpoints}
-    for entry in (wd.root / PROGRESS.parent).iterdir():
+    keep = {wd.training_progress.name} | {wd.checkpoint_path(c).name for c in checkpoints}
+    for entry in wd.checkpoints_dir.iterdir():
         if entry.name not in keep:
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     for ck in checkpoints[:-1]:
@@ -186,7 +184,7 @@ def _frozen_features(task, model, examples: Examples, wd: Workdir, resumed: str 
     ``resumed``: the digest of the features an interrupted run trained on. A resumed run reads them from the cache
     (no encoder pass), or computes them in the same batches when the cache lost them; a new run computes them.
     """
-    cached = FeatureCache(examples, features_folder(wd.root)).of(task, model)
+    cached = FeatureCache(examples, wd.features_cache).of(task, model)
     if resumed is None:
         features = logits_and_features_of(task, model, examples)[1]
         cached.put(features)
@@ -196,11 +194,6 @@ def _frozen_features(task, model, examples: Examples, wd: Workdir, resumed: str 
         log.warning("the frozen encoder's features differ from those the interrupted run trained on (another "
                     "device?): the resumed run may differ slightly from an uninterrupted one")
     return features
-
-
-DERIVED = ("config.json", "checkpoints", "vectors", "index", "cache/queries", "plots", "report.html")
-"""What training into an existing workdir replaces (config first: a half-cleared folder is no workdir); the store
-(reviews and flags, keyed by the data's content) and the content-keyed feature cache stay."""
 
 
 def clear_for_training(wd: Workdir) -> None:
@@ -214,12 +207,11 @@ def clear_for_training(wd: Workdir) -> None:
     if not any((root / name).exists() for name in OWNED):
         raise DatablameError(f"--out {root} is a folder with other files, not a datablame workdir",
                              "give a new or empty folder, or an existing workdir to retrain into")
-    removed = [name for name in DERIVED if (root / name).exists()]
-    for name in removed:
-        path = root / name
+    removed = [path for path in wd.derived if path.exists()]
+    for path in removed:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     if removed:
-        log.info("retraining into %s: removed %s", root, ", ".join(removed))
+        log.info("retraining into %s: removed %s", root, ", ".join(str(p.relative_to(root)) for p in removed))
 
 
 def train(examples: Examples, base_model: str, workdir: str | Path, settings: TrainSettings = TrainSettings(),
@@ -272,7 +264,7 @@ def train(examples: Examples, base_model: str, workdir: str | Path, settings: Tr
         gen.set_state(resume.state["generator"])
         step, first_epoch, done_in_epoch = checkpoints[-1].step, resume.epoch, resume.position
         log.info("resuming at step %d of %d from checkpoint %s", step, total, checkpoints[-1].path)
-    (wd.root / PROGRESS.parent).mkdir(parents=True, exist_ok=True)
+    wd.checkpoints_dir.mkdir(parents=True, exist_ok=True)
     model.train()
     for epoch in range(first_epoch, settings.epochs):
         epoch_start = gen.get_state()
@@ -298,7 +290,7 @@ def train(examples: Examples, base_model: str, workdir: str | Path, settings: Tr
             if progress is not None:
                 progress(step, total, loss.item())
             if step in save_at:
-                rel = PROGRESS.parent / f"ck-{len(checkpoints):03d}"
+                rel = wd.checkpoints_dir.relative_to(wd.root) / f"ck-{len(checkpoints):03d}"
                 model.eval()
                 _save_atomically(model, tokenizer, wd.root / rel, _training_state(opt, epoch_start, device))
                 model.train()
@@ -312,7 +304,7 @@ def train(examples: Examples, base_model: str, workdir: str | Path, settings: Tr
     )
     wd.save(config)
     (wd.checkpoint_path(checkpoints[-1]) / STATE).unlink(missing_ok=True)
-    (wd.root / PROGRESS).unlink(missing_ok=True)
+    wd.training_progress.unlink(missing_ok=True)
     return config
 
 

@@ -26,6 +26,7 @@ from .tables import DEFAULT_ENCODING
 
 CONFIG_NAME = "config.json"
 CONFIG_VERSION = 1
+STORE_NAME = "datablame.db"
 OWNED = ("config.json", "datablame.db", "datablame.db-wal", "datablame.db-shm", "datablame.db-journal",
          "checkpoints", "vectors", "index", "cache", "plots", "report.html", "demo.json", "exports.json")
 """Names at the top of a workdir that datablame itself writes and reads back: never an export's target."""
@@ -140,9 +141,73 @@ class Workdir:
         p = Path(ck.path)
         return p if p.is_absolute() else self.root / p
 
+    # every path of the workdir, in one place (see the layout in the README)
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        """``WORKDIR/checkpoints/``: the models ``datablame train`` saves (``ck-000`` …) and its progress record."""
+        return self.root / "checkpoints"
+
+    @property
+    def training_progress(self) -> Path:
+        """The record of an unfinished ``train`` run (inside ``checkpoints/``, so cleared with them)."""
+        return self.checkpoints_dir / "progress.json"
+
+    def vectors_dir(self, method: str) -> Path:
+        """``WORKDIR/vectors/<method>/``: shards, manifest, self-influence, finalized arrays."""
+        return self.root / "vectors" / method
+
+    @property
+    def index_dir(self) -> Path:
+        """``WORKDIR/index/``: ``<method>-<scoring>.faiss`` and its ``.json`` meta."""
+        return self.root / "index"
+
+    def queries_cache(self, method: str) -> Path:
+        """``WORKDIR/cache/queries/<method>/``: cached query vectors."""
+        return self.root / "cache" / "queries" / method
+
+    @property
+    def features_cache(self) -> Path:
+        """``WORKDIR/cache/features/``: training features per encoder."""
+        return self.root / "cache" / "features"
+
     @property
     def digest_cache(self) -> Path:
+        """``WORKDIR/cache/digests.json``: weight-file digests by (size, mtime)."""
         return self.root / "cache" / "digests.json"
+
+    @property
+    def plots_dir(self) -> Path:
+        """``WORKDIR/plots/``: the PNGs of scans, explanations and the demo."""
+        return self.root / "plots"
+
+    @property
+    def store_path(self) -> Path:
+        """``WORKDIR/datablame.db``: the default store (SQLite)."""
+        return self.root / STORE_NAME
+
+    @property
+    def report_path(self) -> Path:
+        """``WORKDIR/report.html``: ``datablame report``'s page."""
+        return self.root / "report.html"
+
+    @property
+    def demo_marker(self) -> Path:
+        """``WORKDIR/demo.json``: written by ``datablame demo`` (first, then with its result)."""
+        return self.root / "demo.json"
+
+    @property
+    def derived(self) -> list[Path]:
+        """What is computed from the checkpoints' weights, replaced when training into the workdir again (config
+        first: a half-cleared folder is no workdir). The store (reviews, keyed by the data's content), the
+        content-keyed feature and digest caches and the exports stay."""
+        return [self.config_path, self.checkpoints_dir, self.root / "vectors", self.index_dir,
+                self.root / "cache" / "queries", self.plots_dir, self.report_path]
+
+    @property
+    def exports_record(self) -> Path:
+        """``WORKDIR/exports.json``: the files ``export`` wrote inside the workdir."""
+        return self.root / "exports.json"
 
     def record(self, ck: Checkpoint) -> Checkpoint:
         """``ck`` with the digest of its weights as they are now."""

@@ -30,8 +30,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.util import asbool
 
 from datablame.influence.errors import DatablameError
+from datablame.influence.workdir import Workdir
 
-DB_NAME = "datablame.db"
 BUSY_TIMEOUT_S = 60
 MIGRATIONS = Path(__file__).parent / "migrations"
 # SQLite's primary result codes (extended codes carry them in their low byte) and PostgreSQL's SQLSTATE for a
@@ -43,7 +43,7 @@ COPY_HINT = "or review a copy: copy the file and pass --db sqlite:///PATH/TO/COP
 
 def default_url(workdir: str | os.PathLike) -> str:
     """``sqlite:///ABSOLUTE/WORKDIR/datablame.db``."""
-    return f"sqlite:///{(Path(workdir) / DB_NAME).resolve()}"
+    return f"sqlite:///{Workdir(workdir).store_path.resolve()}"
 
 
 def _alembic_config() -> AlembicConfig:

@@ -45,8 +45,6 @@ from .schema import Dataset, Example, Flag
 FORMATS = ("csv", "jsonl", "parquet", "hf")
 MARKER = ".datablame-export"
 """A file inside every hf folder that export writes: the sign that a later export may replace the folder."""
-RECORD = "exports.json"
-"""WORKDIR/exports.json: the absolute paths export has written inside the workdir (it may overwrite those)."""
 
 
 @dataclass
@@ -186,10 +184,10 @@ def changes_path(out: Path) -> Path:
 
 def _recorded(workdir: Workdir | None) -> set[str]:
     """The paths earlier exports wrote inside the workdir."""
-    if workdir is None or not (workdir.root / RECORD).is_file():
+    if workdir is None or not workdir.exports_record.is_file():
         return set()
     try:
-        return set(json.loads((workdir.root / RECORD).read_text()).get("paths", []))
+        return set(json.loads(workdir.exports_record.read_text()).get("paths", []))
     except (ValueError, AttributeError):
         return set()
 
@@ -255,6 +253,6 @@ def export(db: Database, dataset: Dataset, out: str | os.PathLike, fmt: str | No
     if wd is not None:
         inside = [str(p.resolve()) for p in (out, log) if wd.root.resolve() in p.resolve().parents]
         if inside:
-            atomic_write_json(wd.root / RECORD, {"paths": sorted(_recorded(wd) | set(inside))})
+            atomic_write_json(wd.exports_record, {"paths": sorted(_recorded(wd) | set(inside))})
     dropped = sum(c.new_label is None for c in changes)
     return ExportReport(len(rows), len(changes) - dropped, dropped, out, log)

@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from datablame.influence.atomic import atomic_path
+from datablame.influence.workdir import Workdir
 
 if TYPE_CHECKING:
     from datablame.index.explain import Explanation
@@ -263,7 +264,7 @@ def explanation_plot(workdir: Path, result: "Explanation") -> Path:
     return explain_bars([(bar_label(n.id, f"({n.label}) {n.text}"), n.score) for n in result.supporting],
                         [(bar_label(n.id, f"({n.label}) {n.text}"), n.score) for n in result.opposing],
                         f"{what} → {p['label']} ({p['probability']:.2f}); {result.method}, {result.scoring}",
-                        Path(workdir) / "plots" / f"explain-{result.method}-{digest}.png")
+                        Workdir(workdir).plots_dir / f"explain-{result.method}-{digest}.png")
 
 
 def scan_plot(workdir: Path, result: "ScanResult") -> Path:
@@ -271,6 +272,6 @@ def scan_plot(workdir: Path, result: "ScanResult") -> Path:
     ex = result.examples
     threshold = result.threshold if math.isfinite(result.threshold) else float(result.issues.score.max()) + 1e-9
     return suspicion_histogram(result.issues.score, [ex.label_names[y] for y in ex.labels], threshold,
-                               Path(workdir) / "plots" / f"scan-{result.method}.png",
+                               Workdir(workdir).plots_dir / f"scan-{result.method}.png",
                                title=f"Suspicion scores by given label ({result.method} scan)")
 

@@ -15,7 +15,6 @@ import logging
 import math
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -23,6 +22,7 @@ from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from datablame.influence.errors import DatablameError
+from datablame.influence.workdir import Workdir
 
 from .db import Database, default_url, open_db
 from .schema import Dataset, Example, Flag, Run, Score, utcnow
@@ -71,7 +71,6 @@ def scan_workdir(workdir: str | os.PathLike, method: str = "cv", flag_top: float
     open ``mislabeled`` flags. ``db``: the store (default: the workdir's SQLite file)."""
     from datablame.influence import detect
     from datablame.influence.models import load_classifier
-    from datablame.influence.workdir import Workdir
 
     weights = detect.scan_weights(method)
     wd = Workdir(workdir)
@@ -107,7 +106,7 @@ def self_influence(workdir: str | os.PathLike, method: str, config: Config, devi
     from datablame.index.vectors import VectorStore, compute_vectors
     from datablame.influence.build import MethodSettings, chosen_checkpoints, key_changes
 
-    store = VectorStore(Path(workdir) / "vectors" / method)
+    store = VectorStore(Workdir(workdir).vectors_dir(method))
     manifest = store.manifest()
     current = {"data": config.data_fingerprint, "checkpoints": [asdict(c) for c in chosen_checkpoints(method, config)]}
     if (manifest is None or not manifest.complete or key_changes(manifest.key, current, current)

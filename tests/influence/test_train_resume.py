@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from datablame.influence.train import PROGRESS, STATE, TrainSettings, train
+from datablame.influence.train import STATE, TrainSettings, train
 from datablame.influence.workdir import Workdir
 
 # 48 examples / 8 = 6 steps per epoch, 12 steps, checkpoints after steps 4, 8 and 12: the second one mid-epoch
@@ -54,9 +54,9 @@ def test_interrupted_twice_then_resumed_equals_uninterrupted(tiny_bert, tiny_exa
         train(tiny_examples, str(tiny_bert), b, settings, stopping_at(9, seen))
     assert seen == [1, 2, 3, 4, 5, 5, 6, 7, 8, 9]
     # only the last recorded checkpoint keeps the training state; no config.json: not a finished workdir
-    assert not (b / "config.json").exists() and (b / PROGRESS).is_file()
+    assert not (b / "config.json").exists() and Workdir(b).training_progress.is_file()
     assert [p.parent.name for p in sorted((b / "checkpoints").glob(f"*/{STATE}"))] == ["ck-001"]
-    record = json.loads((b / PROGRESS).read_text())
+    record = json.loads(Workdir(b).training_progress.read_text())
     assert [c["step"] for c in record["checkpoints"]] == [4, 8] and (record["epoch"], record["position"]) == (1, 2)
     with caplog.at_level(logging.INFO, logger="datablame.influence.train"):
         resumed = train(tiny_examples, str(tiny_bert), b, settings, stopping_at(-1, seen))
