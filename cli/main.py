@@ -95,14 +95,15 @@ def init(
 METHOD = typer.Option("all", help=f"{', '.join(method_names())} or all.")
 PARAMS = typer.Option(None, "--params", help="Parameter globs, or the shortcuts head and last-layer (repeatable; "
                       "default: the trained ones, the head after --freeze-encoder).")
-DIM = typer.Option(256, help="Sketch dimension k (per checkpoint for TracIn).")
+DIM = typer.Option(None, help="Sketch dimension k (per checkpoint for TracIn); default: exact gradients, no sketch, "
+                   "for at most 4096 selected parameters (a classification head), else 256.")
 PROJECTION = typer.Option("countsketch", help="countsketch (sparse JL) or gaussian.")
 SEED = typer.Option(0, help="Seed of the random projection.")
 DTYPE = typer.Option("float32", help="Stored precision: float32 or float16.")
 LAMBDA = typer.Option(1e-3, "--lambda", help="L2 penalty of the representer refit.")
-DAMPING_DEFAULT = 0.01
-DAMPING = typer.Option(DAMPING_DEFAULT, "--damping", help="λ added to the curvature of influence functions "
-                       "(LiSSA, sketch and exact): larger is more stable, smaller is closer to the exact inverse.")
+DAMPING = typer.Option("auto", "--damping", help="λ added to the curvature of influence functions (LiSSA, sketch "
+                       "and exact): auto is the curvature's mean eigenvalue (LiSSA: 0.01); larger is more stable, "
+                       "smaller is closer to the exact inverse.")
 BATCH_SIZE = typer.Option(32, help="Examples per gradient batch.")
 DEVICE = typer.Option("auto", help="auto, cpu or cuda.")
 
@@ -117,8 +118,8 @@ def _choose(what: str, option: str, value: Optional[str], choices: tuple[str, ..
         raise DatablameError(f"unknown {what} {value!r}", f"give {option} one of {', '.join(choices)}")
 
 
-def _settings(params: Optional[List[str]], dim: int, projection: str, seed: int, lam: float, device: str,
-              curvature: str = "lissa", damping: float = DAMPING_DEFAULT):
+def _settings(params: Optional[List[str]], dim: Optional[int], projection: str, seed: int, lam: float, device: str,
+              curvature: str = "auto", damping: str = "auto"):
     """The method settings of the options, refusing an unknown --projection or --curvature."""
     from datablame.influence.build import CURVATURES, MethodSettings
     from datablame.influence.lissa import LissaConfig
@@ -131,12 +132,19 @@ def _settings(params: Optional[List[str]], dim: int, projection: str, seed: int,
                           lissa=LissaConfig(damping=_damping(damping)))
 
 
-def _damping(value: float) -> float:
+def _damping(value: str) -> float | None:
+    """--damping: a positive number, or ``auto`` (None)."""
     from datablame.influence.errors import DatablameError
 
-    if not value > 0:
-        raise DatablameError(f"--damping must be positive, not {value}", "e.g. --damping 1e-3")
-    return value
+    if value == "auto":
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not number > 0:
+        raise DatablameError(f"--damping must be a positive number or auto, not {value!r}", "e.g. --damping 1e-3")
+    return number
 
 
 def _methods(method: str) -> tuple[str, ...]:
@@ -151,7 +159,7 @@ def _methods(method: str) -> tuple[str, ...]:
 @report_errors
 def vectors(
     workdir: Path = typer.Argument(..., help="Workdir made by 'datablame train' or 'datablame init'."),
-    method: str = METHOD, params: Optional[List[str]] = PARAMS, dim: int = DIM, projection: str = PROJECTION,
+    method: str = METHOD, params: Optional[List[str]] = PARAMS, dim: Optional[int] = DIM, projection: str = PROJECTION,
     seed: int = SEED, dtype: str = DTYPE, lam: float = LAMBDA, batch_size: int = BATCH_SIZE, device: str = DEVICE,
     quiet: bool = QUIET, verbose: bool = VERBOSE,
 ) -> None:
@@ -174,14 +182,15 @@ def vectors(
 @report_errors
 def index(
     workdir: Path = typer.Argument(..., help="Workdir made by 'datablame train' or 'datablame init'."),
-    method: str = METHOD, params: Optional[List[str]] = PARAMS, dim: int = DIM, projection: str = PROJECTION,
+    method: str = METHOD, params: Optional[List[str]] = PARAMS, dim: Optional[int] = DIM, projection: str = PROJECTION,
     seed: int = SEED,
     score: str = typer.Option("all", "--score", help="Scoring to index: cosine, raw or all."),
     approximate: bool = typer.Option(False, "--approximate", help="HNSW instead of exact search (for large data); "
                                      "its recall@10 against exact search is measured and printed."),
-    curvature: str = typer.Option("lissa", help="Influence queries: lissa (per query), sketch (the sketches' "
-                                  "Gauss-Newton, once) or exact (the head's Hessian, once; ≤ 4096 parameters)."),
-    damping: float = DAMPING,
+    curvature: str = typer.Option("auto", help="Influence queries: exact (the Hessian, once; at most 4096 "
+                                  "parameters), lissa (per query), sketch (the sketches' Gauss-Newton, once), or "
+                                  "auto: exact when it can, else lissa."),
+    damping: str = DAMPING,
     dtype: str = DTYPE, lam: float = LAMBDA, batch_size: int = BATCH_SIZE, device: str = DEVICE, quiet: bool = QUIET,
     verbose: bool = VERBOSE,
 ) -> None:
@@ -221,7 +230,8 @@ def explain(
                                    "vectors): the training examples behind the model's behaviour on the slice."),
     curvature: Optional[str] = typer.Option(None, help="Influence queries: lissa, sketch or exact (default: as "
                                             "indexed)."),
-    damping: Optional[float] = typer.Option(None, "--damping", help="Influence functions' λ (default: as indexed)."),
+    damping: Optional[str] = typer.Option(None, "--damping", help="Influence functions' λ, a number or auto "
+                                          "(default: as indexed)."),
     flag: Optional[str] = typer.Option(None, "--flag", help="Record the supporting examples in the store as open "
                                        "flags of this kind (e.g. biased: the causes of a slice's behaviour)."),
     db: Optional[str] = typer.Option(None, "--db", help="SQLAlchemy URL of the store (with --flag)."),
@@ -251,7 +261,7 @@ def explain(
         if why:
             console.print(f"explaining with {method} ({why})")
     explainer = Explainer(workdir, method, score or DEFAULT_SCORING, device, curvature,
-                          damping=None if damping is None else _damping(damping))
+                          damping=None if damping is None else _damping(damping) or "auto")
     overlong = explainer.overlong(texts)
     if overlong:  # shown even with -q: the explanation is of the truncated input
         typer.echo(truncation_warning(overlong, len(texts), explainer.max_length), err=True)

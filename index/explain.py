@@ -144,21 +144,21 @@ def default_method(workdir: str | Path, scoring: str) -> tuple[str, str]:
 class Explainer:
     """One method's index and query side, loaded once; refuses an index that no longer matches the workdir.
 
-    ``curvature`` and ``damping`` (influence only) override the recorded query side: ``lissa``, ``sketch`` or
-    ``exact``, and the λ added to it.
+    ``curvature`` and ``damping`` (influence only) override the recorded query side: ``auto``, ``lissa``,
+    ``sketch`` or ``exact``, and the λ added to it (a number, or ``auto``).
     """
 
     def __init__(self, workdir: str | Path, method: str = "tracin", scoring: str = DEFAULT_SCORING,
                  device: str = "auto", curvature: str | None = None, cache: bool = True,
-                 damping: float | None = None):
+                 damping: float | str | None = None):
         self.workdir = Workdir(workdir)
         self.workdir.load()  # a folder that is no workdir is refused as such, not for lacking an index
         self.index = VectorIndex.load(self.workdir.index_dir, method, scoring)
         settings = MethodSettings.from_dict(self.index.meta.settings, device)
         if curvature is not None:
             settings.curvature = curvature
-        if damping is not None:
-            settings.lissa = replace(settings.lissa, damping=damping)
+        if damping is not None:  # "auto": the curvature's mean eigenvalue
+            settings.lissa = replace(settings.lissa, damping=None if damping == "auto" else damping)
         built = build_method(self.workdir, method, settings, fit=False)
         self.index.check_fresh(built.key)
         self.method, self.train, self.settings = built.method, built.train, settings
@@ -190,7 +190,7 @@ class Explainer:
     @property
     def cost_note(self) -> str:
         """What a query vector costs, for the timing line."""
-        return self.spec.cost(self.settings)
+        return self.spec.cost(self.method)
 
     def queries(self, texts: Sequence[Text], progress: Progress | None = None) -> tuple[Queries, int]:
         """Query vectors of the texts (cached ones read from disk) and how many came from the cache;

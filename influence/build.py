@@ -14,7 +14,7 @@ from .errors import DatablameError
 from .features import FeatureCache
 from .grads import num_params, only_head, select_params
 from .lissa import LissaConfig, Progress
-from .methods import Method
+from .methods import EXACT_MAX_PARAMS, Method
 from .models import load_classifier
 from .registry import method_names, method_spec
 from .sketch import DEFAULT_DIM, Projector, make_projector
@@ -23,25 +23,36 @@ from .workdir import Checkpoint, Config, Workdir
 
 METHODS = method_names()
 """The registered attribution methods (see :mod:`.registry`)."""
-CURVATURES = ("lissa", "sketch", "exact")
+CURVATURES = ("auto", "lissa", "sketch", "exact")
 
 
 @dataclass
 class MethodSettings:
     """params: globs or shortcuts (see :func:`.grads.select_params`), None for the parameters that were trained;
-    dim: sketch dimension k; projection: countsketch | gaussian; seed: the projection's seed; lam: the
-    representer refit's L2 penalty; curvature: what answers influence queries, ``lissa`` (per query, in
-    parameter space), ``sketch`` (the damped Gauss-Newton matrix of the training sketches, once) or ``exact`` (the
-    explicit damped Hessian over at most a few thousand selected parameters, e.g. the head, once)."""
+    dim: sketch dimension k, None (auto) for exact gradients when the selected parameters number at most
+    :data:`.methods.EXACT_MAX_PARAMS` (a head), else :data:`.sketch.DEFAULT_DIM`; projection: countsketch |
+    gaussian; seed: the projection's seed; lam: the representer refit's L2 penalty; curvature: what answers
+    influence queries, ``lissa`` (per query, in parameter space), ``sketch`` (the damped Gauss-Newton matrix of
+    the training sketches, once), ``exact`` (the explicit damped Hessian over at most a few thousand selected
+    parameters, once) or ``auto`` (exact when it can, else lissa); lissa.damping: λ, None (auto) for the mean
+    eigenvalue of the curvature it damps (see :meth:`.methods.InfluenceFunctions.damping`). The defaults here are
+    the library's first ones, kept for compatibility; :meth:`faithful` gives those the CLI uses."""
 
     params: Sequence[str] | None = None
-    dim: int = DEFAULT_DIM
+    dim: int | None = DEFAULT_DIM
     projection: str = "countsketch"
     seed: int = 0
     lissa: LissaConfig = field(default_factory=LissaConfig)
     lam: float = 1e-3
     device: str = "auto"
     curvature: str = "lissa"
+
+    @classmethod
+    def faithful(cls, **overrides) -> "MethodSettings":
+        """The settings whose influence scores predicted retraining best in ``bench/faithfulness.py`` (and the
+        CLI's defaults): exact gradients for a head, the exact curvature when it fits, λ = the curvature's mean
+        eigenvalue."""
+        return cls(**{"dim": None, "curvature": "auto", "lissa": LissaConfig(damping=None), **overrides})
 
     def to_dict(self) -> dict:
         """JSON-able settings, without the device (a record says what was computed, not where)."""
@@ -102,9 +113,10 @@ class BuildContext:
         return select_params(self.model, self.task, params)
 
     def projector(self, names: Sequence[str]) -> Projector:
-        """The seeded projection of gradients over ``names`` to ``settings.dim``."""
-        s = self.settings
-        return make_projector(s.projection, num_params(self.model, names), s.dim, s.seed)
+        """The seeded projection of gradients over ``names`` to ``settings.dim`` (auto: none when they are few)."""
+        s, p = self.settings, num_params(self.model, names)
+        dim = s.dim if s.dim is not None else (p if p <= EXACT_MAX_PARAMS else DEFAULT_DIM)
+        return make_projector(s.projection, p, dim, s.seed)
 
     def head_features(self, names: Sequence[str]) -> FeatureCache | None:
         """The training feature cache when ``names`` are the head's (gradients from cached features), else None."""

@@ -36,7 +36,7 @@ from .sketch import Identity, Projector
 from .task import Task
 
 if TYPE_CHECKING:
-    from .build import BuildContext, MethodSettings
+    from .build import BuildContext
 
 @dataclass
 class Queries:
@@ -170,7 +170,12 @@ class TracIn:
 
 
 EXACT_MAX_PARAMS = 4096
-"""The most selected parameters the exact curvature takes: a (p, p) float64 Hessian of 128 MB, p HVPs to build."""
+"""The most selected parameters the exact curvature takes: a (p, p) float64 Hessian of 128 MB, p HVPs to build;
+also the most for which ``curvature="auto"`` chooses it and an automatic sketch dimension keeps exact gradients."""
+LISSA_AUTO_DAMPING = 0.01
+"""LiSSA's λ under ``damping=None`` (auto): chosen for the convergence of its series, not measured for accuracy."""
+MIN_AUTO_DAMPING = 1e-8
+"""The least automatic λ (a curvature that is all zeros still gets a solvable system)."""
 
 
 class InfluenceFunctions:
@@ -207,10 +212,20 @@ class InfluenceFunctions:
         self.hvp: HessianVectorProducts | None = None  # kept between queries (it caches head features)
         self.scale: float | None = config.scale  # LiSSA's scale: estimated once (power iteration), then kept
 
+    def damping(self, matrix: Tensor | None = None) -> float:
+        """λ: the configured damping, or with ``damping=None`` (auto) the mean eigenvalue trace(M)/d of the
+        curvature M it damps (:data:`LISSA_AUTO_DAMPING` for LiSSA, which has no M in hand)."""
+        if self.config.damping is not None:
+            return self.config.damping
+        if matrix is None:
+            return LISSA_AUTO_DAMPING
+        return max(float(torch.trace(matrix)) / matrix.shape[0], MIN_AUTO_DAMPING)
+
     def sketch_curvature(self, vectors: Tensor) -> Tensor:
         """(k, k) float64 VᵀV/n + λI from the (n, k) training sketches V."""
         v = vectors.double()
-        return v.T @ v / v.shape[0] + self.config.damping * torch.eye(v.shape[1], dtype=v.dtype)
+        gram = v.T @ v / v.shape[0]
+        return gram + self.damping(gram) * torch.eye(v.shape[1], dtype=v.dtype)
 
     def finalize(self, vectors: Tensor) -> dict[str, np.ndarray]:
         """What the finished (n, k) training sketches give once for all queries, undamped (the damping λ is a
@@ -238,7 +253,7 @@ class InfluenceFunctions:
             raise DatablameError(f"the influence vectors' {what} is missing or stale",
                                  f"rebuild with 'datablame index WORKDIR --method influence{flag}'")
         if name not in self._factors:
-            damped = matrix + self.config.damping * torch.eye(matrix.shape[0], dtype=torch.float64)
+            damped = matrix + self.damping(matrix) * torch.eye(matrix.shape[0], dtype=torch.float64)
             self._factors[name] = torch.linalg.cholesky(damped)
         return torch.cholesky_solve(rows.double().cpu().T, self._factors[name]).T
 
@@ -269,12 +284,12 @@ class InfluenceFunctions:
             features = self.features if self.features is not None and self.features.train is self.train else None
             self.hvp = HessianVectorProducts(self.task, self.model, self.names, self.train, self.config.batch_size,
                                              self.config.seed, features)
+        config = replace(self.config, damping=self.damping())
         if self.scale is None:
             self.hvp.reset()
-            self.scale = 2.0 * (top_eigenvalue(self.hvp, grads.shape[1], seed=self.config.seed)
-                                + self.config.damping)
+            self.scale = 2.0 * (top_eigenvalue(self.hvp, grads.shape[1], seed=config.seed) + config.damping)
         self.hvp.reset()
-        ihvp, self.last_report = lissa(self.hvp, grads, replace(self.config, scale=self.scale))
+        ihvp, self.last_report = lissa(self.hvp, grads, replace(config, scale=self.scale))
         return ihvp
 
     def query_vectors(self, texts: Sequence[Text]) -> Queries:
@@ -438,11 +453,14 @@ def _build_tracin(ctx: "BuildContext") -> TracIn:
 
 def _build_influence(ctx: "BuildContext") -> InfluenceFunctions:
     names = ctx.params()
-    if ctx.settings.curvature == "exact" and num_params(ctx.model, names) > EXACT_MAX_PARAMS:
+    curvature = ctx.settings.curvature
+    if curvature == "auto":
+        curvature = "exact" if num_params(ctx.model, names) <= EXACT_MAX_PARAMS else "lissa"
+    if curvature == "exact" and num_params(ctx.model, names) > EXACT_MAX_PARAMS:
         raise DatablameError(f"the exact curvature needs at most {EXACT_MAX_PARAMS} selected parameters, not "
                              f"{num_params(ctx.model, names)}", "use --params head, or --curvature sketch or lissa")
     return InfluenceFunctions(ctx.task, ctx.model, names, ctx.projector(names), ctx.train, ctx.settings.lissa,
-                              ctx.head_features(names), ctx.settings.curvature)
+                              ctx.head_features(names), curvature)
 
 
 def _build_representer(ctx: "BuildContext") -> Representer:
@@ -452,12 +470,12 @@ def _build_representer(ctx: "BuildContext") -> Representer:
     return method
 
 
-def _influence_cost(settings: "MethodSettings") -> str:
-    if settings.curvature == "exact":
+def _influence_cost(method: InfluenceFunctions) -> str:
+    if method.query_curvature == "exact":
         return "gradient + exact damped Hessian solve"
-    if settings.curvature == "sketch":
+    if method.query_curvature == "sketch":
         return "gradient + sketch-space curvature solve"
-    return f"gradient + LiSSA ({settings.lissa.depth} Hessian-vector products per query)"
+    return f"gradient + LiSSA ({method.config.depth} Hessian-vector products per query)"
 
 
 register(MethodSpec("tracin", "TracIn: learning-rate-weighted gradient products summed over checkpoints (fastest)",

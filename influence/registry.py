@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable
 from .errors import DatablameError
 
 if TYPE_CHECKING:
-    from .build import BuildContext, MethodSettings
+    from .build import BuildContext
     from .methods import Method
 
 MODULES = {"tracin": "datablame.influence.methods", "influence": "datablame.influence.methods",
@@ -34,7 +34,7 @@ _REGISTRY: dict[str, "MethodSpec"] = {}
 @dataclass(frozen=True)
 class MethodSpec:
     """name; summary: one line for help; checkpoints: ``all`` or ``last``; build: the method from a
-    :class:`.build.BuildContext`; cost: what one query vector costs under these settings (the timing line);
+    :class:`.build.BuildContext`; cost: what one query vector of the built method costs (the timing line);
     query_fields: the :class:`.build.MethodSettings` fields that shape the query side only; self_influence:
     whether ``scan --method NAME`` ranks by its self-influence."""
 
@@ -42,7 +42,7 @@ class MethodSpec:
     summary: str
     checkpoints: str
     build: Callable[["BuildContext"], "Method"]
-    cost: Callable[["MethodSettings"], str]
+    cost: Callable[["Method"], str]
     query_fields: tuple[str, ...] = ()
     self_influence: bool = True
 

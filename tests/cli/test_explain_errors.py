@@ -68,7 +68,7 @@ def test_not_a_workdir(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["explain", "goal team", "--method", "foo"],
      f"unknown method 'foo' (give --method one of {', '.join(method_names())})"),
-    (["explain", "goal team", "--curvature", "newton"], "unknown curvature 'newton' (give --curvature one of lissa, "),
+    (["explain", "goal team", "--curvature", "newton"], "unknown curvature 'newton' (give --curvature one of auto, lissa, "),
     (["index", "--method", "foo"], f"unknown method 'foo' (give --method one of all, {', '.join(method_names())})"),
     (["index", "--score", "dot"], "unknown scoring 'dot' (give --score one of all, cosine, raw)"),
     (["index", "--projection", "sparse"], "unknown projection 'sparse' (give --projection one of countsketch, "),

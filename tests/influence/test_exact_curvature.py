@@ -62,3 +62,14 @@ def test_exact_curvature_refuses_many_parameters(trained_workdir):
     with pytest.raises(DatablameError, match="at most .* selected parameters") as info:
         build_method(trained_workdir, "influence", MethodSettings(params=None, curvature="exact", device="cpu"))
     assert "--params head" in info.value.hint
+
+
+def test_faithful_settings_choose_exact_for_a_head_and_lissa_beyond(trained_workdir):
+    head = build_method(trained_workdir, "influence", MethodSettings.faithful(params=["head"], device="cpu"))
+    method = head.method
+    assert method.query_curvature == "exact" and isinstance(method.projector, Identity)
+    method.finalize(torch.as_tensor(compute_train_vectors(method, head.train)))
+    assert method.damping(method.hessian) == pytest.approx(float(torch.trace(method.hessian)) / len(method.hessian))
+    assert method.damping() == 0.01  # LiSSA's, when it answers
+    everything = build_method(trained_workdir, "influence", MethodSettings.faithful(device="cpu")).method
+    assert everything.query_curvature == "lissa" and everything.projector.out_dim == 256
