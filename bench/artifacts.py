@@ -7,8 +7,8 @@ appended, are explained one by one and as one ``--aggregate`` slice. For each me
 reports the precision of planted examples among the top-10 supporting plus top-10 opposing examples of each query
 (base rate: the planted fraction), and among the top-20 of the aggregate's supporting list. Influence functions
 are measured thrice: with LiSSA per query (``influence``), the sketch-space curvature (``influence_sketch``) and the
-exact damped Hessian of the head (``influence_exact``). ``--dim 1024`` (≥ the head's 770 parameters) uses exact
-gradients instead of sketches.
+exact damped Hessian of the head (``influence_exact``). The settings are the CLI's defaults (exact gradients for
+the head's 770 parameters, λ = the curvature's mean eigenvalue); ``--dim 256`` sketches, ``--damping X`` fixes λ.
 
     python bench/artifacts.py [--data ../shared/data/sst2] [--n 2000] [--seeds 0 1] [--tokens zxqv blorft]
 """
@@ -36,7 +36,6 @@ from datablame.influence.data import load_examples  # noqa: E402
 from datablame.influence.methods import predict  # noqa: E402
 from datablame.influence.lissa import LissaConfig  # noqa: E402
 from datablame.influence.models import load_classifier, minilm_path  # noqa: E402
-from datablame.influence.sketch import DEFAULT_DIM  # noqa: E402
 from datablame.influence.train import TrainSettings, train  # noqa: E402
 from datablame.influence.workdir import Workdir  # noqa: E402
 
@@ -92,8 +91,9 @@ def run(args, seed: int, token: str, tmp: pathlib.Path) -> dict:
     pred, _ = predict(task, model, queries)
     out["backdoor_success"] = float((pred == target).float().mean())  # triggered negatives called positive
     out["clean_false_positive"] = float((clean_pred == target).float().mean())
-    settings = MethodSettings(device="cpu", seed=seed, dim=args.dim, lissa=LissaConfig(damping=args.damping),
-                              curvature="exact")  # the exact Hessian is stored too; each variant picks its curvature
+    settings = MethodSettings.faithful(device="cpu", seed=seed, dim=args.dim, curvature="exact",
+                                       lissa=LissaConfig(damping=None if args.damping == "auto" else args.damping))
+    # curvature exact: the Hessian is stored too (the head has 770 parameters); each variant picks its curvature
     for method in args.methods:
         start = time.perf_counter()
         index_workdir(tmp / "wd", method, settings)
@@ -153,9 +153,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
-    parser.add_argument("--dim", type=int, default=DEFAULT_DIM,
-                        help="sketch dimension (≥ the head's 770 parameters: exact gradients, no sketch)")
-    parser.add_argument("--damping", type=float, default=LissaConfig.damping, help="influence functions' λ")
+    parser.add_argument("--dim", type=int, default=None,
+                        help="sketch dimension (default, as the CLI: exact gradients for the head's 770 parameters)")
+    parser.add_argument("--damping", type=lambda v: v if v == "auto" else float(v), default="auto",
+                        help="influence functions' λ (default auto, as the CLI: the curvature's mean eigenvalue)")
     args = parser.parse_args()
     runs = []
     for seed in args.seeds:

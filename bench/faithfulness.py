@@ -83,22 +83,24 @@ class Config:
     method: str
     dim: int | None
     curvature: str | None = None
-    damping: float | None = None
+    damping: float | str | None = None  # a number, "auto" (the curvature's mean eigenvalue), None: not taken
 
     @property
     def name(self) -> str:
         parts = [self.method, self.curvature, "exact" if self.dim is None else str(self.dim),
-                 None if self.damping is None else f"d{self.damping:g}"]
+                 None if self.damping is None else f"d{self.damping}" if isinstance(self.damping, str)
+                 else f"d{self.damping:g}"]
         return "-".join(p for p in parts if p is not None)
 
     def settings(self, params: int, seed: int) -> MethodSettings:
         """``params``: the number of selected parameters (the identity projector's dimension)."""
-        lissa = LissaConfig() if self.damping is None else LissaConfig(damping=self.damping)
+        lissa = LissaConfig() if self.damping is None else LissaConfig(
+            damping=None if self.damping == "auto" else self.damping)
         return MethodSettings(dim=params if self.dim is None else self.dim, seed=seed, lissa=lissa, device="cpu",
                               curvature=self.curvature or MethodSettings.curvature)
 
 
-def configurations(dims: list[int | None], dampings: list[float], params: int, patterns: list[str] | None
+def configurations(dims: list[int | None], dampings: list[float | str], params: int, patterns: list[str] | None
                    ) -> list[Config]:
     """Every registered method × dimension (× curvature × damping where its query side takes them), dimensions
     ≥ ``params`` folded into exact, kept when the name matches one of ``patterns`` (all when None)."""
@@ -286,6 +288,10 @@ def dimension(value: str) -> int | None:
     return None if value == "exact" else int(value)
 
 
+def damping_value(value: str) -> float | str:
+    return value if value == "auto" else float(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=pathlib.Path, default=pathlib.Path(__file__).parents[1] / ".." / "shared"
@@ -299,8 +305,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--dims", type=dimension, nargs="+", default=[None, 256, 1024],
                         help="sketch dimensions; 'exact' for no projection")
-    parser.add_argument("--damping", type=float, nargs="+", default=[LissaConfig().damping],
-                        help="influence damping λ values (LissaConfig.damping)")
+    parser.add_argument("--damping", type=damping_value, nargs="+", default=[LissaConfig().damping],
+                        help="influence damping λ values (LissaConfig.damping), or auto (the curvature's mean "
+                             "eigenvalue)")
     parser.add_argument("--configs", nargs="+", help="shell patterns of configuration names to keep, e.g. "
                         "'influence-*' 'trak-256'")
     parser.add_argument("--quick", action="store_true", help="smoke run: --n 300 --test 20 --subsets 10")

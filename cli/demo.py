@@ -162,7 +162,7 @@ def run_demo(out: Path, quiet: bool = False, verbose: bool = False, encoder: str
                       f"model: {model.description}")
     with phase("train") as update:
         train(examples, model.path, out, model.settings, update)
-    methods = MethodSettings()
+    methods = MethodSettings.faithful()  # the CLI's defaults
     with phase("index") as update:
         for method in model.methods:
             index_workdir(out, method, methods, ("cosine",), progress=update)

@@ -189,7 +189,7 @@ def index(
                                      "its recall@10 against exact search is measured and printed."),
     curvature: str = typer.Option("auto", help="Influence queries: exact (the Hessian, once; at most 4096 "
                                   "parameters), lissa (per query), sketch (the sketches' Gauss-Newton, once), or "
-                                  "auto: exact when it can, else lissa."),
+                                  "auto: exact on exact gradients (a head), else sketch."),
     damping: str = DAMPING,
     dtype: str = DTYPE, lam: float = LAMBDA, batch_size: int = BATCH_SIZE, device: str = DEVICE, quiet: bool = QUIET,
     verbose: bool = VERBOSE,

@@ -34,7 +34,7 @@ class MethodSettings:
     gaussian; seed: the projection's seed; lam: the representer refit's L2 penalty; curvature: what answers
     influence queries, ``lissa`` (per query, in parameter space), ``sketch`` (the damped Gauss-Newton matrix of
     the training sketches, once), ``exact`` (the explicit damped Hessian over at most a few thousand selected
-    parameters, once) or ``auto`` (exact when it can, else lissa); lissa.damping: λ, None (auto) for the mean
+    parameters, once) or ``auto`` (exact on exact gradients of at most that many parameters, else sketch); lissa.damping: λ, None (auto) for the mean
     eigenvalue of the curvature it damps (see :meth:`.methods.InfluenceFunctions.damping`). The defaults here are
     the library's first ones, kept for compatibility; :meth:`faithful` gives those the CLI uses."""
 

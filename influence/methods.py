@@ -453,13 +453,15 @@ def _build_tracin(ctx: "BuildContext") -> TracIn:
 
 def _build_influence(ctx: "BuildContext") -> InfluenceFunctions:
     names = ctx.params()
+    projector = ctx.projector(names)
     curvature = ctx.settings.curvature
-    if curvature == "auto":
-        curvature = "exact" if num_params(ctx.model, names) <= EXACT_MAX_PARAMS else "lissa"
+    if curvature == "auto":  # measured in bench/faithfulness.py: exact on exact gradients, else the sketch's
+        exact = isinstance(projector, Identity) and num_params(ctx.model, names) <= EXACT_MAX_PARAMS
+        curvature = "exact" if exact else "sketch"
     if curvature == "exact" and num_params(ctx.model, names) > EXACT_MAX_PARAMS:
         raise DatablameError(f"the exact curvature needs at most {EXACT_MAX_PARAMS} selected parameters, not "
                              f"{num_params(ctx.model, names)}", "use --params head, or --curvature sketch or lissa")
-    return InfluenceFunctions(ctx.task, ctx.model, names, ctx.projector(names), ctx.train, ctx.settings.lissa,
+    return InfluenceFunctions(ctx.task, ctx.model, names, projector, ctx.train, ctx.settings.lissa,
                               ctx.head_features(names), curvature)
 
 

@@ -64,7 +64,7 @@ def test_exact_curvature_refuses_many_parameters(trained_workdir):
     assert "--params head" in info.value.hint
 
 
-def test_faithful_settings_choose_exact_for_a_head_and_lissa_beyond(trained_workdir):
+def test_faithful_settings_choose_exact_for_a_head_and_the_sketch_beyond(trained_workdir):
     head = build_method(trained_workdir, "influence", MethodSettings.faithful(params=["head"], device="cpu"))
     method = head.method
     assert method.query_curvature == "exact" and isinstance(method.projector, Identity)
@@ -72,4 +72,7 @@ def test_faithful_settings_choose_exact_for_a_head_and_lissa_beyond(trained_work
     assert method.damping(method.hessian) == pytest.approx(float(torch.trace(method.hessian)) / len(method.hessian))
     assert method.damping() == 0.01  # LiSSA's, when it answers
     everything = build_method(trained_workdir, "influence", MethodSettings.faithful(device="cpu")).method
-    assert everything.query_curvature == "lissa" and everything.projector.out_dim == 256
+    assert everything.query_curvature == "sketch" and everything.projector.out_dim == 256
+    sketched = build_method(trained_workdir, "influence", MethodSettings.faithful(params=["head"], dim=32,
+                                                                                     device="cpu")).method
+    assert sketched.query_curvature == "sketch"  # the exact Hessian does not go with sketched vectors
