@@ -196,17 +196,22 @@ def _frozen_features(task, model, examples: Examples, wd: Workdir, resumed: str 
     return features
 
 
-def clear_for_training(wd: Workdir) -> None:
-    """Make ``wd`` ready for new checkpoints: new, empty, or a workdir whose derived artifacts are removed, so that
-    nothing computed from old weights is left beside the new ones. Any other folder is refused."""
+def refuse_foreign(wd: Workdir) -> None:
+    """Refuse to train into a file, or into a folder with other files that is not a datablame workdir (writes
+    nothing)."""
     root = wd.root
     if root.exists() and not root.is_dir():
         raise DatablameError(f"--out {root} is a file", "give a folder for the workdir")
-    if not root.is_dir() or not any(root.iterdir()):
-        return
-    if not any((root / name).exists() for name in OWNED):
+    if root.is_dir() and any(root.iterdir()) and not any((root / name).exists() for name in OWNED):
         raise DatablameError(f"--out {root} is a folder with other files, not a datablame workdir",
                              "give a new or empty folder, or an existing workdir to retrain into")
+
+
+def clear_for_training(wd: Workdir) -> None:
+    """Make ``wd`` ready for new checkpoints: new, empty, or a workdir whose derived artifacts are removed, so that
+    nothing computed from old weights is left beside the new ones. Any other folder is refused."""
+    refuse_foreign(wd)
+    root = wd.root
     removed = [path for path in wd.derived if path.exists()]
     for path in removed:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -225,16 +230,17 @@ def train(examples: Examples, base_model: str, workdir: str | Path, settings: Tr
     """
     settings.check()
     wd = Workdir(workdir)
+    refuse_foreign(wd)
     resume = _resumable(wd, examples, base_model, settings)
+    torch.manual_seed(settings.seed)  # the model loads (and so is checked) before anything of the workdir goes
+    model, task = load_classifier(base_model if resume is None else wd.checkpoint_path(resume.checkpoints[-1]),
+                                  examples.label_names, settings.device, settings.max_length, settings.seed)
     if resume is None:
         clear_for_training(wd)
         run, checkpoints = _run_identity(examples, base_model, settings, wd), []
     else:
         run, checkpoints = resume.run, list(resume.checkpoints)
         _tidy(wd, checkpoints)
-    torch.manual_seed(settings.seed)
-    model, task = load_classifier(base_model if resume is None else wd.checkpoint_path(checkpoints[-1]),
-                                  examples.label_names, settings.device, settings.max_length, settings.seed)
     tokenizer = task.tokenizer
     if settings.freeze_encoder:
         head = task.head_name + "."

@@ -109,3 +109,11 @@ def test_a_malformed_trainer_state_is_one_line(tmp_path, state):
     with pytest.raises(DatablameError, match="truncated or malformed") as info:
         trainer_checkpoints(tmp_path)
     assert "\n" not in str(info.value) and "--lr" in info.value.hint
+
+
+def test_a_bad_base_model_leaves_the_workdir_as_it_was(trained_workdir, tiny_examples, tmp_path):
+    wd = shutil.copytree(trained_workdir, tmp_path / "wd")
+    before = sorted(p.relative_to(wd) for p in wd.rglob("*"))
+    with pytest.raises(DatablameError, match="model folder .* not found"):
+        train(tiny_examples, str(tmp_path / "no-such-model"), wd, TrainSettings(**FAST))
+    assert sorted(p.relative_to(wd) for p in wd.rglob("*")) == before
