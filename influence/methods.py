@@ -90,6 +90,32 @@ def predict_with_features(task: Task, model: nn.Module, texts: Sequence[Text]) -
     return probs.argmax(-1), probs, f
 
 
+class SharedEncoders:
+    """Checkpoints grouped by equal encoders (everything below the head): queries over head parameters run each
+    distinct encoder once (once in all after frozen-encoder training), not once per checkpoint."""
+
+    def __init__(self, task: Task, models: Sequence[nn.Module]):
+        self.task, self.models = task, list(models)
+        self._groups: list[int] | None = None
+
+    def groups(self) -> list[int]:
+        """For each checkpoint, the index of the first checkpoint whose encoder equals its own."""
+        if self._groups is None:
+            self._groups = [next(j for j in range(i + 1) if same_encoder(self.task, self.models[j], m))
+                            for i, m in enumerate(self.models)]
+        return self._groups
+
+    def features(self, texts: Sequence[Text]) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """(b,) predictions and (b, K) probabilities of the last checkpoint, and for each checkpoint the (b, h)
+        penultimate features of the texts."""
+        groups, feats = self.groups(), {}
+        pred, probs, feats[groups[-1]] = predict_with_features(self.task, self.models[-1], texts)
+        for c, model in enumerate(self.models):
+            if groups[c] not in feats:
+                feats[groups[c]] = predict_with_features(self.task, model, texts)[2]
+        return pred, probs, [feats[g] for g in groups]
+
+
 def _labels(x) -> Tensor:
     return torch.as_tensor(np.asarray(x), dtype=torch.long)
 
@@ -123,16 +149,12 @@ class TracIn:
         self.task, self.checkpoints, self.names, self.projector = task, list(checkpoints), list(names), projector
         self.features = features
         self.dim = projector.out_dim * len(self.checkpoints)
-        self._encoders: list[int] | None = None  # per checkpoint: the first checkpoint with an equal encoder
+        self.encoders = SharedEncoders(task, [m for m, _ in self.checkpoints])
 
     def encoder_groups(self) -> list[int]:
         """For each checkpoint, the index of the first checkpoint whose encoder (everything below the head)
         is equal to its own."""
-        if self._encoders is None:
-            models = [m for m, _ in self.checkpoints]
-            self._encoders = [next(j for j in range(i + 1) if same_encoder(self.task, models[j], models[i]))
-                              for i in range(len(models))]
-        return self._encoders
+        return self.encoders.groups()
 
     def _vectors(self, texts: Sequence[Text], labels: Tensor) -> Tensor:
         batch = self.task.encode(texts)
@@ -149,15 +171,9 @@ class TracIn:
         if not only_head(self.task, self.names):
             pred, probs = predict(self.task, self.checkpoints[-1][0], texts)
             return Queries(self._vectors(texts, pred), pred, probs)
-        groups, feats = self.encoder_groups(), {}
-        *_, (last, _) = self.checkpoints
-        pred, probs, feats[groups[-1]] = predict_with_features(self.task, last, texts)
-        parts = []
-        for c, (m, lr) in enumerate(self.checkpoints):
-            if groups[c] not in feats:
-                feats[groups[c]] = predict_with_features(self.task, m, texts)[2]
-            g = head_grads(self.task, m, feats[groups[c]], pred, self.names)
-            parts.append(math.sqrt(lr) * self.projector(g).cpu())
+        pred, probs, feats = self.encoders.features(texts)
+        parts = [math.sqrt(lr) * self.projector(head_grads(self.task, m, f, pred, self.names)).cpu()
+                 for (m, lr), f in zip(self.checkpoints, feats)]
         return Queries(torch.cat(parts, dim=1), pred, probs)
 
     def self_influence(self, vectors: Tensor, labels: Tensor) -> Tensor:

@@ -41,9 +41,9 @@ from torch import Tensor, nn
 
 from .data import Examples, Text
 from .errors import DatablameError
-from .features import FeatureCache, same_encoder
+from .features import FeatureCache
 from .grads import head_grads, only_head, per_example_grads
-from .methods import Queries, predict, predict_with_features
+from .methods import Queries, SharedEncoders, predict
 from .registry import MethodSpec, register
 from .sketch import Projector
 from .task import Task
@@ -98,7 +98,7 @@ class TRAK:
         self.dim = self.k * len(self.models)
         self.inverse_kernels: Tensor | None = None  # (M, k, k) float64 K_m^{-1}, once finalized
         self.weights: Tensor | None = None  # (n,) float64 Q, once finalized
-        self._encoders: list[int] | None = None  # per checkpoint: the first checkpoint with an equal encoder
+        self.encoders = SharedEncoders(task, self.models)
 
     # ---- per checkpoint ----
 
@@ -206,13 +206,6 @@ class TRAK:
 
     # ---- query side ----
 
-    def encoder_groups(self) -> list[int]:
-        """For each checkpoint, the index of the first checkpoint whose encoder equals its own."""
-        if self._encoders is None:
-            self._encoders = [next(j for j in range(i + 1) if same_encoder(self.task, self.models[j], m))
-                              for i, m in enumerate(self.models)]
-        return self._encoders
-
     def query_vectors(self, texts: Sequence[Text]) -> Queries:
         """u_q = (1/M) concat_m K_m^{-1} φ_m(z_q, ŷ) for the last checkpoint's prediction ŷ (after finalize)."""
         self._require_finalized()
@@ -221,13 +214,8 @@ class TRAK:
             pred, probs = predict(self.task, last, texts)
             phis = [self._phi(m, texts, pred, None) for m in self.models]
         else:
-            groups, feats = self.encoder_groups(), {}
-            pred, probs, feats[groups[-1]] = predict_with_features(self.task, last, texts)
-            phis = []
-            for c, model in enumerate(self.models):
-                if groups[c] not in feats:
-                    feats[groups[c]] = predict_with_features(self.task, model, texts)[2]
-                phis.append(self._phi(model, texts, pred, feats[groups[c]]))
+            pred, probs, feats = self.encoders.features(texts)
+            phis = [self._phi(model, texts, pred, f) for model, f in zip(self.models, feats)]
         return Queries(self._through_kernels(torch.cat(phis, dim=1)), pred, probs)
 
     def describe(self) -> dict:
