@@ -224,7 +224,9 @@ def explain(
     method: Optional[str] = typer.Option(None, help=f"{', '.join(method_names())} (default: {DEFAULT_METHOD} "
                                          "when it is indexed, else an indexed one; it is named)."),
     top: int = typer.Option(10, "--top", "-k", help="Supporting and opposing examples to show."),
-    score: str = typer.Option(None, "--score", help="cosine or raw (default: cosine, the benchmark's winner)."),
+    score: Optional[str] = typer.Option(None, "--score", help="cosine (similar effect: names planted causes best) or "
+                                        "raw (counterfactual: predicts retraining best). Default: both tables when "
+                                        "both are indexed; cosine for --json and the plot."),
     queries: Optional[Path] = typer.Option(None, "--queries", help="A file of inputs, one per line."),
     aggregate: bool = typer.Option(False, "--aggregate", help="Explain the --queries set as a whole (summed query "
                                    "vectors): the training examples behind the model's behaviour on the slice."),
@@ -241,7 +243,8 @@ def explain(
 ) -> None:
     """The training examples that most support and most oppose the model's prediction for an input."""
     from datablame.index.explain import Explainer, default_method
-    from datablame.index.search import DEFAULT_SCORING, SCORINGS
+    from datablame.index.search import DEFAULT_SCORING, SCORINGS, VectorIndex
+    from datablame.influence.workdir import Workdir
     from datablame.influence.build import CURVATURES, METHODS
     from datablame.influence.errors import DatablameError
 
@@ -265,14 +268,19 @@ def explain(
     overlong = explainer.overlong(texts)
     if overlong:  # shown even with -q: the explanation is of the truncated input
         typer.echo(truncation_warning(overlong, len(texts), explainer.max_length), err=True)
+    # without --score, the table shows both lists when both are indexed: each answers its own question
+    both = score is None and not as_json and VectorIndex.paths(Workdir(workdir).index_dir, method, "raw")[1].is_file()
+    explainers = [explainer, explainer.with_scoring("raw")] if both else [explainer]
     with progress_bar("explain", quiet or len(texts) == 1) as update:
-        results = [explainer.explain_aggregate(texts, top, update)] if aggregate else \
-            explainer.explain(texts, top, update)
+        runs = [[e.explain_aggregate(texts, top, update)] if aggregate else e.explain(texts, top, update)
+                for e in explainers]
+    results = runs[0]
     if as_json:
         print(explanation_json(results, single=aggregate or queries is None))
     else:
-        for result in results:
-            print_explanation(result)
+        for per_input in zip(*runs):
+            for i, result in enumerate(per_input):
+                print_explanation(result, header=i == 0)
     if plot:
         paths = [explanation_plot(workdir, r) for r in results]
         if not quiet:

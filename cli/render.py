@@ -70,13 +70,21 @@ def _table(title: str, rows: list[Neighbour], style: str) -> Table:
     return table
 
 
-def print_explanation(result: Explanation) -> None:
-    """The prediction, then the supporting and opposing training examples as tables, then the timing."""
+QUESTIONS = {"raw": "counterfactual: the training examples whose removal would change this prediction most",
+             "cosine": "similar effect: the training examples that pull the model the same way as this input"}
+"""The question each scoring answers (raw predicts retraining best, cosine names planted causes best)."""
+
+
+def print_explanation(result: Explanation, header: bool = True) -> None:
+    """The prediction (unless ``header`` is False: a second scoring of the same input), the question the scoring
+    answers, the supporting and opposing training examples as tables, then the timing."""
     p = result.prediction
     what = result.text if isinstance(result.text, str) else f"{len(result.text)} inputs (aggregate)"
-    stdout.print(f"[bold]{what}[/bold]")
     counts = f"  {p['counts']}" if "counts" in p else ""
-    stdout.print(f"prediction: [bold]{p['label']}[/bold] (probability {p['probability']:.3f}){counts}")
+    if header:
+        stdout.print(f"[bold]{what}[/bold]")
+        stdout.print(f"prediction: [bold]{p['label']}[/bold] (probability {p['probability']:.3f}){counts}")
+    stdout.print(f"[italic]{result.scoring}: {QUESTIONS[result.scoring]}[/italic]")
     stdout.print(_table(f"supporting ({result.method}, {result.scoring})", result.supporting, "green"))
     stdout.print(_table(f"opposing ({result.method}, {result.scoring})", result.opposing, "red"))
     t = result.timing

@@ -11,6 +11,7 @@ query pays for LiSSA once.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -161,7 +162,7 @@ class Explainer:
             settings.lissa = replace(settings.lissa, damping=None if damping == "auto" else damping)
         built = build_method(self.workdir, method, settings, fit=False)
         self.index.check_fresh(built.key)
-        self.method, self.train, self.settings = built.method, built.train, settings
+        self.method, self.train, self.settings, self.key = built.method, built.train, settings, built.key
         self.spec = method_spec(method)
         finalized = VectorStore(self.workdir.vectors_dir(method)).finalized(built.key)
         if finalized:
@@ -169,6 +170,13 @@ class Explainer:
         query_side = {f: settings.to_dict()[f] for f in self.spec.query_fields}
         self.cache = QueryCache(self.workdir.queries_cache(method),
                                 {"key": built.key, **query_side}) if cache else None
+
+    def with_scoring(self, scoring: str) -> "Explainer":
+        """The same explainer (model, query side, query cache) over the index of another scoring."""
+        other = copy.copy(self)
+        other.index = VectorIndex.load(self.workdir.index_dir, self.index.meta.method, scoring)
+        other.index.check_fresh(self.key)
+        return other
 
     def overlong(self, texts: Sequence[Text]) -> dict[int, int]:
         """{position: token count} of the inputs longer than the workdir's max_length (``self.max_length``), which

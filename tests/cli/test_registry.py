@@ -74,3 +74,13 @@ def test_explain_without_method_uses_the_indexed_one(trained_workdir, tmp_path):
     r = datablame("explain", wd, "goal team the very", "--top", "2", "--json", "--no-plot")
     assert r.returncode == 0, r.stderr
     assert "explaining with tracin (influence is not indexed)" in r.stderr and '"method": "tracin"' in r.stdout
+
+
+def test_explain_shows_both_questions_when_both_scorings_are_indexed(trained_workdir, tmp_path):
+    wd = shutil.copytree(trained_workdir, tmp_path / "wd", ignore=shutil.ignore_patterns("index", "vectors"))
+    index_workdir(wd, "tracin", MethodSettings(params=["head"], device="cpu"))  # cosine and raw
+    r = datablame("explain", wd, "goal team the very", "--method", "tracin", "--top", "2", "--no-plot")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("prediction:") == 1
+    assert "supporting (tracin, cosine)" in r.stdout and "supporting (tracin, raw)" in r.stdout
+    assert "similar effect" in r.stdout and "counterfactual" in r.stdout
