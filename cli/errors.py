@@ -12,7 +12,6 @@ import sys
 import traceback
 from typing import Callable, TypeVar
 
-import click
 import typer
 
 from datablame.influence.errors import DatablameError
@@ -37,9 +36,9 @@ def report_errors(fn: F) -> F:
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             raise typer.Exit(130) from None
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
-            raise  # click's own ways to end a command, not failures
         except Exception as exc:
+            if type(exc).__module__.split(".")[0] in ("typer", "click"):
+                raise  # the CLI framework's own ways to end a command (exit, abort, usage), not failures
             verbose = bool(kwargs.get("verbose"))
             if verbose:
                 traceback.print_exc(file=sys.stderr)

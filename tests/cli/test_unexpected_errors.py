@@ -42,3 +42,14 @@ def test_command_without_verbose_option(monkeypatch, tmp_path):
     assert r.exit_code == 1, r.output
     assert r.stderr.splitlines() == [f"error: unexpected RuntimeError: index file is corrupt (this is a bug in "
                                      f"datablame; report it at {ISSUES_URL})"]
+
+
+def test_the_frameworks_own_exit_is_not_a_bug(monkeypatch, tmp_path):
+    import typer
+
+    def stop(*args, **kwargs):
+        raise typer.Exit(3)
+
+    monkeypatch.setattr("datablame.index.explain.Explainer.__init__", stop)
+    r = CliRunner().invoke(app, ["explain", str(tmp_path), "goal team", "--method", "tracin"])
+    assert r.exit_code == 3 and "bug" not in r.output
