@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from datablame.influence.errors import DatablameError
+from datablame.influence.errors import DatablameError, check_choice
 from datablame.influence.atomic import atomic_write_json
 from datablame.influence.workdir import Workdir
 
@@ -148,8 +148,7 @@ def run_demo(out: Path, quiet: bool = False, verbose: bool = False, encoder: str
 
     from .render import print_explanation
 
-    if encoder not in ENCODERS:
-        raise DatablameError(f"unknown encoder {encoder!r}", f"choose one of {', '.join(ENCODERS)}")
+    check_choice("encoder", encoder, ENCODERS)
     out = Path(out).resolve()
     prepare_out(out)
     phase = Phases(quiet)

@@ -109,13 +109,10 @@ DEVICE = typer.Option("auto", help="auto, cpu or cuda.")
 
 
 def _choose(what: str, option: str, value: Optional[str], choices: tuple[str, ...]) -> None:
-    """Refuse a ``value`` of ``option`` that is not among ``choices`` (the library's own list) in one line,
-    ``unknown WHAT 'VALUE'`` as the library says it, with the choices; the commands call it before anything
-    loads. None (an option left unset) passes."""
-    from datablame.influence.errors import DatablameError
+    """Refuse an option's value outside the library's own list before anything loads (see ``check_choice``)."""
+    from datablame.influence.errors import check_choice
 
-    if value is not None and value not in choices:
-        raise DatablameError(f"unknown {what} {value!r}", f"give {option} one of {', '.join(choices)}")
+    check_choice(what, value, choices, option)
 
 
 def _settings(params: Optional[List[str]], dim: Optional[int], projection: str, seed: int, lam: float, device: str,

@@ -25,7 +25,7 @@ import numpy as np
 
 from datablame.influence.atomic import atomic_path, atomic_write_json
 from datablame.influence.build import key_changes
-from datablame.influence.errors import DatablameError
+from datablame.influence.errors import DatablameError, check_choice
 
 SCORINGS = ("cosine", "raw")
 DEFAULT_SCORING = "cosine"  # bench/artifacts.py: cosine names planted causes, raw names large-gradient examples
@@ -58,8 +58,7 @@ class IndexMeta:
 def prepare(vectors: np.ndarray, scoring: str) -> np.ndarray:
     """(m, D) float32 rows as the index of ``scoring`` holds or searches them (unit rows for cosine; zero rows
     stay zero)."""
-    if scoring not in SCORINGS:
-        raise DatablameError(f"unknown scoring {scoring!r}", f"choose one of {', '.join(SCORINGS)}")
+    check_choice("scoring", scoring, SCORINGS)
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     if scoring == "cosine":
         norms = np.linalg.norm(x, axis=1, keepdims=True)
@@ -149,8 +148,7 @@ class VectorIndex:
 
     @classmethod
     def load(cls, folder: str | os.PathLike, method: str, scoring: str) -> "VectorIndex":
-        if scoring not in SCORINGS:
-            raise DatablameError(f"unknown scoring {scoring!r}", f"choose one of {', '.join(SCORINGS)}")
+        check_choice("scoring", scoring, SCORINGS)
         index_path, meta_path = cls.paths(folder, method, scoring)
         if not (index_path.is_file() and meta_path.is_file()):
             raise DatablameError(f"no {scoring} index for {method} in {Path(folder)}",

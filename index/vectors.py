@@ -26,7 +26,7 @@ import torch
 
 from datablame.influence.build import Built, MethodSettings, build_method, key_changes
 from datablame.influence.data import Examples
-from datablame.influence.errors import DatablameError
+from datablame.influence.errors import DatablameError, check_choice
 from datablame.influence.lissa import Progress
 from datablame.influence.methods import Method, compute_train_vectors
 from datablame.influence.atomic import atomic_write_bytes, atomic_write_json
@@ -81,8 +81,7 @@ class VectorStore:
     def compute(self, method: Method, train: Examples, key: dict, dtype: str = "float32", shard_size: int = 4096,
                 batch_size: int = 32, progress: Progress | None = None) -> Manifest:
         """Compute the missing shards, then the self-influence; returns the finished manifest."""
-        if dtype not in DTYPES:
-            raise DatablameError(f"unknown dtype {dtype!r}", f"choose one of {', '.join(DTYPES)}")
+        check_choice("dtype", dtype, DTYPES)
         manifest = self.manifest()
         wanted = Manifest(key=key, n=len(train), dim=method.dim, dtype=dtype, shard_size=shard_size)
         changed = ["settings"] if manifest is None else \

@@ -10,7 +10,7 @@ from typing import Sequence
 from torch import nn
 
 from .data import Examples
-from .errors import DatablameError
+from .errors import DatablameError, check_choice
 from .features import FeatureCache
 from .grads import num_params, only_head, select_params
 from .lissa import LissaConfig, Progress
@@ -147,8 +147,7 @@ def build_method(workdir: str | Workdir, name: str, settings: MethodSettings = M
     distinct encoder, ever. ``fit`` False skips what only the training side needs (the representer's refit).
     """
     spec = method_spec(name)
-    if settings.curvature not in CURVATURES:
-        raise DatablameError(f"unknown curvature {settings.curvature!r}", f"choose one of {', '.join(CURVATURES)}")
+    check_choice("curvature", settings.curvature, CURVATURES)
     wd = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
     config = wd.load()
     train = wd.load_examples(config)

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .data import Examples
-from .errors import DatablameError
+from .errors import DatablameError, check_choice
 from .heads import fit_softmax_head, with_bias
 from .registry import method_names, method_spec
 from .lissa import Progress
@@ -67,8 +67,7 @@ class LabelIssues:
 
 def scan_weights(method: str) -> dict[str, float]:
     """The signal weights of a scan method."""
-    if method not in SCAN_METHODS:
-        raise DatablameError(f"unknown scan method {method!r}", f"choose one of {', '.join(SCAN_METHODS)}")
+    check_choice("scan method", method, SCAN_METHODS)
     return SCAN_METHODS[method]
 
 

@@ -14,7 +14,7 @@ import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from .errors import DatablameError
+from .errors import check_choice
 
 if TYPE_CHECKING:
     from .build import BuildContext
@@ -65,6 +65,5 @@ def method_spec(name: str) -> MethodSpec:
     known ones."""
     if name not in _REGISTRY and name in MODULES:
         importlib.import_module(MODULES[name])
-    if name not in _REGISTRY:
-        raise DatablameError(f"unknown method {name!r}", f"choose one of {', '.join(method_names())}")
+    check_choice("method", name, method_names())
     return _REGISTRY[name]

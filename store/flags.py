@@ -16,7 +16,7 @@ from typing import Sequence
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from datablame.influence.errors import DatablameError
+from datablame.influence.errors import DatablameError, check_choice
 
 from .db import Database
 from .schema import FLAG_KINDS, FLAG_SOURCES, FLAG_STATUSES, Dataset, Example, Flag, utcnow
@@ -48,14 +48,6 @@ def default_reviewer() -> str:
         return ""
 
 
-def _check_choice(value: str | None, choices: Sequence[str], option: str) -> None:
-    """Refuse a value outside ``choices``; ``option``: the CLI option (``--kind``) or, for a setting the CLI does
-    not expose, its name."""
-    if value is not None and value not in choices:
-        use = f"use {option} {'|'.join(choices)}" if option.startswith("--") else f"use one of {', '.join(choices)}"
-        raise DatablameError(f"unknown {option.lstrip('-')} {value!r}", use)
-
-
 def label_index(dataset: Dataset, label: str) -> int:
     """The index of a label name of ``dataset``."""
     if label not in dataset.label_names:
@@ -66,8 +58,8 @@ def label_index(dataset: Dataset, label: str) -> int:
 
 def list_flags(db: Database, dataset: Dataset, status: str | None = None, kind: str | None = None) -> list[FlagView]:
     """The dataset's flags, oldest first, optionally of one status and one kind."""
-    _check_choice(status, FLAG_STATUSES, "--status")
-    _check_choice(kind, FLAG_KINDS, "--kind")
+    check_choice("status", status, FLAG_STATUSES, "--status")
+    check_choice("kind", kind, FLAG_KINDS, "--kind")
     query = (select(Flag, Example).join(Example, (Example.dataset_id == Flag.dataset_id)
                                         & (Example.id == Flag.example_id))
              .where(Flag.dataset_id == dataset.id).order_by(Flag.id))
@@ -111,7 +103,7 @@ def set_status(db: Database, dataset: Dataset, ids: Sequence[int], status: str, 
 
     An unknown id changes nothing and raises DatablameError.
     """
-    _check_choice(status, ("accepted", "rejected", "open"), "status")
+    check_choice("status", status, ("accepted", "rejected", "open"))
     return _update(db, dataset, ids, status=status, who=who if who is not None else default_reviewer())
 
 
@@ -128,8 +120,8 @@ def relabel(db: Database, dataset: Dataset, flag_id: int, label: str, who: str |
 def add_flag(db: Database, dataset: Dataset, example_id: int, kind: str, note: str = "", source: str = "user",
              suggested_label: str | None = None, who: str | None = None) -> int:
     """Flag an example (by id, its 0-based row); returns the new flag's id. One flag per example and kind."""
-    _check_choice(kind, FLAG_KINDS, "--kind")
-    _check_choice(source, FLAG_SOURCES, "source")
+    check_choice("kind", kind, FLAG_KINDS, "--kind")
+    check_choice("source", source, FLAG_SOURCES)
     suggested = None if suggested_label is None else label_index(dataset, suggested_label)
     now = utcnow()
     with db.transaction() as session:
