@@ -33,7 +33,7 @@ from .errors import DatablameError
 from .features import FeatureCache
 from .models import load_classifier
 from .task import logits_and_features_of
-from .workdir import OWNED, Checkpoint, Config, Workdir, weights_digest
+from .workdir import Checkpoint, Config, Workdir, weights_digest
 
 TrainProgress = Callable[[int, int, float], None]
 """progress(step, total_steps, loss): called after every optimizer step (loss in nats)."""
@@ -143,13 +143,12 @@ def _resumable(wd: Workdir, examples: Examples, base_model: str, settings: Train
         if differs:
             log.info("%s holds an interrupted run of other %s: training from scratch", wd.root, ", ".join(differs))
             return None
-        for ck in checkpoints:
-            folder = wd.checkpoint_path(ck)
-            if not folder.is_dir() or weights_digest(folder, wd.digest_cache) != ck.digest:
-                log.info("checkpoint %s of the interrupted run is missing or changed: training from scratch", folder)
-                return None
+        wd.verify(checkpoints)
         state = torch.load(wd.checkpoint_path(checkpoints[-1]) / STATE, map_location="cpu", weights_only=True)
         return _Resume(run, checkpoints, int(record["epoch"]), int(record["position"]), record["features"], state)
+    except DatablameError as exc:  # a recorded checkpoint is missing or its weights changed
+        log.info("the interrupted run in %s cannot be continued (%s): training from scratch", wd.root, exc)
+        return None
     except (OSError, ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
         log.info("the record of the interrupted run in %s is unreadable (%s: %s): training from scratch", wd.root,
                  type(exc).__name__, exc)
@@ -202,15 +201,14 @@ def refuse_foreign(wd: Workdir) -> None:
     root = wd.root
     if root.exists() and not root.is_dir():
         raise DatablameError(f"--out {root} is a file", "give a folder for the workdir")
-    if root.is_dir() and any(root.iterdir()) and not any((root / name).exists() for name in OWNED):
+    if root.is_dir() and any(root.iterdir()) and not any(p.exists() for p in wd.own_paths):
         raise DatablameError(f"--out {root} is a folder with other files, not a datablame workdir",
                              "give a new or empty folder, or an existing workdir to retrain into")
 
 
 def clear_for_training(wd: Workdir) -> None:
-    """Make ``wd`` ready for new checkpoints: new, empty, or a workdir whose derived artifacts are removed, so that
-    nothing computed from old weights is left beside the new ones. Any other folder is refused."""
-    refuse_foreign(wd)
+    """Make ``wd`` (new, empty, or a workdir: :func:`refuse_foreign` has passed) ready for new checkpoints: its
+    derived artifacts are removed, so that nothing computed from old weights is left beside the new ones."""
     root = wd.root
     removed = [path for path in wd.derived if path.exists()]
     for path in removed:
@@ -343,8 +341,6 @@ def init_workdir(workdir: str | Path, examples: Examples, checkpoints: list[str 
         lrs = lrs * len(paths) if len(lrs) == 1 else (lrs or [1.0] * len(paths))
         cks = [Checkpoint(path=str(p.resolve()), learning_rate=float(lr), step=i) for i, (p, lr) in
                enumerate(zip(paths, lrs))]
-    wd = Workdir(workdir)
-    cks = [wd.record(c) for c in cks]
     names = model_label_order(cks[0].path, examples.label_names)
     if names != examples.label_names:
         order = {n: i for i, n in enumerate(names)}
@@ -361,9 +357,10 @@ def init_workdir(workdir: str | Path, examples: Examples, checkpoints: list[str 
             raise DatablameError(f"checkpoint {ck.path} does not match {reference[0]} (parameter {diff} differs)",
                                  "pass checkpoints of one model architecture")
         del model
+    wd = Workdir(workdir)  # written only once every checkpoint passed: digests, then config.json
     config = Config(data_path=examples.path, data_fingerprint=examples.fingerprint,
                     text_columns=list(examples.text_columns), label_column=examples.label_column,
-                    label_names=names, checkpoints=cks, max_length=max_length, base_model=cks[0].path,
+                    label_names=names, checkpoints=[wd.record(c) for c in cks], max_length=max_length, base_model=cks[0].path,
                     encoding=examples.encoding)
     wd.save(config)
     return config

@@ -27,9 +27,6 @@ from .tables import DEFAULT_ENCODING
 CONFIG_NAME = "config.json"
 CONFIG_VERSION = 1
 STORE_NAME = "datablame.db"
-OWNED = ("config.json", "datablame.db", "datablame.db-wal", "datablame.db-shm", "datablame.db-journal",
-         "checkpoints", "vectors", "index", "cache", "plots", "report.html", "demo.json", "exports.json")
-"""Names at the top of a workdir that datablame itself writes and reads back: never an export's target."""
 
 
 @dataclass
@@ -130,12 +127,12 @@ class Workdir:
         atomic_write_json(self.config_path, asdict(config))
 
     def owns(self, path: str | os.PathLike) -> bool:
-        """Whether ``path`` is (inside) one of the workdir's own files or folders (:data:`OWNED`)."""
+        """Whether ``path`` is (inside) one of the workdir's own files or folders (:attr:`own_paths`)."""
         try:
             top = Path(path).resolve().relative_to(self.root.resolve()).parts[:1]
         except ValueError:
             return False
-        return bool(top) and top[0] in OWNED
+        return bool(top) and top[0] in {p.name for p in self.own_paths}
 
     def checkpoint_path(self, ck: Checkpoint) -> Path:
         p = Path(ck.path)
@@ -153,28 +150,38 @@ class Workdir:
         """The record of an unfinished ``train`` run (inside ``checkpoints/``, so cleared with them)."""
         return self.checkpoints_dir / "progress.json"
 
+    @property
+    def vectors_root(self) -> Path:
+        """``WORKDIR/vectors/``: one folder of training vectors per method."""
+        return self.root / "vectors"
+
     def vectors_dir(self, method: str) -> Path:
         """``WORKDIR/vectors/<method>/``: shards, manifest, self-influence, finalized arrays."""
-        return self.root / "vectors" / method
+        return self.vectors_root / method
 
     @property
     def index_dir(self) -> Path:
         """``WORKDIR/index/``: ``<method>-<scoring>.faiss`` and its ``.json`` meta."""
         return self.root / "index"
 
+    @property
+    def cache_dir(self) -> Path:
+        """``WORKDIR/cache/``: what is kept to spare work (query vectors, features, digests)."""
+        return self.root / "cache"
+
     def queries_cache(self, method: str) -> Path:
         """``WORKDIR/cache/queries/<method>/``: cached query vectors."""
-        return self.root / "cache" / "queries" / method
+        return self.cache_dir / "queries" / method
 
     @property
     def features_cache(self) -> Path:
         """``WORKDIR/cache/features/``: training features per encoder."""
-        return self.root / "cache" / "features"
+        return self.cache_dir / "features"
 
     @property
     def digest_cache(self) -> Path:
         """``WORKDIR/cache/digests.json``: weight-file digests by (size, mtime)."""
-        return self.root / "cache" / "digests.json"
+        return self.cache_dir / "digests.json"
 
     @property
     def plots_dir(self) -> Path:
@@ -201,13 +208,21 @@ class Workdir:
         """What is computed from the checkpoints' weights, replaced when training into the workdir again (config
         first: a half-cleared folder is no workdir). The store (reviews, keyed by the data's content), the
         content-keyed feature and digest caches and the exports stay."""
-        return [self.config_path, self.checkpoints_dir, self.root / "vectors", self.index_dir,
-                self.root / "cache" / "queries", self.plots_dir, self.report_path]
+        return [self.config_path, self.checkpoints_dir, self.vectors_root, self.index_dir,
+                self.cache_dir / "queries", self.plots_dir, self.report_path]
 
     @property
     def exports_record(self) -> Path:
         """``WORKDIR/exports.json``: the files ``export`` wrote inside the workdir."""
         return self.root / "exports.json"
+
+    @property
+    def own_paths(self) -> list[Path]:
+        """Everything at the top of the workdir that datablame itself writes and reads back (the store with its
+        SQLite side files): never an export's target, and the sign of a workdir to train into."""
+        store = [self.store_path.with_name(self.store_path.name + end) for end in ("", "-wal", "-shm", "-journal")]
+        return [self.config_path, *store, self.checkpoints_dir, self.vectors_root, self.index_dir, self.cache_dir,
+                self.plots_dir, self.report_path, self.demo_marker, self.exports_record]
 
     def record(self, ck: Checkpoint) -> Checkpoint:
         """``ck`` with the digest of its weights as they are now."""

@@ -117,3 +117,12 @@ def test_a_bad_base_model_leaves_the_workdir_as_it_was(trained_workdir, tiny_exa
     with pytest.raises(DatablameError, match="model folder .* not found"):
         train(tiny_examples, str(tmp_path / "no-such-model"), wd, TrainSettings(**FAST))
     assert sorted(p.relative_to(wd) for p in wd.rglob("*")) == before
+
+
+def test_a_refused_init_writes_nothing(trained_workdir, tiny_examples, tmp_path):
+    from conftest import build_tiny_bert
+
+    four = build_tiny_bert(tmp_path / "four", num_labels=4)
+    with pytest.raises(DatablameError, match="predicts 4 classes"):
+        init_workdir(tmp_path / "wd", tiny_examples, [trained_workdir / "checkpoints" / "ck-000", four])
+    assert not (tmp_path / "wd").exists()
