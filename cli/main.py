@@ -80,15 +80,18 @@ def init(
     label_column: str = LABEL_COLUMN,
     encoding: str = ENCODING,
     max_length: int = typer.Option(128, help="Tokens per input; longer inputs are truncated."),
+    quiet: bool = QUIET, verbose: bool = VERBOSE,
 ) -> None:
     """Make a workdir from models trained elsewhere (a Hugging Face Trainer output folder is understood)."""
     from datablame.influence.data import load_examples
     from datablame.influence.train import init_workdir
     from datablame.influence.workdir import describe_checkpoints
 
+    log_verbosely(verbose)
     examples = load_examples(data, text_column, label_column, encoding=encoding)
     config = init_workdir(workdir, examples, list(checkpoint), lr, max_length)
-    console.print(f"{len(config.checkpoints)} checkpoints: {describe_checkpoints(config.checkpoints)}")
+    if not quiet:
+        console.print(f"{len(config.checkpoints)} checkpoints: {describe_checkpoints(config.checkpoints)}")
     print(workdir)
 
 
@@ -234,20 +237,28 @@ def explain(
     flag: Optional[str] = typer.Option(None, "--flag", help="Record the supporting examples in the store as open "
                                        "flags of this kind (e.g. biased: the causes of a slice's behaviour)."),
     db: Optional[str] = typer.Option(None, "--db", help="SQLAlchemy URL of the store (with --flag)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-    plot: bool = typer.Option(True, "--plot/--no-plot", help="Write a bar chart per explanation to WORKDIR/plots."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: one object, or for --queries a list streamed "
+                                 "as each batch is done."),
+    jsonl: bool = typer.Option(False, "--jsonl", help="Print JSON Lines: one object per input, in input order, as "
+                               "each batch is done (for large batches)."),
+    plot: Optional[bool] = typer.Option(None, "--plot/--no-plot", help="Write a bar chart to WORKDIR/plots. Default: "
+                                        "for a single input or an --aggregate; --plot on a batch writes one summary "
+                                        "chart (the training examples behind most inputs)."),
+    plot_each: bool = typer.Option(False, "--plot-each", help="Also write one bar chart per input of a batch."),
     device: str = DEVICE, quiet: bool = QUIET, verbose: bool = VERBOSE,
 ) -> None:
-    """The training examples that most support and most oppose the model's prediction for an input."""
-    from datablame.index.explain import Explainer, default_method
+    """The training examples that most support and most oppose the model's prediction for an input.
+
+    A --queries batch is explained in batches of inputs, each printed as soon as it is done."""
+    from datablame.index.explain import Explainer, Tally, default_method, explain_batches
     from datablame.index.search import DEFAULT_SCORING, SCORINGS, VectorIndex
     from datablame.influence.workdir import Workdir
     from datablame.influence.build import CURVATURES, METHODS
     from datablame.influence.errors import DatablameError
 
-    from datablame.store.plots import explanation_plot
+    from datablame.store.plots import batch_plot, explanation_plot
 
-    from .render import explanation_json, print_explanation, read_queries, truncation_warning
+    from .render import ExplanationPrinter, read_queries, truncation_warning
 
     log_verbosely(verbose)
     _choose("method", "--method", method, METHODS)
@@ -255,10 +266,12 @@ def explain(
     _choose("curvature", "--curvature", curvature, CURVATURES)
     if top < 1:
         raise DatablameError(f"--top must be at least 1, not {top}", "e.g. --top 10")
+    if as_json and jsonl:
+        raise DatablameError("--json and --jsonl are two formats of one output", "give one of them")
     texts = read_queries(text, queries)
     if method is None:
         method, why = default_method(workdir, score or DEFAULT_SCORING)
-        if why:
+        if why and not quiet:
             console.print(f"explaining with {method} ({why})")
     explainer = Explainer(workdir, method, score or DEFAULT_SCORING, device, curvature,
                           damping=None if damping is None else _damping(damping) or "auto")
@@ -266,24 +279,31 @@ def explain(
     if overlong:  # shown even with -q: the explanation is of the truncated input
         typer.echo(truncation_warning(overlong, len(texts), explainer.max_length), err=True)
     # without --score, the table shows both lists when both are indexed: each answers its own question
-    both = score is None and not as_json and VectorIndex.paths(Workdir(workdir).index_dir, method, "raw")[1].is_file()
+    both = score is None and not (as_json or jsonl) and \
+        VectorIndex.paths(Workdir(workdir).index_dir, method, "raw")[1].is_file()
     explainers = [explainer, explainer.with_scoring("raw")] if both else [explainer]
+    single = aggregate or queries is None
+    printer = ExplanationPrinter("jsonl" if jsonl else "json" if as_json else "table", single)
+    tally = Tally(method, explainer.index.meta.scoring)
+    flagged, plots = [], []
     with progress_bar("explain", quiet or len(texts) == 1) as update:
-        runs = [[e.explain_aggregate(texts, top, update)] if aggregate else e.explain(texts, top, update)
-                for e in explainers]
-    results = runs[0]
-    if as_json:
-        print(explanation_json(results, single=aggregate or queries is None))
-    else:
-        for per_input in zip(*runs):
-            for i, result in enumerate(per_input):
-                print_explanation(result, header=i == 0)
-    if plot:
-        paths = [explanation_plot(workdir, r) for r in results]
-        if not quiet:
-            console.print(f"plot{'s' if len(paths) > 1 else ''} → {paths[0]}" + (" …" if len(paths) > 1 else ""))
+        runs = [tuple(e.explain_aggregate(texts, top, update) for e in explainers)] if aggregate else \
+            explain_batches(explainers, texts, top, update)
+        for per_input in runs:
+            printer.print(per_input)
+            result = per_input[0]
+            tally.add(result)
+            if flag:
+                flagged.append(result)
+            if plot_each or (single and plot is not False):
+                plots.append(explanation_plot(workdir, result))
+    printer.close()
+    if plot and not single:
+        plots.append(batch_plot(workdir, tally))
+    if plots and not quiet:
+        console.print(f"plot{'s' if len(plots) > 1 else ''} → {plots[-1]}" + (" …" if len(plots) > 1 else ""))
     if flag:
-        _flag_supporters(workdir, explainer.train, results, flag, db)
+        _flag_supporters(workdir, explainer.train, flagged, flag, db)
 
 
 def _flag_supporters(workdir: Path, train, results, kind: str, db: Optional[str]) -> None:

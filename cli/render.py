@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import textwrap
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -53,10 +54,33 @@ def truncation_warning(overlong: dict[int, int], inputs: int, max_length: int) -
             f"truncated to {max_length} tokens (up to {max(overlong.values()) - max_length} dropped)")
 
 
-def explanation_json(results: Sequence[Explanation], single: bool) -> str:
-    """One JSON object (a single input or an aggregate), else a JSON list with one object per input."""
-    objs = [r.to_json() for r in results]
-    return json.dumps(objs[0] if single else objs, ensure_ascii=False, indent=2)
+class ExplanationPrinter:
+    """Prints explanations on standard output as they come: ``table`` (readable tables; a second scoring of the
+    same input under the first), ``json`` (one object when ``single``, else a JSON list written element by element,
+    a valid document once closed) or ``jsonl`` (one object per line). Flushed per input, so a pipe sees each one
+    as soon as it is done."""
+
+    def __init__(self, form: str, single: bool):
+        self.form, self.single, self.count = form, single, 0
+
+    def print(self, per_input: Sequence[Explanation]) -> None:
+        """One input's explanations: one per scoring (only the first is printed as JSON)."""
+        if self.form == "table":
+            for i, result in enumerate(per_input):
+                print_explanation(result, header=i == 0)
+        elif self.form == "jsonl":
+            print(json.dumps(per_input[0].to_json(), ensure_ascii=False), flush=True)
+        else:
+            text = json.dumps(per_input[0].to_json(), ensure_ascii=False, indent=2)
+            if not self.single:
+                text = ("[\n" if self.count == 0 else ",\n") + textwrap.indent(text, "  ")
+            print(text, end="" if not self.single else "\n", flush=True)
+        self.count += 1
+
+    def close(self) -> None:
+        """End the JSON list of a batch."""
+        if self.form == "json" and not self.single:
+            print("\n]" if self.count else "[]", flush=True)
 
 
 def _table(title: str, rows: list[Neighbour], style: str) -> Table:

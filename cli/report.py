@@ -19,7 +19,7 @@ import base64
 import datetime as dt
 import html
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -27,11 +27,13 @@ from typing import Any, Optional
 import typer
 
 from .errors import report_errors
+from .progress import QUIET, VERBOSE, log_verbosely
 from .store_commands import DB, WORKDIR
 
 OUT = typer.Option(None, "--out", help="HTML file to write (default: WORKDIR/report.html).")
 STATUS_ORDER = ("open", "accepted", "rejected", "relabeled")
 KIND_ORDER = ("mislabeled", "biased", "duplicate", "other")
+REVIEW_COLUMNS = ("reviewer label", "who", "note")  # of the flags table: shown only when some flag has one
 
 
 @dataclass
@@ -175,7 +177,9 @@ th,td{padding:6px 10px;text-align:left;vertical-align:top;border-bottom:1px soli
 th{background:#eef1f6;font-weight:600;font-size:12px;color:#3a4357;white-space:nowrap}
 tr:last-child td{border-bottom:0}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
-td.text{min-width:180px;max-width:480px;overflow-wrap:anywhere}td.note{min-width:120px;overflow-wrap:anywhere}
+td.text{min-width:180px;overflow-wrap:anywhere}td.note{min-width:120px;overflow-wrap:anywhere}
+table.flags th,table.flags td{width:1%;white-space:nowrap}table.flags .text,table.flags .note{width:auto;
+white-space:normal}
 td.when{white-space:nowrap;color:#5b6475;font-size:12px}
 table.compact{width:auto}table.compact td,table.compact th{padding-right:22px}
 table.kv{width:auto;min-width:360px}table.kv th{text-align:left;background:#f6f8fb}
@@ -213,9 +217,10 @@ def _fmt(value: Any) -> str:
 
 
 def _table(columns: Sequence[str], rows: Sequence[Sequence[str]], classes: Mapping[str, str] | None = None,
-           compact: bool = False) -> str:
+           css_class: str = "") -> str:
     """A table; cells are HTML already (escape before). classes: column → CSS class of its cells ("num", "text");
-    compact: as wide as its content instead of the page."""
+    css_class: the table's CSS class: "compact" (as wide as its content instead of the page) or "flags" (the text and
+    note columns take the width the others, kept to their content, leave)."""
     classes = classes or {}
 
     def cell(tag: str, column: str, content: str) -> str:
@@ -224,7 +229,7 @@ def _table(columns: Sequence[str], rows: Sequence[Sequence[str]], classes: Mappi
 
     head = "".join(cell("th", c, _e(c)) for c in columns)
     body = "".join("<tr>" + "".join(cell("td", c, v) for c, v in zip(columns, row)) + "</tr>" for row in rows)
-    opening = '<table class="compact">' if compact else "<table>"
+    opening = f'<table class="{css_class}">' if css_class else "<table>"
     return f"{opening}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -265,7 +270,7 @@ def _summary_section(summary: Summary, flags: Sequence) -> str:
                 + [str(sum(f.kind == k for f in flags))] for k in kinds]
         parts.append("<h3>Flags by kind and status</h3>"
                      + _table(["kind", *statuses, "total"], rows, dict.fromkeys([*statuses, "total"], "num"),
-                            compact=True))
+                              css_class="compact"))
     return "".join(parts) + "</section>"
 
 
@@ -286,12 +291,20 @@ def _flags_section(summary: Summary, flags: Sequence) -> str:
         rows.append([str(int(f.id)), str(int(f.example_id)), _badge(f.status), _e(f.kind), _e(f.source), label,
                      _e(f.reviewer_label), _e(f.who), _e(f.note), _e(f.text),
                      _e(f.updated_at.strftime("%Y-%m-%d %H:%M"))])
-    table = _table(["flag", "example", "status", "kind", "source", "label → suggested", "reviewer label", "who",
-                    "note", "text", "updated (UTC)"], rows, {"flag": "num", "example": "num", "note": "note",
-                                                          "text": "text", "updated (UTC)": "when"})
+    columns, rows = _drop_empty(["flag", "example", "status", "kind", "source", "label → suggested", "reviewer label",
+                                 "who", "note", "text", "updated (UTC)"], rows, REVIEW_COLUMNS)
+    table = _table(columns, rows, {"flag": "num", "example": "num", "note": "note", "text": "text",
+                                   "updated (UTC)": "when"}, css_class="flags")
     return (f"<section><h2>Flagged examples ({len(flags)})</h2>{table}"
             f'<p class="muted">Review with <code>datablame flags {_e(summary.workdir)} accept|reject|relabel ID'
             f"</code>; <code>datablame export</code> applies the decisions.</p></section>")
+
+
+def _drop_empty(columns: Sequence[str], rows: Sequence[Sequence[str]],
+                optional: Collection[str]) -> tuple[list[str], list[list[str]]]:
+    """The table without those of the ``optional`` columns that are empty in every row."""
+    keep = [i for i, column in enumerate(columns) if column not in optional or any(row[i] for row in rows)]
+    return [columns[i] for i in keep], [[row[i] for i in keep] for row in rows]
 
 
 def _plots_section(plots: Sequence[Plot]) -> str:
@@ -321,12 +334,14 @@ def _details_section(summary: Summary) -> str:
         rows = [[_e(m.get("method")), _e(m.get("scoring")), _e(m.get("kind")), _e(m.get("n")), _e(m.get("dim")),
                  _e(_fmt(m.get("recall_at_10")) or "exact")] for m in summary.indexes]
         parts.append("<h3>Indexes</h3>" + _table(["method", "scoring", "kind", "n", "dim", "recall@10"], rows,
-                                                   dict.fromkeys(["n", "dim", "recall@10"], "num"), compact=True))
+                                                   dict.fromkeys(["n", "dim", "recall@10"], "num"),
+                                                   css_class="compact"))
     if summary.checkpoints:
         rows = [[_e(c["step"]), _e(_fmt(c["learning_rate"])), f"<code>{_e(c['path'])}</code>"]
                 for c in summary.checkpoints]
         parts.append("<h3>Checkpoints</h3>" + _table(["step", "learning rate", "path"], rows,
-                                                       dict.fromkeys(["step", "learning rate"], "num"), compact=True))
+                                                       dict.fromkeys(["step", "learning rate"], "num"),
+                                                       css_class="compact"))
     model = {"data": summary.data_path, "base model": summary.base_model, "labels": ", ".join(summary.label_names),
              "max length": summary.max_length}
     parts.append('<div class="grid"><div><h3>Data and model</h3>' + _kv(model) + "</div>")
@@ -379,8 +394,10 @@ def report(
     workdir: Path = WORKDIR,
     out: Optional[Path] = OUT,
     db: Optional[str] = DB,
+    quiet: bool = QUIET, verbose: bool = VERBOSE,  # quiet: no message to silence; the path on stdout is the result
 ) -> None:
-    """Write one self-contained HTML page: summary, flagged examples with their status, plots."""
+    """Write one self-contained HTML page: summary, flagged examples with their status, plots; print its path."""
+    log_verbosely(verbose)
     print(write_report(workdir, db, out))
 
 

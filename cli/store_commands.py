@@ -6,7 +6,7 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import List, Optional
+from typing import Collection, List, Optional
 
 import typer
 
@@ -19,6 +19,7 @@ DB = typer.Option(None, "--db", help="SQLAlchemy URL of the store (default: SQLi
 WORKDIR = typer.Argument(..., help="Workdir made by 'datablame train' or 'datablame init'.")
 JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
 WHO = typer.Option(None, "--who", help="Reviewer name (default: the user name).")
+IDS = typer.Argument(..., help="Flag ids.")
 
 flags_app = typer.Typer(no_args_is_help=True, help="Review flags: list, accept, reject, relabel, add.")
 
@@ -70,22 +71,43 @@ def scan(
     if json_out:
         print(json.dumps({"method": method, "examples": result.rows()}, ensure_ascii=False))
         return
-    _table(["id", "score", "label", "suggested_label", "text"], result.rows(10),
-           f"most suspicious of {len(result.issues.order)}")
+    _table(f"most suspicious of {len(result.issues.order)}", ["id", "score", "label → suggested", "text"],
+           [[r["id"], f"{r['score']:.3f}", _relabel(r["label"], r["suggested_label"]), r["text"]]
+            for r in result.rows(10)])
     if not quiet:
         console.print(f"{method}: {result.record.flagged} new open 'mislabeled' flags (top {flag_top:.0%}) in "
                       f"{time.perf_counter() - start:.1f} s; review them with 'datablame flags {workdir} list'; "
                       f"plot → {plot}")
 
 
-def _table(columns: list[str], rows: list[dict], title: str) -> None:
+def _table(title: str, columns: list[str], rows: list[list], wrap: Collection[str] = ()) -> None:
+    """Print a table on stdout that fits the terminal's width (COLUMNS; 80 when not a terminal).
+
+    Each row is one line: the last column (the text) gets the width the others leave, and a cell that does not
+    fit is cut with "…". The columns named in ``wrap`` share the width left too, but wrap their cells in full."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(*columns, title=title)
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, no_wrap=column != columns[-1] and column not in wrap)  # no_wrap: keeps its width
     for row in rows:
-        table.add_row(*("" if row[c] is None else str(row[c]) for c in columns))
+        table.add_row(*(_cell(value, column in wrap) for column, value in zip(columns, row)))
     Console().print(table)
+
+
+def _cell(value, wrap: bool):
+    """A table cell: the value as plain text (no rich markup), its whitespace (line breaks too) collapsed to single
+    spaces; cut with "…" where it does not fit, or wrapped if ``wrap``."""
+    from rich.text import Text
+
+    text = " ".join(str("" if value is None else value).split())
+    return Text(text, overflow="fold") if wrap else Text(text, no_wrap=True, overflow="ellipsis")
+
+
+def _relabel(label: str, new_label: Optional[str]) -> str:
+    """``label → new_label``, or just the label when there is no new one."""
+    return label if new_label is None else f"{label} → {new_label}"
 
 
 @flags_app.callback()
@@ -98,41 +120,64 @@ def flags(ctx: typer.Context, workdir: Path = WORKDIR) -> None:
 @report_errors
 def list_flags(ctx: typer.Context, status: Optional[str] = typer.Option(None, help="open|accepted|rejected|relabeled"),
                kind: Optional[str] = typer.Option(None, help="mislabeled|biased|duplicate|other"),
-               json_out: bool = JSON, db: Optional[str] = DB) -> None:
-    """List flags, oldest first."""
+               wide: bool = typer.Option(False, "--wide", "-w", help="Every field (kind, source, reviewer, note, "
+                                         "last change), nothing cut: cells wrap (for a wide terminal)."),
+               json_out: bool = JSON, db: Optional[str] = DB,
+               quiet: bool = QUIET,  # no message to silence: the table is the result
+               verbose: bool = VERBOSE) -> None:
+    """List flags, oldest first: one line each, the label → the suggested (or the reviewer's) label, the text cut
+    to the terminal's width (see --wide, --json)."""
     from datablame.store import flags as store_flags
 
+    log_verbosely(verbose)
     database, dataset = _dataset(ctx.obj, db)
-    found = [asdict(f) | {"updated_at": f.updated_at.isoformat()} for f in
-             store_flags.list_flags(database, dataset, status, kind)]
+    found = store_flags.list_flags(database, dataset, status, kind)
     if json_out:
-        print(json.dumps(found, ensure_ascii=False))
+        print(json.dumps([asdict(f) | {"updated_at": f.updated_at.isoformat()} for f in found], ensure_ascii=False))
     else:
-        _table(["id", "example_id", "kind", "source", "status", "label", "suggested_label", "reviewer_label", "who",
-                "note", "text"], found, f"{len(found)} flags")
+        _flags_table(found, wide)
 
 
-def _set_status(ctx: typer.Context, ids: List[int], status: str, who: Optional[str], db: Optional[str]) -> None:
+def _flags_table(found: list, wide: bool) -> None:
+    """The flags as a table, one line each: id, example, status, label → new label, text (cut); the kind too when
+    they differ. With ``wide``, every field, nothing cut: all but the ids wrap."""
+    columns = {"id": lambda f: f.id, "example": lambda f: f.example_id, "status": lambda f: f.status,
+               "label → suggested": lambda f: _relabel(f.label, f.reviewer_label or f.suggested_label)}
+    if wide or len({f.kind for f in found}) > 1:
+        columns["kind"] = lambda f: f.kind
+    if wide:
+        columns |= {"source": lambda f: f.source, "who": lambda f: f.who, "note": lambda f: f.note,
+                    "updated (UTC)": lambda f: f.updated_at.strftime("%Y-%m-%d %H:%M")}
+    columns["text"] = lambda f: f.text
+    _table(f"{len(found)} flags", list(columns), [[get(f) for get in columns.values()] for f in found],
+           wrap=list(columns)[2:] if wide else ())
+
+
+def _set_status(ctx: typer.Context, ids: List[int], status: str, who: Optional[str], db: Optional[str],
+                quiet: bool, verbose: bool) -> None:
     from datablame.store.flags import set_status
 
+    log_verbosely(verbose)
     database, dataset = _dataset(ctx.obj, db, write=True)
-    console.print(f"{set_status(database, dataset, ids, status, who)} flags {status}")
+    changed = set_status(database, dataset, ids, status, who)
+    if not quiet:
+        console.print(f"{changed} flags {status}")
 
 
 @flags_app.command()
 @report_errors
-def accept(ctx: typer.Context, ids: List[int] = typer.Argument(..., help="Flag ids."), who: Optional[str] = WHO,
-           db: Optional[str] = DB) -> None:
+def accept(ctx: typer.Context, ids: List[int] = IDS, who: Optional[str] = WHO, db: Optional[str] = DB,
+           quiet: bool = QUIET, verbose: bool = VERBOSE) -> None:
     """Accept flags: export applies their suggested label (or drops the examples with --drop)."""
-    _set_status(ctx, ids, "accepted", who, db)
+    _set_status(ctx, ids, "accepted", who, db, quiet, verbose)
 
 
 @flags_app.command()
 @report_errors
-def reject(ctx: typer.Context, ids: List[int] = typer.Argument(..., help="Flag ids."), who: Optional[str] = WHO,
-           db: Optional[str] = DB) -> None:
+def reject(ctx: typer.Context, ids: List[int] = IDS, who: Optional[str] = WHO, db: Optional[str] = DB,
+           quiet: bool = QUIET, verbose: bool = VERBOSE) -> None:
     """Reject flags: export leaves their examples as they are."""
-    _set_status(ctx, ids, "rejected", who, db)
+    _set_status(ctx, ids, "rejected", who, db, quiet, verbose)
 
 
 @flags_app.command()
@@ -140,13 +185,15 @@ def reject(ctx: typer.Context, ids: List[int] = typer.Argument(..., help="Flag i
 def relabel(ctx: typer.Context, flag_id: int = typer.Argument(..., metavar="ID", help="Flag id."),
             label: str = typer.Option(..., "--label", help="The right label."),
             note: Optional[str] = typer.Option(None, help="Why."), who: Optional[str] = WHO,
-            db: Optional[str] = DB) -> None:
+            db: Optional[str] = DB, quiet: bool = QUIET, verbose: bool = VERBOSE) -> None:
     """Give a flagged example the reviewer's label."""
     from datablame.store.flags import relabel as relabel_flag
 
+    log_verbosely(verbose)
     database, dataset = _dataset(ctx.obj, db, write=True)
     relabel_flag(database, dataset, flag_id, label, who, note)
-    console.print(f"flag {flag_id} relabeled {label}")
+    if not quiet:
+        console.print(f"flag {flag_id} relabeled {label}")
 
 
 @flags_app.command()
@@ -155,12 +202,13 @@ def add(ctx: typer.Context, example_id: int = typer.Argument(..., metavar="ID", 
         kind: str = typer.Option(..., help="mislabeled|biased|duplicate|other"),
         note: str = typer.Option("", help="Why."),
         label: Optional[str] = typer.Option(None, "--label", help="Suggested label (for mislabeled)."),
-        who: Optional[str] = WHO, db: Optional[str] = DB) -> None:
-    """Flag an example yourself."""
+        who: Optional[str] = WHO, db: Optional[str] = DB, quiet: bool = QUIET, verbose: bool = VERBOSE) -> None:
+    """Flag an example yourself; prints the new flag's id."""
     from datablame.influence.workdir import Workdir
     from datablame.store.flags import add_flag
     from datablame.store.scans import ensure_dataset, find_dataset
 
+    log_verbosely(verbose)
     config, database = _open(ctx.obj, db)
     ensure_dataset(database, Workdir(ctx.obj).load_examples(config))
     flag = add_flag(database, find_dataset(database, config.data_fingerprint), example_id, kind, note,
@@ -178,6 +226,7 @@ def export(
                                "workdir that export did not write, or an existing folder (adding files, deleting "
                                "nothing). The workdir's own files and the store are never overwritten."),
     db: Optional[str] = DB,
+    quiet: bool = QUIET, verbose: bool = VERBOSE,
 ) -> None:
     """Write the cleaned dataset (reviewers' decisions applied) and a change log beside it (OUT.changes.csv).
 
@@ -185,10 +234,12 @@ def export(
     it did not create (see --force)."""
     from datablame.store.export import export as export_dataset
 
+    log_verbosely(verbose)
     database, dataset = _dataset(workdir, db)
     report = export_dataset(database, dataset, out, fmt, drop, workdir, force)
-    console.print(f"{report.rows} examples ({report.relabeled} relabeled, {report.dropped} dropped) → {report.out}; "
-                  f"changes → {report.changes_path}")
+    if not quiet:
+        console.print(f"{report.rows} examples ({report.relabeled} relabeled, {report.dropped} dropped) → "
+                      f"{report.out}; changes → {report.changes_path}")
     print(report.out)
 
 

@@ -3,6 +3,7 @@
     index_workdir(workdir, "tracin")                 vectors (resumable) + one FAISS index per scoring
     Explainer(workdir, "tracin").explain(["text"])   [Explanation(prediction, supporting, opposing, timing)]
     Explainer(workdir, "tracin").explain_aggregate(texts)   one Explanation for the summed query vectors
+    explain_batches([explainer], texts)              the same as explain, streamed a batch at a time
 
 A query vector u_q comes from the method (:meth:`Method.query_vectors`) and is cached on disk under
 ``WORKDIR/cache/queries/`` (keyed by the index's key, the query-side settings and the text), so an influence
@@ -20,7 +21,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +39,8 @@ from .search import DEFAULT_SCORING, RECALL_QUERIES, SCORINGS, IndexMeta, Vector
 from .vectors import VectorStore, compute_vectors
 
 QUERY_BATCH = 32
+STREAM_BATCH = 256
+"""Inputs per batch of :func:`explain_batches` (query vectors are computed ``QUERY_BATCH`` at a time within it)."""
 log = logging.getLogger(__name__)
 
 
@@ -245,7 +248,12 @@ class Explainer:
         """One explanation per input: its prediction and the ``top`` most supporting and opposing examples."""
         start = time.perf_counter()
         q, cached = self.queries(texts, progress)
-        query_s = time.perf_counter() - start
+        return self.explain_queries(texts, q, cached, time.perf_counter() - start, top)
+
+    def explain_queries(self, texts: Sequence[Text], q: Queries, cached: int, query_s: float,
+                        top: int = 10) -> list[Explanation]:
+        """The explanations of inputs whose query vectors ``q`` (one row per text) are computed already, in
+        ``query_s`` seconds of which ``cached`` came from the cache: one search of this explainer's index."""
         start = time.perf_counter()
         supporting, opposing = self._neighbours(q.vectors.numpy(), top)
         search_s = time.perf_counter() - start
@@ -279,3 +287,42 @@ class Explainer:
                       "counts": {names[k]: c for k, c in sorted(counts.items())}}
         return Explanation(self.index.meta.method, self.index.meta.scoring, [show(t) for t in texts], prediction,
                            supporting[0], opposing[0], self._timing(query_s, search_s, cached, len(texts)))
+
+
+def explain_batches(explainers: Sequence[Explainer], texts: Sequence[Text], top: int = 10,
+                    progress: Progress | None = None, batch: int = STREAM_BATCH) -> Iterator[tuple[Explanation, ...]]:
+    """Explanations in input order, ``batch`` inputs at a time, each yielded as soon as its batch is searched: per
+    input, one :class:`Explanation` per explainer. The explainers share one query side (``with_scoring`` copies of
+    the first), so query vectors are computed once, by the first; memory holds one batch, not the whole run.
+    ``progress(done, total)`` counts the inputs."""
+    first = explainers[0]
+    for lo in range(0, len(texts), batch):
+        chunk = texts[lo:lo + batch]
+        start = time.perf_counter()
+        q, cached = first.queries(chunk, None if progress is None else
+                                  lambda done, _total, lo=lo: progress(lo + done, len(texts)))
+        query_s = time.perf_counter() - start
+        yield from zip(*(e.explain_queries(chunk, q, cached, query_s, top) for e in explainers))
+
+
+@dataclass
+class Tally:
+    """A batch's explanations summed up: how many inputs each training example is among the supporting (and the
+    opposing) ``top`` of; what a one-figure summary of a batch shows. Memory: one entry per distinct example."""
+
+    method: str
+    scoring: str
+    inputs: int = 0
+    supporting: Counter = field(default_factory=Counter)
+    opposing: Counter = field(default_factory=Counter)
+    examples: dict[int, Neighbour] = field(default_factory=dict)
+    digest: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+
+    def add(self, explanation: Explanation) -> None:
+        """Count one input's explanation (its text goes into :attr:`digest`, which names the batch)."""
+        self.inputs += 1
+        self.digest.update(json.dumps(explanation.text, ensure_ascii=False).encode() + b"\n")
+        for counter, rows in ((self.supporting, explanation.supporting), (self.opposing, explanation.opposing)):
+            for n in rows:
+                counter[n.id] += 1
+                self.examples.setdefault(n.id, n)

@@ -27,7 +27,7 @@ from datablame.influence.atomic import atomic_path
 from datablame.influence.workdir import Workdir
 
 if TYPE_CHECKING:
-    from datablame.index.explain import Explanation
+    from datablame.index.explain import Explanation, Tally
 
     from .scans import ScanResult
 
@@ -265,6 +265,20 @@ def explanation_plot(workdir: Path, result: "Explanation") -> Path:
                         [(bar_label(n.id, f"({n.label}) {n.text}"), n.score) for n in result.opposing],
                         f"{what} → {p['label']} ({p['probability']:.2f}); {result.method}, {result.scoring}",
                         Workdir(workdir).plots_dir / f"explain-{result.method}-{digest}.png")
+
+
+def batch_plot(workdir: Path, tally: "Tally", top: int = 12) -> Path:
+    """WORKDIR/plots/explain-METHOD-batch-HASH.png (HASH: of the batch's inputs): the ``top`` training examples
+    most often among the batch's supporting lists (bars > 0) and opposing lists (bars < 0), as counts of inputs."""
+    def bars(counter, sign: int) -> list[tuple[str, float]]:
+        return [(bar_label(i, f"({tally.examples[i].label}) {tally.examples[i].text}"), sign * c)
+                for i, c in counter.most_common(top)]
+
+    return explain_bars(bars(tally.supporting, 1), bars(tally.opposing, -1),
+                        f"{tally.inputs} inputs: the training examples behind most of them; "
+                        f"{tally.method}, {tally.scoring}",
+                        Workdir(workdir).plots_dir / f"explain-{tally.method}-batch-{tally.digest.hexdigest()[:10]}.png",
+                        xlabel="inputs whose top list holds the example (> 0 supporting, < 0 opposing)")
 
 
 def scan_plot(workdir: Path, result: "ScanResult") -> Path:

@@ -99,6 +99,34 @@ def test_render_html_escapes_everything():
     assert_self_contained(page)
 
 
+def flags_table(page: str) -> tuple[list[str], list[str]]:
+    """The flags table's header texts and the CSS classes of its first row's cells."""
+    table = re.search(r'<table class="flags">(.*?)</table>', page).group(1)
+    header = re.findall(r"<th[^>]*>([^<]*)</th>", table)
+    row = re.search(r"<tbody><tr>(.*?)</tr>", table).group(1)
+    return header, [m or "" for m in re.findall(r'<td(?: class="([^"]*)")?>', row)]
+
+
+def test_flags_text_takes_the_width_left():
+    now = dt.datetime(2024, 1, 2, 3, 4)
+    scanned = [FlagView(i, i, "a long text " * 20, "food", "mislabeled", "scan", "tech", "open", None, "", "", now,
+                        1) for i in (1, 2)]
+    summary = report.Summary(workdir="wd", label_names=["food", "tech"], scanned=True)
+    page = report.render_html(summary, scanned, [], None)
+    header, classes = flags_table(page)
+    # no reviewer yet: the reviewer's columns (reviewer label, who, note) are left out
+    assert header == ["flag", "example", "status", "kind", "source", "label → suggested", "text", "updated (UTC)"]
+    assert classes[header.index("text")] == "text"
+    # every other column keeps to its content (width 1%, no wrapping); the text (and note) columns take the rest
+    assert "table.flags th,table.flags td{width:1%;white-space:nowrap}" in page
+    assert re.search(r"table\.flags \.text,table\.flags \.note\{width:auto;\s*white-space:normal\}", page)
+    assert "max-width:480px" not in page
+    reviewed = [scanned[0], FlagView(2, 2, "text", "food", "mislabeled", "scan", "tech", "relabeled", "tech", "",
+                                     "ann", now, 2)]
+    header, _ = flags_table(report.render_html(summary, reviewed, [], None))
+    assert "reviewer label" in header and "who" in header and "note" not in header  # shown once someone has one
+
+
 def test_report_without_scan(trained_workdir, tmp_path):
     out = report.write_report(trained_workdir, out=tmp_path / "r" / "page.html")
     page = out.read_text()
