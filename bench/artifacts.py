@@ -78,7 +78,8 @@ def run(args, seed: int, token: str, tmp: pathlib.Path) -> dict:
     start = time.perf_counter()
     train(examples, minilm(), tmp / "wd", TrainSettings(epochs=args.epochs, lr=args.lr, batch_size=32,
                                                         checkpoints=3, seed=seed, max_length=64,
-                                                        freeze_encoder=True, device="cpu"))
+                                                        freeze_encoder=True, pooling=args.pooling,
+                                                        device="cpu"))
     out: dict = {"seed": seed, "token": token, "train_examples": args.n, "planted": len(planted),
                  "base_rate": len(planted) / args.n, "train_s": round(time.perf_counter() - start, 1)}
     dev = load_examples(args.data / "dev.tsv", "sentence", label_names=examples.label_names)
@@ -157,6 +158,8 @@ def main() -> None:
                         help="sketch dimension (default, as the CLI: exact gradients for the head's 770 parameters)")
     parser.add_argument("--damping", type=lambda v: v if v == "auto" else float(v), default="auto",
                         help="influence functions' λ (default auto, as the CLI: the curvature's mean eigenvalue)")
+    parser.add_argument("--pooling", default="auto", help="what the head reads, as 'datablame train --pooling' "
+                        "(auto: mean for MiniLM; cls: its pooler output)")
     args = parser.parse_args()
     runs = []
     for seed in args.seeds:
@@ -164,7 +167,7 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 runs.append(run(args, seed, token, pathlib.Path(tmp)))
                 print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
-    print(json.dumps({"benchmark": "artifacts", "settings": {"dim": args.dim, "damping": args.damping},
+    print(json.dumps({"benchmark": "artifacts", "settings": {"dim": args.dim, "damping": args.damping, "pooling": args.pooling},
                       "summary": summarize(runs, args.methods), "runs": runs}, indent=2))
 
 

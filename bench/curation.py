@@ -83,7 +83,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     train = bench.load_split(args.data, "train", args.n, args.seed)
     dev = bench.load_split(args.data, "dev", None, args.seed)
-    x, dev_x = bench.encode(train, args.cache), bench.encode(dev, args.cache)
+    x, dev_x = bench.encode(train, args.cache, args.pooling), bench.encode(dev, args.cache, args.pooling)
     result = {"data": {"train": len(train), "dev": len(dev), "seed": args.seed}, "flag_top": args.flag_top,
               "scan": detect.DEFAULT_SCAN, "clean_labels_accuracy": dev_accuracy(x, train.labels, dev_x, dev.labels, args),
               "settings": {}}

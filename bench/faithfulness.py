@@ -351,7 +351,7 @@ def run(args, tmp: pathlib.Path) -> dict:
     examples = subset_file(args.data, "train", args.n, rng, tmp)
     test = subset_file(args.data, "dev", args.test, rng, tmp, examples.label_names)
     settings = TrainSettings(epochs=args.epochs, lr=args.lr, batch_size=16, checkpoints=3, seed=args.seed,
-                             freeze_encoder=True, device="cpu")
+                             freeze_encoder=True, pooling=args.pooling, device="cpu")
     base = str(minilm_path())
     log(f"training the head on {args.n} sentences ({settings})")
     start = time.perf_counter()
@@ -367,7 +367,7 @@ def run(args, tmp: pathlib.Path) -> dict:
     params = num_params(model, select_params(model, task, ["head"]))
     # the head as train() initialises it: load_classifier seeds torch with the seed before building the model
     init = copy.deepcopy(task.head(load_classifier(base, examples.label_names, "cpu", settings.max_length,
-                                                   settings.seed)[0]))
+                                                   settings.seed, settings.pooling)[0]))
     replay = retrain_head(task, init, x, y, np.arange(args.n), settings)
     replay_diff = max(float((a - b).detach().abs().max())
                       for a, b in zip(replay.parameters(), task.head(model).parameters()))
@@ -473,6 +473,8 @@ def main() -> None:
                         "measured configurations checked (raw scores)")
     parser.add_argument("--loo-converge", type=int, metavar="EPOCHS", help="leave-one-out: also retrain the full "
                         "head and every leave-one-out head for EPOCHS epochs (e.g. 200), nearer convergence")
+    parser.add_argument("--pooling", default="auto", help="what the head reads, as 'datablame train --pooling' "
+                        "(auto: mean for MiniLM; cls: its pooler output)")
     parser.add_argument("--quick", action="store_true", help="smoke run: --n 300 --test 20 --subsets 10")
     parser.add_argument("--out", type=pathlib.Path, help="also write the JSON here (atomically)")
     args = parser.parse_args()

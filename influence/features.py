@@ -9,7 +9,7 @@ all, and a later process (``explain``) reads the matrix from disk instead of run
 
     WORKDIR/cache/features/<key>.npy     (n, h) float32, row i = f_i of training example i
 
-``key`` hashes the training texts, the task (its class and ``max_length``) and every parameter and buffer outside
+``key`` hashes the training texts, the task (its class, ``max_length`` and pooling) and every parameter and buffer outside
 the head (names, shapes, dtypes, bytes), so a changed encoder, tokenization length or dataset never reads stale
 features, while checkpoints whose encoders are equal find each other's. Rows live in memory, filled as they are
 asked for; the file is written (temporary name, then rename) once every row is known.
@@ -136,9 +136,10 @@ class FeatureCache:
         self._by_model: list[tuple[nn.Module, TrainFeatures]] = []
 
     def key(self, task: Task, model: nn.Module) -> str:
-        """Hex digest of (training texts, task class and max_length, encoder weights)."""
+        """Hex digest of (training texts, task class, max_length and pooling, encoder weights)."""
+        pooling = getattr(task, "pooling", "cls")  # cls enters no key: caches made before pooling stay valid
         parts = [self._texts, type(task).__name__, str(getattr(task, "max_length", None)),
-                 encoder_digest(task, model)]
+                 *([pooling] if pooling != "cls" else []), encoder_digest(task, model)]
         return hashlib.blake2b("\0".join(parts).encode(), digest_size=16).hexdigest()
 
     def of(self, task: Task, model: nn.Module) -> TrainFeatures:

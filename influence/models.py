@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .errors import DatablameError
+from .pooling import apply_pooling, resolve_pooling
 from .task import HFSequenceClassificationTask
 
 
@@ -27,11 +28,14 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def load_classifier(path: str | os.PathLike, label_names: Sequence[str], device: str | torch.device = "cpu",
-                    max_length: int = 128, seed: int = 0) -> tuple[nn.Module, HFSequenceClassificationTask]:
+                    max_length: int = 128, seed: int = 0,
+                    pooling: str | None = None) -> tuple[nn.Module, HFSequenceClassificationTask]:
     """A sequence classifier with ``len(label_names)`` classes and its Task, from a local folder.
 
     A folder with an encoder only (e.g. all-MiniLM-L6-v2) gets a new head, initialised from ``seed``. The model
     uses eager attention (needed by ``torch.func.vmap``) and is in eval mode. Never touches the network.
+    ``pooling`` (:mod:`.pooling`): what the head reads; None: as the folder's config saved it (the model's own
+    head input when nothing is saved); ``auto``: also follows a sentence-transformers pooling config.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
@@ -64,6 +68,9 @@ def load_classifier(path: str | os.PathLike, label_names: Sequence[str], device:
         finally:
             hf_logging.set_verbosity(verbosity)
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        task = HFSequenceClassificationTask(tokenizer, model, max_length=max_length,
+                                            pooling=resolve_pooling(folder, config, pooling))
+        apply_pooling(model, task.head_name, task.pooling)
     except DatablameError:
         raise
     except (OSError, ValueError, RuntimeError) as exc:
@@ -71,7 +78,7 @@ def load_classifier(path: str | os.PathLike, label_names: Sequence[str], device:
         raise DatablameError(f"could not load a model from {folder}: {first}",
                              "pass a folder with config.json, weights and tokenizer files") from None
     model.to(resolve_device(device) if isinstance(device, str) else device).eval()
-    return model, HFSequenceClassificationTask(tokenizer, model, max_length=max_length)
+    return model, task
 
 
 def model_label_order(path: str | os.PathLike, label_names: Sequence[str]) -> list[str]:

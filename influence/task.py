@@ -116,9 +116,10 @@ class HFSequenceClassificationTask(Task):
     Load models with ``attn_implementation="eager"`` for the same reason.
     """
 
-    def __init__(self, tokenizer, model: nn.Module, max_length: int = 128):
+    def __init__(self, tokenizer, model: nn.Module, max_length: int = 128, pooling: str = "cls"):
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.pooling = pooling  # what the head reads (:mod:`.pooling`); the model's forward is made to match
         self.head_name = find_head(model, model.config.num_labels)
 
     def encode(self, texts: Sequence[Text]) -> Batch:

@@ -29,9 +29,10 @@ import torch
 
 from .atomic import atomic_folder, atomic_write_json
 from .data import Examples
-from .errors import DatablameError
+from .errors import DatablameError, check_choice
 from .features import FeatureCache
 from .models import load_classifier
+from .pooling import POOLINGS
 from .task import logits_and_features_of
 from .workdir import Checkpoint, Config, Workdir, weights_digest
 
@@ -51,12 +52,14 @@ class TrainSettings:
     seed: int = 0
     max_length: int = 128
     freeze_encoder: bool = False
+    pooling: str = "auto"  # what the head reads: auto, cls or mean (see .pooling)
     device: str = "auto"
 
     def check(self) -> None:
         for name in ("epochs", "batch_size", "checkpoints", "max_length"):
             if getattr(self, name) < 1:
                 raise DatablameError(f"--{name.replace('_', '-')} must be at least 1", "pass a positive number")
+        check_choice("pooling", self.pooling, POOLINGS, "--pooling")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise DatablameError(f"--lr must be a positive number, got {self.lr}", "e.g. --lr 5e-5")
 
@@ -232,7 +235,8 @@ def train(examples: Examples, base_model: str, workdir: str | Path, settings: Tr
     resume = _resumable(wd, examples, base_model, settings)
     torch.manual_seed(settings.seed)  # the model loads (and so is checked) before anything of the workdir goes
     model, task = load_classifier(base_model if resume is None else wd.checkpoint_path(resume.checkpoints[-1]),
-                                  examples.label_names, settings.device, settings.max_length, settings.seed)
+                                  examples.label_names, settings.device, settings.max_length, settings.seed,
+                                  settings.pooling)
     if resume is None:
         clear_for_training(wd)
         run, checkpoints = _run_identity(examples, base_model, settings, wd), []
