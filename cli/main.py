@@ -249,6 +249,11 @@ def explain(
                                         "for a single input or an --aggregate; --plot on a batch writes one summary "
                                         "chart (the training examples behind most inputs)."),
     plot_each: bool = typer.Option(False, "--plot-each", help="Also write one bar chart per input of a batch."),
+    verify: bool = typer.Option(False, "--verify", help="Check the explanation by retraining the head (frozen-encoder "
+                                "workdirs): without the top --remove supporters, without random same-label "
+                                "examples, without the top opponents; reports the margin of each."),
+    remove: int = typer.Option(10, "--remove", help="Examples each --verify retraining leaves out."),
+    draws: int = typer.Option(5, "--draws", help="Random removals --verify compares the supporters' against."),
     device: str = DEVICE, quiet: bool = QUIET, verbose: bool = VERBOSE,
 ) -> None:
     """The training examples that most support and most oppose the model's prediction for an input.
@@ -272,6 +277,8 @@ def explain(
         raise DatablameError(f"--top must be at least 1, not {top}", "e.g. --top 10")
     if as_json and jsonl:
         raise DatablameError("--json and --jsonl are two formats of one output", "give one of them")
+    if verify and queries is not None:
+        raise DatablameError("--verify checks one input at a time", "give the input as TEXT, not --queries")
     texts = read_queries(text, queries)
     if method is None:
         method, why = default_method(workdir, score or DEFAULT_SCORING)
@@ -294,6 +301,8 @@ def explain(
         runs = [tuple(e.explain_aggregate(texts, top, update) for e in explainers)] if aggregate else \
             explain_batches(explainers, texts, top, update)
         for per_input in runs:
+            if verify:
+                _verify(explainers, per_input, texts[0], remove, draws, device, quiet)
             printer.print(per_input)
             result = per_input[0]
             tally.add(result)
@@ -308,6 +317,18 @@ def explain(
         console.print(f"plot{'s' if len(plots) > 1 else ''} → {plots[-1]}" + (" …" if len(plots) > 1 else ""))
     if flag:
         _flag_supporters(workdir, explainer.train, flagged, flag, db)
+
+
+def _verify(explainers, results, text: str, remove: int, draws: int, device: str, quiet: bool) -> None:
+    """Attach to each result (one per explainer) the verification of its explanation by retraining."""
+    from datablame.index.verify import verify as run_verification
+
+    if not quiet:
+        console.print(f"verifying: retraining the head {1 + len(explainers) * (draws + 2)} times (without the top "
+                      f"{remove} supporters, {draws} random same-label sets, the top {remove} opponents) on "
+                      f"{len(explainers[0].train)} examples …")
+    for result, check in zip(results, run_verification(explainers, text, remove, draws, device=device)):
+        result.verification = check.to_json()
 
 
 def _flag_supporters(workdir: Path, train, results, kind: str, db: Optional[str]) -> None:

@@ -8,8 +8,10 @@ import textwrap
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 from rich.console import Console
-from rich.table import Table
+from rich.cells import cell_len, set_cell_size
+from rich.text import Text
 
 from datablame.index.explain import Explanation, Neighbour
 from datablame.influence.errors import DatablameError
@@ -83,15 +85,49 @@ class ExplanationPrinter:
             print("\n]" if self.count else "[]", flush=True)
 
 
-def _table(title: str, rows: list[Neighbour], style: str) -> Table:
-    table = Table(title=title, title_justify="left", title_style=f"bold {style}", expand=False)
-    table.add_column("id", justify="right")
-    table.add_column("label")
-    table.add_column("score", justify="right", style=style)
-    table.add_column("text", overflow="fold", max_width=90)
-    for row in rows:
-        table.add_row(str(row.id), row.label, f"{row.score:+.4f}", row.text)
-    return table
+def _table(out: Text, title: str, rows: list[Neighbour], style: str, width: int) -> None:
+    """Append a titled table of training examples to ``out``: id, label, score and the text, one line each, the
+    text cut with "…" to fit ``width`` columns (plain aligned columns: printing thousands is cheap)."""
+    out.append(title + "\n", style=f"bold {style}")
+    scores = [f"{r.score:+.4g}" for r in rows]  # 4 significant digits: raw scores can be 1e-5 or 1e3
+    id_w = max([2] + [len(str(r.id)) for r in rows])
+    label_w = max([5] + [cell_len(r.label) for r in rows])
+    score_w = max([5] + [len(s) for s in scores])
+    text_w = max(20, width - id_w - label_w - score_w - 6)
+    out.append(f"{'id':>{id_w}}  {'label':<{label_w}}  {'score':>{score_w}}  text\n", style="dim")
+    for r, score in zip(rows, scores):
+        text = Text(" ".join(r.text.split()), no_wrap=True)
+        text.truncate(text_w, overflow="ellipsis")
+        out.append(f"{r.id:>{id_w}}  {set_cell_size(r.label, label_w)}  ")
+        out.append(f"{score:>{score_w}}", style=style)
+        out.append("  ")
+        out.append_text(text)
+        out.append("\n")
+
+
+def print_verification(v: dict) -> None:
+    """What retraining without the explanation's examples did to the predicted label's margin (nats; the
+    probability in brackets), and whether the explanation holds (see :mod:`datablame.index.verify`)."""
+    m, p, k = v["margin"], v["probability"], v["k"]
+    rand = np.array(m["without_random"])
+    out = Text(f"verified by retraining the head ({v['seconds']:.1f} s); margin of '{v['label']}' in nats "
+               "(probability):\n", style="bold")
+    rows = [("original", f"{m['original']:+.3f} ({p['original']:.3f})"),
+            (f"without the top {k} supporters", f"{m['without_top']:+.3f} ({p['without_top']:.3f})"
+             + ("  flips the prediction" if v["flipped"] else "")),
+            (f"without {k} random, same labels", f"{rand.mean():+.3f} ± {rand.std():.3f}, min {rand.min():+.3f} "
+             f"({len(rand)} draws)"),
+            (f"without the top {k} opponents", f"{m['without_opposing']:+.3f} ({p['without_opposing']:.3f})")]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        out.append(f"  {name:<{width}}  {value}\n")
+    lower, raise_ = m["without_top"] < rand.min(), m["without_opposing"] > m["original"]
+    out.append("  the explanation ")
+    out.append("holds" if v["holds"] else "does not hold", style="green" if v["holds"] else "red")
+    out.append(": removing the supporters lowers the margin " + ("more than every random removal" if lower else
+               "less than some random removal") + "; removing the opponents " +
+               ("raises" if raise_ else "does not raise") + " it")
+    stdout.print(out)
 
 
 QUESTIONS = {"raw": "counterfactual: the training examples whose removal would change this prediction most",
@@ -104,14 +140,20 @@ def print_explanation(result: Explanation, header: bool = True) -> None:
     answers, the supporting and opposing training examples as tables, then the timing."""
     p = result.prediction
     what = result.text if isinstance(result.text, str) else f"{len(result.text)} inputs (aggregate)"
-    counts = f"  {p['counts']}" if "counts" in p else ""
+    out = Text()
     if header:
-        stdout.print(f"[bold]{what}[/bold]")
-        stdout.print(f"prediction: [bold]{p['label']}[/bold] (probability {p['probability']:.3f}){counts}")
-    stdout.print(f"[italic]{result.scoring}: {QUESTIONS[result.scoring]}[/italic]")
-    stdout.print(_table(f"supporting ({result.method}, {result.scoring})", result.supporting, "green"))
-    stdout.print(_table(f"opposing ({result.method}, {result.scoring})", result.opposing, "red"))
+        out.append(what + "\n", style="bold")
+        out.append("prediction: ")
+        out.append(p["label"], style="bold")
+        out.append(f" (probability {p['probability']:.3f})" + (f"  {p['counts']}" if "counts" in p else "") + "\n")
+    out.append(f"{result.scoring}: {QUESTIONS[result.scoring]}\n", style="italic")
+    for title, rows, style in (("supporting", result.supporting, "green"), ("opposing", result.opposing, "red")):
+        _table(out, f"{title} ({result.method}, {result.scoring})", rows, style, stdout.width)
+    out.rstrip()
+    stdout.print(out, soft_wrap=True)
+    if result.verification:
+        print_verification(result.verification)
     t = result.timing
     cached = " (cached)" if t.get("cached") else ""
-    stdout.print(f"[dim]query vectors {t['query_vectors_s'] * 1000:.0f} ms{cached} ({t['cost']}); "
-                 f"search {t['search_s'] * 1000:.1f} ms ({t['index']} index)[/dim]\n")
+    stdout.print(f"query vectors {t['query_vectors_s'] * 1000:.0f} ms{cached} ({t['cost']}); "
+                 f"search {t['search_s'] * 1000:.1f} ms ({t['index']} index)\n", style="dim", markup=False)

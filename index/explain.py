@@ -105,9 +105,13 @@ class Explanation:
     supporting: list[Neighbour]
     opposing: list[Neighbour]
     timing: dict = field(default_factory=dict)
+    verification: dict | None = None  # from --verify: see .verify.Verification
 
     def to_json(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if self.verification is None:
+            del out["verification"]
+        return out
 
 
 class QueryCache:
@@ -205,9 +209,10 @@ class Explainer:
 
     def queries(self, texts: Sequence[Text], progress: Progress | None = None) -> tuple[Queries, int]:
         """Query vectors of the texts (cached ones read from disk) and how many came from the cache;
-        ``progress(done, total)`` counts the texts."""
+        ``progress(done, total)`` counts the texts. The missing ones are computed ``QUERY_BATCH`` at a time in
+        order of length, so that a batch pads its inputs little (results stay in input order)."""
         rows: list = [self.cache.get(t) if self.cache else None for t in texts]
-        missing = [i for i, row in enumerate(rows) if row is None]
+        missing = sorted((i for i, row in enumerate(rows) if row is None), key=lambda i: len(show(texts[i])))
         log.info("%d queries: %d cached, %d to compute (%s)", len(texts), len(texts) - len(missing), len(missing),
                  self.cost_note)
         for lo in range(0, len(missing), QUERY_BATCH):
@@ -230,14 +235,13 @@ class Explainer:
 
     def _neighbours(self, vectors: np.ndarray, top: int) -> tuple[list[list[Neighbour]], list[list[Neighbour]]]:
         """Supporting (search with u) and opposing (search with −u, scores negated back) lists per (b, D) query."""
-        s_scores, s_ids = self.index.search(vectors, top)
-        o_scores, o_ids = self.index.search(-vectors, top)
-        return ([self._rows(s, i, 1.0) for s, i in zip(s_scores, s_ids)],
-                [self._rows(s, i, -1.0) for s, i in zip(o_scores, o_ids)])
+        s_scores, s_ids, o_scores, o_ids = self.index.search_both(vectors, top)
+        return ([self._rows(s, i) for s, i in zip(s_scores, s_ids)],
+                [self._rows(s, i) for s, i in zip(o_scores, o_ids)])
 
-    def _rows(self, scores: np.ndarray, ids: np.ndarray, sign: float) -> list[Neighbour]:
+    def _rows(self, scores: np.ndarray, ids: np.ndarray) -> list[Neighbour]:
         names = self.train.label_names
-        return [Neighbour(int(i), show(self.train.texts[i]), names[int(self.train.labels[i])], sign * float(s))
+        return [Neighbour(int(i), show(self.train.texts[i]), names[int(self.train.labels[i])], float(s))
                 for s, i in zip(scores, ids) if i >= 0]
 
     def _timing(self, query_s: float, search_s: float, cached: int, n: int) -> dict:

@@ -72,6 +72,10 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean(hits)) if hits else 1.0
 
 
+SCORE_BLOCK = 2 ** 25
+"""Scores (float32: 128 MiB) one matrix product of :meth:`VectorIndex.search_both` computes at most."""
+
+
 class VectorIndex:
     """A FAISS inner-product index with its :class:`IndexMeta`."""
 
@@ -133,6 +137,35 @@ class VectorIndex:
                                  "rebuild the index with 'datablame index'")
         scores, ids = self.index.search(prepare(queries, self.meta.scoring), k)
         return scores, ids
+
+    def search_both(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The top-k and the bottom-k of each (b, D) query: supporting (scores, ids), best first, and opposing
+        (scores, ids), most negative first; as :meth:`search` with ``queries`` and with ``-queries`` (scores
+        negated back). On an exact index both come from one pass over the vectors (one matrix product per block
+        of queries, then a partial sort of each end), half the work of two searches."""
+        k = max(0, min(k, self.meta.n))
+        if not isinstance(self.index, faiss.IndexFlat) or k == 0:
+            s, i = self.search(queries, k)
+            o, j = self.search(-queries, k)
+            return s, i, -o, j
+        if queries.shape[1] != self.meta.dim:
+            self.search(queries, k)  # the same refusal
+        q = prepare(queries, self.meta.scoring)
+        x = faiss.rev_swig_ptr(self.index.get_xb(), self.meta.n * self.meta.dim).reshape(self.meta.n, self.meta.dim)
+        out = [np.zeros((len(q), k), np.float32), np.zeros((len(q), k), np.int64),
+               np.zeros((len(q), k), np.float32), np.zeros((len(q), k), np.int64)]
+        block = max(1, SCORE_BLOCK // self.meta.n)  # queries per matrix product: at most SCORE_BLOCK scores
+        for lo in range(0, len(q), block):
+            scores = q[lo:lo + block] @ x.T  # (b, n)
+            for sign, (s_out, i_out) in ((1.0, out[:2]), (-1.0, out[2:])):
+                signed = sign * scores
+                ids = np.argpartition(-signed, k - 1, axis=1)[:, :k] if k < self.meta.n else \
+                    np.tile(np.arange(self.meta.n), (len(signed), 1))
+                top = np.take_along_axis(signed, ids, 1)
+                order = np.argsort(-top, axis=1, kind="stable")
+                i_out[lo:lo + block] = np.take_along_axis(ids, order, 1)
+                s_out[lo:lo + block] = sign * np.take_along_axis(top, order, 1)
+        return tuple(out)
 
     @staticmethod
     def paths(folder: str | os.PathLike, method: str, scoring: str) -> tuple[Path, Path]:

@@ -81,6 +81,24 @@ def trained_workdir(tiny_bert, tiny_examples, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def frozen_workdir(trained_workdir, tiny_examples, tmp_path_factory):
+    """A head trained 6 epochs on a frozen encoder that tells the classes apart (the trained tiny BERT's last
+    checkpoint, copied as the base model), with TracIn indexes (head gradients, both scorings)."""
+    import shutil
+
+    from datablame.index.explain import index_workdir
+    from datablame.influence.build import MethodSettings
+    from datablame.influence.train import TrainSettings, train
+
+    root = tmp_path_factory.mktemp("frozen-head")
+    shutil.copytree(trained_workdir / "checkpoints" / "ck-002", root / "base")
+    train(tiny_examples, str(root / "base"), root / "wd", TrainSettings(
+        epochs=6, lr=5e-2, batch_size=8, checkpoints=2, device="cpu", freeze_encoder=True, seed=3))
+    index_workdir(root / "wd", "tracin", MethodSettings(params=["head"], device="cpu"))
+    return root / "wd"
+
+
+@pytest.fixture(scope="session")
 def trained(trained_workdir, tiny_examples):
     """(models, learning rates, task) of the trained tiny BERT's checkpoints, in order."""
     from datablame.influence.models import load_classifier

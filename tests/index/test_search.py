@@ -32,6 +32,31 @@ def test_exact_search_is_brute_force(scoring):
         assert np.all(np.abs(scores) <= 1 + 1e-5)
 
 
+@pytest.mark.parametrize("scoring", ["raw", "cosine"])
+@pytest.mark.parametrize("k", [10, 3000])
+def test_search_both_is_two_searches(scoring, k, monkeypatch):
+    import datablame.index.search as search
+
+    monkeypatch.setattr(search, "SCORE_BLOCK", 2000 * 7)  # blocks of 7 queries: the block loop is exercised
+    x, q = sketches(), sketches(30, seed=1)
+    index = VectorIndex.build(x, meta(scoring))
+    s, i, o, j = index.search_both(q, k)
+    expected_s, expected_i = index.search(q, k)
+    negated_s, expected_j = index.search(-q, k)
+    brute = prepare(q, scoring) @ prepare(x, scoring).T
+    np.testing.assert_allclose(s, expected_s, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(o, -negated_s, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(np.take_along_axis(brute, i, 1), s, rtol=1e-4, atol=1e-3)  # ids hold those scores
+    np.testing.assert_allclose(np.take_along_axis(brute, j, 1), o, rtol=1e-4, atol=1e-3)
+    if k < len(x):  # no near-ties at the top: the same ids as FAISS
+        np.testing.assert_array_equal(i, expected_i)
+        np.testing.assert_array_equal(j, expected_j)
+    assert np.all(np.diff(o, axis=1) >= 0)  # opposing: most negative first
+    hnsw = VectorIndex.build(x, meta(scoring), approximate=True)
+    s, i, o, j = hnsw.search_both(q, 10)
+    np.testing.assert_array_equal(j, hnsw.search(-q, 10)[1])
+
+
 def test_cosine_and_raw_rank_differently():
     x = sketches()
     q = sketches(20, seed=2)

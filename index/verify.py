@@ -1,0 +1,134 @@
+"""Checking an explanation by retraining: would the prediction really change without the supporters?
+
+For a workdir trained with a frozen encoder, the head is retrained with the recipe and seed that produced the
+final checkpoint (:mod:`datablame.influence.retrain`), all variants at once:
+
+    original           all training examples (reproduces the final checkpoint's head)
+    without_top        without the top-K supporting examples of the explanation
+    without_random     without K random examples with the same labels as those supporters, one per draw
+    without_opposing   without the top-K opposing examples
+
+and the query's margin (logit of the predicted label minus the largest other logit, in nats) and probability of
+the predicted label are read off each retrained head. The explanation *holds* when removing the supporters lowers
+the margin more than every random draw does and removing the opponents raises it.
+
+    verify([Explainer(workdir, "influence")], "an input", k=10)   → [Verification]
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from datablame.influence.data import Text
+from datablame.influence.errors import DatablameError
+from datablame.influence.features import FeatureCache
+from datablame.influence.models import load_classifier
+from datablame.influence.retrain import initial_head, recipe, retrain_heads
+
+from .explain import Explainer
+
+DRAWS = 5
+"""Random removals per verification: the spread a supporters' removal is compared against."""
+
+
+@dataclass
+class Verification:
+    """What retraining without the explanation's examples did to the query (see the module's doc): ``k`` removed;
+    ``margin`` and ``probability`` of the predicted label ``label`` under keys original, without_top,
+    without_random (a list, one per draw) and without_opposing; ``flipped``: the prediction changes without the
+    supporters; ``holds``; ``seconds`` of wall time; ``removed``: the training ids of each removal."""
+
+    k: int
+    label: str
+    margin: dict
+    probability: dict
+    flipped: bool
+    holds: bool
+    seconds: float
+    removed: dict
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def same_label_draws(labels: np.ndarray, chosen: np.ndarray, draws: int, seed: int) -> list[np.ndarray]:
+    """``draws`` random sets of training ids, each with as many examples of every label as ``chosen`` has and none
+    of ``chosen`` (fewer where a label has too few others)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(draws):
+        picked = []
+        for label, count in zip(*np.unique(labels[chosen], return_counts=True)):
+            pool = np.setdiff1d(np.flatnonzero(labels == label), chosen)
+            picked.append(rng.choice(pool, min(count, len(pool)), replace=False))
+        out.append(np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64))
+    return out
+
+
+def margins(logits: torch.Tensor, label: int) -> tuple[np.ndarray, np.ndarray]:
+    """Margin (logit of ``label`` minus the largest other, nats) and probability of ``label``, per row of (R, K)
+    logits."""
+    others = logits.clone()
+    others[:, label] = -torch.inf
+    margin = logits[:, label] - others.max(1).values
+    return margin.numpy(), torch.softmax(logits, 1)[:, label].numpy()
+
+
+def verify(explainers: Sequence[Explainer], text: Text, k: int = 10, draws: int = DRAWS, seed: int = 0,
+           device: str = "cpu") -> list[Verification]:
+    """Retrain the head without the top-``k`` supporters of ``text``'s explanation, without ``draws`` random
+    same-label sets of k, and without the top-k opponents, and report what each did to its prediction: one
+    :class:`Verification` per explainer (e.g. both scorings of one method, sharing one retraining run)."""
+    if k < 1:
+        raise DatablameError(f"--remove must be at least 1, not {k}", "e.g. --remove 10")
+    if draws < 1:
+        raise DatablameError(f"--draws must be at least 1, not {draws}", "e.g. --draws 5")
+    start = time.perf_counter()
+    workdir, train = explainers[0].workdir, explainers[0].train
+    config = workdir.load()
+    settings = recipe(config)
+    if k * 2 >= len(train):
+        raise DatablameError(f"--remove {k} leaves too few of the {len(train)} training examples",
+                             f"remove fewer than {len(train) // 2}")
+    labels = np.asarray(train.labels)
+    everything = np.arange(len(train))
+    explanations, removals, subsets = [], [], [everything]
+    for explainer in explainers:
+        [explanation] = explainer.explain([text], top=k)
+        top = np.array([n.id for n in explanation.supporting], dtype=np.int64)
+        opposing = np.array([n.id for n in explanation.opposing], dtype=np.int64)
+        random_sets = same_label_draws(labels, top, draws, seed)
+        explanations.append(explanation)
+        removals.append({"top": top.tolist(), "random": [r.tolist() for r in random_sets],
+                         "opposing": opposing.tolist()})
+        subsets += [np.setdiff1d(everything, ids) for ids in (top, *random_sets, opposing)]
+    model, task = load_classifier(workdir.checkpoint_path(config.checkpoints[-1]), config.label_names, device,
+                                  config.max_length)
+    x = FeatureCache(train, workdir.features_cache).of(task, model).rows(everything)
+    with torch.no_grad():
+        _, query = task.logits_and_features(model, task.encode([text]))
+    heads = retrain_heads(initial_head(config, device), x, torch.as_tensor(labels, device=x.device), subsets,
+                          settings)
+    label = config.label_names.index(explanations[0].prediction["label"])
+    margin, probability = margins(heads.logits(query)[:, 0, :].cpu(), label)
+    seconds = round(time.perf_counter() - start, 2)
+    out, per = [], draws + 2  # variants per explainer after the shared original
+    for i, removed in enumerate(removals):
+        rows = np.r_[0, 1 + i * per:1 + (i + 1) * per]  # original, without_top, randoms…, without_opposing
+        m, p = margin[rows], probability[rows]
+        out.append(Verification(k, explanations[i].prediction["label"], _by_variant(m), _by_variant(p),
+                                flipped=bool(m[1] < 0), holds=bool(m[1] < m[2:-1].min() and m[-1] > m[0]),
+                                seconds=seconds, removed=removed))
+    return out
+
+
+def _by_variant(values: np.ndarray) -> dict:
+    """(original, without_top, without_random…, without_opposing) values as the JSON's keys."""
+    return {"original": round(float(values[0]), 6), "without_top": round(float(values[1]), 6),
+            "without_random": [round(float(v), 6) for v in values[2:-1]],
+            "without_opposing": round(float(values[-1]), 6)}

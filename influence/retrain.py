@@ -1,0 +1,138 @@
+"""Retraining a frozen encoder's head on subsets of the training data, many subsets at once.
+
+``train --freeze-encoder`` trains a linear head on cached features with a fixed recipe: from the head the base
+model was given (seeded), AdamW (β 0.9/0.999, ε 1e-8, weight decay 0.01), the learning rate decayed linearly from
+lr to lr/10 over the steps (:func:`.train.learning_rate`), batches of ``batch_size`` rows of a seeded permutation
+per epoch, no dropout. :func:`retrain_heads` replays that recipe on R subsets of the training rows together: each
+subset gets exactly the steps, permutations and learning rates ``train`` would give a dataset of just those rows
+(with all rows, the final checkpoint's head, to float rounding), and the R heads are stacked, (R, K, h) weights
+and (R, K) biases, so that one step costs about what one head's step costs.
+
+This is what retraining checks need: ``explain --verify`` (without the top supporters, without random examples,
+without the top opponents) and the faithfulness benchmark's random subsets.
+
+    heads = retrain_heads(init, x, y, [all_rows, rows_without_top_k], recipe(config))
+    heads.logits(query_features)    # (R, b, K)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import DatablameError
+from .train import TrainSettings, learning_rate
+from .workdir import Config
+
+BETAS, EPS, WEIGHT_DECAY = (0.9, 0.999), 1e-8, 0.01
+"""AdamW's settings in :func:`.train.train`."""
+
+
+@dataclass
+class Heads:
+    """R linear heads: ``weight`` (R, K, h), ``bias`` (R, K)."""
+
+    weight: Tensor
+    bias: Tensor
+
+    def logits(self, features: Tensor) -> Tensor:
+        """(R, b, K) logits of every head for (b, h) features."""
+        return torch.einsum("bh,rkh->rbk", features.to(self.weight.dtype), self.weight) + self.bias[:, None, :]
+
+
+def recipe(config: Config) -> TrainSettings:
+    """The settings a workdir's head was trained with; refused for a workdir whose encoder was not frozen (its
+    retraining is a whole fine-tune) or that ``init`` made (no recipe recorded)."""
+    training = dict(config.training or {})
+    if not training:
+        raise DatablameError("this workdir has no training recipe (made by 'datablame init')",
+                             "retraining checks need a workdir made by 'datablame train --freeze-encoder'")
+    if not training.get("freeze_encoder"):
+        raise DatablameError("retraining checks need a frozen encoder; this workdir fine-tuned the whole model",
+                             "train with --freeze-encoder to verify explanations by retraining the head")
+    return TrainSettings(**training)
+
+
+def initial_head(config: Config, device: str = "cpu") -> nn.Linear:
+    """The head ``train`` started from: the base model's, as :func:`.models.load_classifier` builds it with the
+    recipe's seed and pooling (a new head is initialised from the seed)."""
+    from .models import load_classifier
+
+    settings = recipe(config)
+    if not (Path(config.base_model) / "config.json").is_file():
+        raise DatablameError(f"the base model {config.base_model} is not there any more",
+                             "retraining starts from its head: restore that folder")
+    model, task = load_classifier(config.base_model, config.label_names, device, settings.max_length, settings.seed,
+                                  settings.pooling)
+    return task.head(model)
+
+
+def _adamw_step(p: Tensor, grad: Tensor, m: Tensor, v: Tensor, lr: Tensor, step: Tensor, live: Tensor | None
+                ) -> None:
+    """One AdamW update of stacked parameters ``p`` (R, …) in place, as ``torch.optim.AdamW`` computes it, with a
+    learning rate per head ``lr`` (R,), a 1-based step per head ``step`` (R,), and only where ``live`` (R,) bool
+    (None: every head)."""
+    shape = (-1,) + (1,) * (p.dim() - 1)
+    lr, step = lr.view(shape), step.view(shape)
+    beta1, beta2 = BETAS
+    if live is not None:
+        old = p.clone(), m.clone(), v.clone()
+    m.lerp_(grad, 1 - beta1)
+    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    denom = (v.sqrt() / torch.sqrt(1 - beta2 ** step)).add_(EPS)
+    p.mul_(1 - lr * WEIGHT_DECAY).sub_(lr / (1 - beta1 ** step) * m / denom)
+    if live is not None:
+        keep = ~live.view(shape)
+        for new, before in zip((p, m, v), old):
+            new.copy_(torch.where(keep, before, new))
+
+
+@torch.no_grad()
+def retrain_heads(init: nn.Linear, x: Tensor, y: Tensor, subsets: Sequence[np.ndarray],
+                  settings: TrainSettings) -> Heads:
+    """The heads ``train --freeze-encoder`` would train from ``init`` on each subset of the training rows.
+
+    x: (n, h) features of every training example; y: (n,) labels; subsets: R arrays of row ids, each in the
+    order the rows have in the training data (``train`` permutes them by position). Deterministic; a subset of
+    all rows gives the checkpoint's head to float32 rounding (about 1e-6). Runs on the device of ``x``.
+    """
+    device, r, b = x.device, len(subsets), settings.batch_size
+    rows = [torch.as_tensor(np.asarray(s, dtype=np.int64)) for s in subsets]
+    if any(len(s) == 0 for s in rows):
+        raise DatablameError("a retraining subset is empty", "keep at least one training example")
+    per_epoch = np.array([math.ceil(len(s) / b) for s in rows])
+    totals, steps = settings.epochs * per_epoch, int(per_epoch.max())
+    rates = torch.tensor(np.stack([[learning_rate(min(k, t - 1), int(t), settings.lr) for k in range(int(totals.max()))]
+                                   for t in totals]), dtype=torch.float32, device=device)  # (R, most steps)
+    # weight and bias as one (R, K, h + 1) parameter over features with a column of ones: AdamW treats every
+    # element alike (the weight decay applies to the bias too, as in train), so this is the same update
+    x = torch.cat([x.to(torch.float32), torch.ones(len(x), 1, device=device)], 1)
+    theta = torch.cat([init.weight.detach(), init.bias.detach()[:, None]], 1).to(device, torch.float32)
+    theta = theta.expand(r, -1, -1).clone()
+    m, v = torch.zeros_like(theta), torch.zeros_like(theta)
+    generators = [torch.Generator().manual_seed(settings.seed) for _ in rows]
+    per_epoch_t = torch.as_tensor(per_epoch, device=device)
+    for epoch in range(settings.epochs):
+        order = torch.zeros(r, steps * b, dtype=torch.long)  # row ids of each head's epoch, padded
+        valid = torch.zeros(r, steps * b)
+        for i, (s, g) in enumerate(zip(rows, generators)):
+            order[i, :len(s)], valid[i, :len(s)] = s[torch.randperm(len(s), generator=g)], 1.0
+        order, valid = order.to(device), valid.to(device)
+        for position in range(steps):
+            ids, mask = order[:, position * b:(position + 1) * b], valid[:, position * b:(position + 1) * b]
+            step = epoch * per_epoch_t + position  # 0-based, per head
+            live = None if position < per_epoch.min() else position < per_epoch_t
+            lr = rates.gather(1, step.clamp_max(rates.shape[1] - 1)[:, None])[:, 0]
+            xs = x[ids]  # (R, b, h)
+            probs = F.softmax(torch.bmm(xs, theta.transpose(1, 2)), dim=-1)  # (R, b, K)
+            delta = (probs - F.one_hot(y[ids], probs.shape[-1]).float()) * \
+                (mask / mask.sum(1, keepdim=True).clamp_min(1))[..., None]
+            _adamw_step(theta, torch.bmm(delta.transpose(1, 2), xs), m, v, lr, (step + 1).float(), live)
+    return Heads(theta[..., :-1].contiguous(), theta[..., -1].contiguous())

@@ -1,0 +1,99 @@
+"""Retraining checks: retrain_heads replays train --freeze-encoder's recipe (all rows: the checkpoint's head; a
+subset: torch's AdamW on just those rows), and verify reports each removal's margin."""
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from datablame.index.explain import Explainer
+from datablame.index.verify import same_label_draws, verify
+from datablame.influence.errors import DatablameError
+from datablame.influence.features import FeatureCache
+from datablame.influence.models import load_classifier
+from datablame.influence.retrain import initial_head, recipe, retrain_heads
+from datablame.influence.train import TrainSettings, learning_rate
+from datablame.influence.workdir import Workdir
+
+TEXT = "goal team the very"
+
+
+def features(wd: Workdir):
+    config = wd.load()
+    model, task = load_classifier(wd.checkpoint_path(config.checkpoints[-1]), config.label_names)
+    train_examples = wd.load_examples(config)
+    x = FeatureCache(train_examples, wd.features_cache).of(task, model).rows(np.arange(len(train_examples)))
+    return config, task, task.head(model), x, torch.as_tensor(train_examples.labels)
+
+
+def replay(task, init, x, y, rows, s: TrainSettings):
+    """train()'s head recipe on just ``rows``, with torch's own AdamW: the brute force retrain_heads must match."""
+    head = copy.deepcopy(init)
+    opt = torch.optim.AdamW(head.parameters(), lr=s.lr, weight_decay=0.01)
+    xs, ys = x[rows], y[rows]
+    per_epoch = math.ceil(len(ys) / s.batch_size)
+    gen, step = torch.Generator().manual_seed(s.seed), 0
+    for _ in range(s.epochs):
+        order = torch.randperm(len(ys), generator=gen).numpy()
+        for position in range(per_epoch):
+            batch = order[position * s.batch_size:(position + 1) * s.batch_size]
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(step, s.epochs * per_epoch, s.lr)
+            loss = task.loss(head(xs[batch]), ys[batch]).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+    return head
+
+
+def test_retrain_heads_replays_the_recipe(frozen_workdir):
+    wd = Workdir(frozen_workdir)
+    config, task, head, x, y = features(wd)
+    n, settings = len(y), recipe(config)
+    init = initial_head(config)
+    subsets = [np.arange(n), np.arange(n)[7:], np.arange(n)[::3]]  # 41 and 16 rows: other step counts
+    heads = retrain_heads(init, x, y, subsets, settings)
+    assert torch.allclose(heads.weight[0], head.weight, atol=1e-5)  # all rows: the final checkpoint
+    assert torch.allclose(heads.bias[0], head.bias, atol=1e-5)
+    assert (heads.weight[0] - init.weight).abs().max() > 1e-2  # it did train
+    for i, rows in enumerate(subsets[1:], 1):
+        brute = replay(task, init, x, y, rows, settings)
+        assert torch.allclose(heads.weight[i], brute.weight, atol=1e-5)
+        assert torch.allclose(heads.bias[i], brute.bias, atol=1e-5)
+    with pytest.raises(DatablameError, match="empty"):
+        retrain_heads(init, x, y, [np.arange(0)], settings)
+
+
+def test_same_label_draws():
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 2])
+    chosen = np.array([0, 4, 5])
+    for draw in same_label_draws(labels, chosen, 4, seed=0):
+        assert sorted(labels[draw]) == [0, 1, 1] and not set(draw) & set(chosen)
+
+
+def test_verify_reports_each_removal(frozen_workdir):
+    explainer = Explainer(frozen_workdir, "tracin", cache=False)
+    raw = explainer.with_scoring("raw")
+    checks = verify([explainer, raw], TEXT, k=3, draws=2)
+    assert len(checks) == 2
+    model_margin = None
+    for check, e in zip(checks, (explainer, raw)):
+        [explanation] = e.explain([TEXT], top=3)
+        assert check.removed["top"] == [n.id for n in explanation.supporting]
+        assert check.removed["opposing"] == [n.id for n in explanation.opposing]
+        assert len(check.removed["random"]) == 2 and all(len(r) == 3 for r in check.removed["random"])
+        assert set(check.margin) == set(check.probability) == {"original", "without_top", "without_random",
+                                                                "without_opposing"}
+        assert len(check.margin["without_random"]) == 2
+        m = check.margin
+        assert check.holds == (m["without_top"] < min(m["without_random"]) and m["without_opposing"] > m["original"])
+        assert check.flipped == (m["without_top"] < 0) and check.label == explanation.prediction["label"]
+        assert m["original"] > 0  # the predicted label's margin, on a head that reproduces the checkpoint
+        model_margin = model_margin or m["original"]
+        assert m["original"] == pytest.approx(model_margin)  # one shared retraining run
+    p = checks[0].probability["original"]
+    [explanation] = explainer.explain([TEXT], top=3)
+    assert p == pytest.approx(explanation.prediction["probability"], abs=1e-4)
