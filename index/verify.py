@@ -1,7 +1,10 @@
 """Checking an explanation by retraining: would the prediction really change without the supporters?
 
 For a workdir trained with a frozen encoder, the head is retrained with the recipe and seed that produced the
-final checkpoint (:mod:`datablame.influence.retrain`), all variants at once:
+final checkpoint (:mod:`datablame.influence.retrain`), all variants at once and paired: every variant takes the
+training run's own batches with its removed examples left out of them, so that variants differ by what was
+removed and not by the order SGD saw the rest in (retraining on a reshuffled subset moves a margin by about as
+much as removing ten examples of 67k does):
 
     original           all training examples (reproduces the final checkpoint's head)
     without_top        without the top-K supporting examples of the explanation
@@ -113,7 +116,7 @@ def verify(explainers: Sequence[Explainer], text: Text, k: int = 10, draws: int 
     with torch.no_grad():
         _, query = task.logits_and_features(model, task.encode([text]))
     heads = retrain_heads(initial_head(config, device), x, torch.as_tensor(labels, device=x.device), subsets,
-                          settings)
+                          settings, paired=True)
     label = config.label_names.index(explanations[0].prediction["label"])
     margin, probability = margins(heads.logits(query)[:, 0, :].cpu(), label)
     seconds = round(time.perf_counter() - start, 2)

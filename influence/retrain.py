@@ -96,17 +96,27 @@ def _adamw_step(p: Tensor, grad: Tensor, m: Tensor, v: Tensor, lr: Tensor, step:
 
 @torch.no_grad()
 def retrain_heads(init: nn.Linear, x: Tensor, y: Tensor, subsets: Sequence[np.ndarray],
-                  settings: TrainSettings) -> Heads:
+                  settings: TrainSettings, paired: bool = False) -> Heads:
     """The heads ``train --freeze-encoder`` would train from ``init`` on each subset of the training rows.
 
     x: (n, h) features of every training example; y: (n,) labels; subsets: R arrays of row ids, each in the
     order the rows have in the training data (``train`` permutes them by position). Deterministic; a subset of
     all rows gives the checkpoint's head to float32 rounding (about 1e-6). Runs on the device of ``x``.
+
+    ``paired``: every head takes the steps of the run on all n rows instead (the same permutations, batches and
+    learning rates), a row outside its subset left out of its batch's mean loss (a batch left empty still takes
+    AdamW's step, with a zero gradient). The heads then differ only by the rows left out, not by the order SGD
+    happened to see the others in: a counterfactual with the run's randomness held fixed.
     """
     device, r, b = x.device, len(subsets), settings.batch_size
     rows = [torch.as_tensor(np.asarray(s, dtype=np.int64)) for s in subsets]
     if any(len(s) == 0 for s in rows):
         raise DatablameError("a retraining subset is empty", "keep at least one training example")
+    if paired:
+        member = torch.zeros(r, len(x), dtype=torch.bool)
+        for i, s in enumerate(rows):
+            member[i, s] = True
+        rows = [torch.arange(len(x))] * r
     per_epoch = np.array([math.ceil(len(s) / b) for s in rows])
     totals, steps = settings.epochs * per_epoch, int(per_epoch.max())
     rates = torch.tensor(np.stack([[learning_rate(min(k, t - 1), int(t), settings.lr) for k in range(int(totals.max()))]
@@ -124,6 +134,8 @@ def retrain_heads(init: nn.Linear, x: Tensor, y: Tensor, subsets: Sequence[np.nd
         valid = torch.zeros(r, steps * b)
         for i, (s, g) in enumerate(zip(rows, generators)):
             order[i, :len(s)], valid[i, :len(s)] = s[torch.randperm(len(s), generator=g)], 1.0
+            if paired:
+                valid[i, :len(s)] = member[i, order[i, :len(s)]].float()
         order, valid = order.to(device), valid.to(device)
         for position in range(steps):
             ids, mask = order[:, position * b:(position + 1) * b], valid[:, position * b:(position + 1) * b]

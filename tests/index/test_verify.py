@@ -28,20 +28,23 @@ def features(wd: Workdir):
     return config, task, task.head(model), x, torch.as_tensor(train_examples.labels)
 
 
-def replay(task, init, x, y, rows, s: TrainSettings):
-    """train()'s head recipe on just ``rows``, with torch's own AdamW: the brute force retrain_heads must match."""
+def replay(task, init, x, y, rows, s: TrainSettings, paired: bool = False):
+    """train()'s head recipe on just ``rows`` (paired: the run on all rows, the others' losses left out of each
+    batch's mean), with torch's own AdamW: the brute force retrain_heads must match."""
     head = copy.deepcopy(init)
     opt = torch.optim.AdamW(head.parameters(), lr=s.lr, weight_decay=0.01)
-    xs, ys = x[rows], y[rows]
+    kept = np.isin(np.arange(len(y)), rows)
+    xs, ys, kept = (x, y, kept) if paired else (x[rows], y[rows], kept[rows])
     per_epoch = math.ceil(len(ys) / s.batch_size)
     gen, step = torch.Generator().manual_seed(s.seed), 0
     for _ in range(s.epochs):
         order = torch.randperm(len(ys), generator=gen).numpy()
         for position in range(per_epoch):
             batch = order[position * s.batch_size:(position + 1) * s.batch_size]
+            batch = batch[kept[batch]]
             for group in opt.param_groups:
                 group["lr"] = learning_rate(step, s.epochs * per_epoch, s.lr)
-            loss = task.loss(head(xs[batch]), ys[batch]).mean()
+            loss = task.loss(head(xs[batch]), ys[batch]).sum() / max(1, len(batch))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -63,6 +66,13 @@ def test_retrain_heads_replays_the_recipe(frozen_workdir):
         brute = replay(task, init, x, y, rows, settings)
         assert torch.allclose(heads.weight[i], brute.weight, atol=1e-5)
         assert torch.allclose(heads.bias[i], brute.bias, atol=1e-5)
+    paired = retrain_heads(init, x, y, subsets, settings, paired=True)
+    assert torch.allclose(paired.weight[0], head.weight, atol=1e-5)
+    for i, rows in enumerate(subsets[1:], 1):
+        brute = replay(task, init, x, y, rows, settings, paired=True)
+        assert torch.allclose(paired.weight[i], brute.weight, atol=1e-5)
+        assert torch.allclose(paired.bias[i], brute.bias, atol=1e-5)
+        assert not torch.allclose(paired.weight[i], heads.weight[i], atol=1e-3)  # another protocol
     with pytest.raises(DatablameError, match="empty"):
         retrain_heads(init, x, y, [np.arange(0)], settings)
 
