@@ -12,9 +12,10 @@ Setting (convex): a seeded subset of --n SST-2 training sentences and --test dev
 all-MiniLM-L6-v2 encoder with its linear classification head, trained by ``datablame.influence.train.train``
 (--freeze-encoder, 20 epochs, AdamW, lr 1e-2 decayed linearly to 1e-3, batch 16, 3 checkpoints), which caches
 the training features in WORKDIR/cache/features. Each retrain replays that head recipe on the cached features of
-a subset: the head initialised as ``load_classifier`` initialises it for the base model with the seed, AdamW with
-weight decay 0.01, ``learning_rate()`` over the subset's steps, the seeded shuffling; replayed on all --n
-sentences it reproduces the final checkpoint's head (``replay_max_abs_diff`` in the output).
+a subset (``datablame.influence.retrain.retrain_heads``, every subset at once): the head initialised as
+``load_classifier`` initialises it for the base model with the seed, AdamW with weight decay 0.01,
+``learning_rate()`` over the subset's steps, the seeded shuffling; replayed on all --n sentences it reproduces the
+final checkpoint's head (``replay_max_abs_diff`` in the output).
 
 Configurations: each registered method (``datablame.influence.registry``), built from the workdir by
 ``build_method``, at each sketch dimension of --dims (``exact``: the identity projector, as is any dimension ≥
@@ -93,8 +94,9 @@ from datablame.influence.lissa import LissaConfig  # noqa: E402
 from datablame.influence.methods import MIN_AUTO_DAMPING, compute_train_vectors  # noqa: E402
 from datablame.influence.models import load_classifier, minilm_path  # noqa: E402
 from datablame.influence.registry import method_names, method_spec  # noqa: E402
-from datablame.influence.task import Task, logits_and_features_of  # noqa: E402
-from datablame.influence.train import TrainSettings, learning_rate, train  # noqa: E402
+from datablame.influence.retrain import retrain_heads  # noqa: E402
+from datablame.influence.task import logits_and_features_of  # noqa: E402
+from datablame.influence.train import TrainSettings, train  # noqa: E402
 from datablame.influence.trak import margin  # noqa: E402
 from datablame.influence.workdir import Workdir  # noqa: E402
 
@@ -157,40 +159,11 @@ def subset_file(data: pathlib.Path, split: str, n: int, rng: np.random.Generator
     return load_examples(path, "sentence", label_names=label_names)
 
 
-def retrain_head(task: Task, init: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor, rows: np.ndarray,
+def retrain_head(init: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor, rows: np.ndarray,
                  settings: TrainSettings) -> torch.nn.Linear:
-    """The head ``train`` trains with --freeze-encoder, replayed on the cached features ``x`` (n, h) and labels
-    ``y`` of the training examples ``rows`` (in order): from ``init``, AdamW (weight decay 0.01),
-    ``learning_rate()`` from lr to lr/10 over the steps, batches of a seeded permutation per epoch. Runs on one
-    thread: its operations are tiny, and two threads made it ten times slower on a shared two-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _retrain_head(task, init, x[rows], y[rows], settings)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _retrain_head(task: Task, init: torch.nn.Linear, xs: torch.Tensor, ys: torch.Tensor,
-                  settings: TrainSettings) -> torch.nn.Linear:
-    head = copy.deepcopy(init)
-    opt = torch.optim.AdamW(list(head.parameters()), lr=settings.lr, weight_decay=0.01)
-    steps_per_epoch = math.ceil(len(ys) / settings.batch_size)
-    total = settings.epochs * steps_per_epoch
-    gen = torch.Generator().manual_seed(settings.seed)
-    step = 0
-    for _ in range(settings.epochs):
-        order = torch.randperm(len(ys), generator=gen).numpy()
-        for position in range(steps_per_epoch):
-            batch = order[position * settings.batch_size:(position + 1) * settings.batch_size]
-            for group in opt.param_groups:
-                group["lr"] = learning_rate(step, total, settings.lr)
-            loss = task.loss(head(xs[batch]), ys[batch]).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-    return head
+    """The head ``train`` trains with --freeze-encoder on the training examples ``rows`` only (features ``x``,
+    labels ``y``), replayed by the library's :func:`retrain_heads`."""
+    return retrain_heads(init, x, y, [rows], settings).linear(0)
 
 
 def ranks(x: np.ndarray) -> np.ndarray:
@@ -282,7 +255,7 @@ def test_losses(head: torch.nn.Linear, xq: torch.Tensor, yq: torch.Tensor) -> np
         return F.cross_entropy(head(xq).double(), yq, reduction="none").numpy()
 
 
-def leave_one_out(args, task: Task, init: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor, xq: torch.Tensor,
+def leave_one_out(args, init: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor, xq: torch.Tensor,
                   yq: torch.Tensor, settings: TrainSettings, recipe_head: torch.nn.Linear,
                   scores: dict[str, tuple[Config, np.ndarray]], rng: np.random.Generator) -> dict:
     """The leave-one-out check (see the module docstring) of the (q, n) raw ``scores`` of each configuration
@@ -298,18 +271,15 @@ def leave_one_out(args, task: Task, init: torch.nn.Linear, x: torch.Tensor, y: t
     for mode, epochs in modes:
         mode_settings = replace(settings, epochs=epochs)
         start = time.perf_counter()
-        full = recipe_head if epochs == settings.epochs else retrain_head(task, init, x, y, np.arange(n),
-                                                                          mode_settings)
+        full = recipe_head if epochs == settings.epochs else retrain_head(init, x, y, np.arange(n), mode_settings)
         base = test_losses(full, xq, yq)
         g, _ = head_gradients(full, x, y)
         with torch.no_grad():
             train_loss = float(F.cross_entropy(full(x).double(), y).item())
-        actual = {}
-        for j, i in enumerate(union + random):
-            head = retrain_head(task, init, x, y, np.delete(np.arange(n), i), mode_settings)
-            actual[i] = test_losses(head, xq, yq) - base
-            if (j + 1) % 20 == 0 or j + 1 == len(union) + len(random):
-                log(f"leave-one-out ({mode}, {epochs} epochs): {j + 1}/{len(union) + len(random)} retrains")
+        left_out = union + random
+        heads = retrain_heads(init, x, y, [np.delete(np.arange(n), i) for i in left_out], mode_settings)
+        actual = {i: test_losses(heads.linear(j), xq, yq) - base for j, i in enumerate(left_out)}
+        log(f"leave-one-out ({mode}, {epochs} epochs): {len(left_out)} retrains")
         noise = np.concatenate([actual[i] for i in random]) if random else np.zeros(0)
         section = {"epochs": epochs, "retrain_seconds_each": round((time.perf_counter() - start)
                                                                    / max(1, len(union) + len(random)), 2),
@@ -368,7 +338,7 @@ def run(args, tmp: pathlib.Path) -> dict:
     # the head as train() initialises it: load_classifier seeds torch with the seed before building the model
     init = copy.deepcopy(task.head(load_classifier(base, examples.label_names, "cpu", settings.max_length,
                                                    settings.seed, settings.pooling)[0]))
-    replay = retrain_head(task, init, x, y, np.arange(args.n), settings)
+    replay = retrain_head(init, x, y, np.arange(args.n), settings)
     replay_diff = max(float((a - b).detach().abs().max())
                       for a, b in zip(replay.parameters(), task.head(model).parameters()))
     log(f"trained in {train_s:.1f} s; replaying the head recipe on all {args.n} reproduces the final head within "
@@ -378,13 +348,14 @@ def run(args, tmp: pathlib.Path) -> dict:
     masks = np.zeros((args.subsets, args.n), dtype=bool)
     margins = np.empty((args.subsets, args.test))
     start = time.perf_counter()
-    for s in range(args.subsets):
-        rows = np.sort(rng.choice(args.n, size, replace=False))
+    subsets = [np.sort(rng.choice(args.n, size, replace=False)) for _ in range(args.subsets)]
+    for s, rows in enumerate(subsets):
         masks[s, rows] = True
-        head = retrain_head(task, init, x, y, rows, settings)
-        with torch.no_grad():
-            margins[s] = margin(head(test_x).double(), predictions).numpy()
-        log(f"retrain {s + 1}/{args.subsets}")
+    heads = retrain_heads(init, x, y, subsets, settings)
+    with torch.no_grad():
+        for s, logits in enumerate(heads.logits(test_x)):
+            margins[s] = margin(logits.double(), predictions).numpy()
+    log(f"retrained {args.subsets} subsets together")
     retrain_s = (time.perf_counter() - start) / args.subsets
     resamples = np.random.default_rng(args.seed).integers(0, args.test, (BOOTSTRAP, args.test))
 
@@ -417,7 +388,7 @@ def run(args, tmp: pathlib.Path) -> dict:
 
     loo = None
     if loo_scores:
-        loo = leave_one_out(args, task, init, x, y, test_x[:loo_tests], predictions[:loo_tests], settings, replay,
+        loo = leave_one_out(args, init, x, y, test_x[:loo_tests], predictions[:loo_tests], settings, replay,
                             loo_scores, np.random.default_rng([args.seed, 1]))
     elif args.loo_tests > 0:
         log(f"leave-one-out: no measured configuration matches {args.loo_configs}")

@@ -46,6 +46,14 @@ class Heads:
         """(R, b, K) logits of every head for (b, h) features."""
         return torch.einsum("bh,rkh->rbk", features.to(self.weight.dtype), self.weight) + self.bias[:, None, :]
 
+    def linear(self, i: int) -> nn.Linear:
+        """Head ``i`` as an ``nn.Linear`` (h → K)."""
+        head = nn.Linear(self.weight.shape[2], self.weight.shape[1])
+        with torch.no_grad():
+            head.weight.copy_(self.weight[i])
+            head.bias.copy_(self.bias[i])
+        return head
+
 
 def recipe(config: Config) -> TrainSettings:
     """The settings a workdir's head was trained with; refused for a workdir whose encoder was not frozen (its
