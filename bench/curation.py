@@ -79,8 +79,7 @@ def main() -> None:
     parser = bench.common_arguments(__doc__.splitlines()[0])
     parser.add_argument("--flag-top", type=float, default=0.1)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    bench.set_threads(args.threads)
     train = bench.load_split(args.data, "train", args.n, args.seed)
     dev = bench.load_split(args.data, "dev", None, args.seed)
     x, dev_x = bench.encode(train, args.cache, args.pooling), bench.encode(dev, args.cache, args.pooling)

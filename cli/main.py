@@ -254,6 +254,9 @@ def explain(
                                 "examples, without the top opponents; reports the margin of each."),
     remove: int = typer.Option(10, "--remove", help="Examples each --verify retraining leaves out."),
     draws: int = typer.Option(5, "--draws", help="Random removals --verify compares the supporters' against."),
+    stable: bool = typer.Option(False, "--stability", help="Say which supporters are robust: in how many "
+                                "checkpoints' top --top they are (TracIn, TRAK) and whether the other scoring "
+                                "lists them too."),
     device: str = DEVICE, quiet: bool = QUIET, verbose: bool = VERBOSE,
 ) -> None:
     """The training examples that most support and most oppose the model's prediction for an input.
@@ -277,8 +280,9 @@ def explain(
         raise DatablameError(f"--top must be at least 1, not {top}", "e.g. --top 10")
     if as_json and jsonl:
         raise DatablameError("--json and --jsonl are two formats of one output", "give one of them")
-    if verify and queries is not None:
-        raise DatablameError("--verify checks one input at a time", "give the input as TEXT, not --queries")
+    for flag_name, asked in (("--verify", verify), ("--stability", stable)):
+        if asked and queries is not None:
+            raise DatablameError(f"{flag_name} checks one input at a time", "give the input as TEXT, not --queries")
     texts = read_queries(text, queries)
     if method is None:
         method, why = default_method(workdir, score or DEFAULT_SCORING)
@@ -303,6 +307,8 @@ def explain(
         for per_input in runs:
             if verify:
                 _verify(explainers, per_input, texts[0], remove, draws, device, quiet)
+            if stable:
+                _stability(explainers, per_input, texts[0], top)
             printer.print(per_input)
             result = per_input[0]
             tally.add(result)
@@ -329,6 +335,22 @@ def _verify(explainers, results, text: str, remove: int, draws: int, device: str
                       f"{len(explainers[0].train)} examples …")
     for result, check in zip(results, run_verification(explainers, text, remove, draws, device=device)):
         result.verification = check.to_json()
+
+
+def _stability(explainers, results, text: str, top: int) -> None:
+    """Attach to each result (one per explainer) how robust its supporters are (the other scoring: the other
+    explainer, or the other scoring's index when it exists)."""
+    from datablame.index.search import SCORINGS, VectorIndex
+    from datablame.index.stability import stability
+
+    first = explainers[0]
+    if len(explainers) == 1:
+        other = next(s for s in SCORINGS if s != first.index.meta.scoring)
+        indexed = VectorIndex.paths(first.workdir.index_dir, first.index.meta.method, other)[1].is_file()
+        explainers = [first, first.with_scoring(other)] if indexed else [first]
+    for i, result in enumerate(results):
+        others = [e for j, e in enumerate(explainers) if j != i]
+        result.stability = stability(explainers[i], others[0] if others else None, text, top)
 
 
 def _flag_supporters(workdir: Path, train, results, kind: str, db: Optional[str]) -> None:

@@ -130,6 +130,24 @@ def print_verification(v: dict) -> None:
     stdout.print(out)
 
 
+def print_stability(s: dict) -> None:
+    """How robust the supporters are (see :mod:`datablame.index.stability`): overlap of the checkpoints' and the
+    other scoring's top lists, and which supporters are in most of them."""
+    o, k = s["overlap"], s["k"]
+    parts = []
+    if o["checkpoints"] is not None:
+        parts.append(f"checkpoints' top {k} agree {o['checkpoints']:.2f} (mean Jaccard), each with the sum's "
+                     f"{o['checkpoint_vs_sum']:.2f}")
+    if o["scorings"] is not None:
+        parts.append(f"the {s['other_scoring']} top {k} agrees {o['scorings']:.2f}")
+    robust = [e["id"] for e in s["examples"] if (e["checkpoints"] is None or 2 * e["checkpoints"] > e["of"])
+              and e["other_scoring"] is not False]
+    out = Text(f"stability of the top {k} supporters: " + ("; ".join(parts) or "one checkpoint, one scoring") +
+               f"; robust (in most checkpoints' and both scorings' lists): {len(robust)} of {len(s['examples'])}"
+               + (f" ({', '.join(map(str, robust))})" if robust else "") + f"; seed: {s['seed']}", style="dim")
+    stdout.print(out)
+
+
 QUESTIONS = {"raw": "counterfactual: the training examples whose removal would change this prediction most",
              "cosine": "similar effect: the training examples that pull the model the same way as this input"}
 """The question each scoring answers (raw predicts retraining best, cosine names planted causes best)."""
@@ -153,6 +171,8 @@ def print_explanation(result: Explanation, header: bool = True) -> None:
     stdout.print(out, soft_wrap=True)
     if result.verification:
         print_verification(result.verification)
+    if result.stability:
+        print_stability(result.stability)
     t = result.timing
     cached = " (cached)" if t.get("cached") else ""
     stdout.print(f"query vectors {t['query_vectors_s'] * 1000:.0f} ms{cached} ({t['cost']}); "

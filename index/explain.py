@@ -106,12 +106,11 @@ class Explanation:
     opposing: list[Neighbour]
     timing: dict = field(default_factory=dict)
     verification: dict | None = None  # from --verify: see .verify.Verification
+    stability: dict | None = None  # from --stability: see .stability.stability
 
     def to_json(self) -> dict:
-        out = asdict(self)
-        if self.verification is None:
-            del out["verification"]
-        return out
+        """The fields as JSON; verification and stability only when they were computed."""
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in ("verification", "stability")}
 
 
 class QueryCache:

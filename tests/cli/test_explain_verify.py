@@ -32,3 +32,18 @@ def test_explain_verify_cli(frozen_workdir, trained_workdir, tmp_path):
     r = datablame("explain", wd, TEXT, "--method", "tracin", "--verify", "--no-plot")
     lines = [line for line in r.stderr.splitlines() if line.strip() and not line.startswith("verifying")]
     assert r.returncode == 2 and "retraining checks need a frozen encoder" in lines[-1], r.stderr
+
+
+def test_explain_stability_cli(frozen_workdir, tmp_path):
+    r = datablame("explain", frozen_workdir, TEXT, "--method", "tracin", "--score", "raw", "--stability", "--top", "3",
+                  "--json", "--no-plot", "-q")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)["stability"]
+    assert s["k"] == 3 and s["other_scoring"] == "cosine" and len(s["examples"]) == 3
+    r = datablame("explain", frozen_workdir, TEXT, "--method", "tracin", "--stability", "--top", "3", "--no-plot")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("stability of the top 3 supporters") == 2
+    queries = tmp_path / "q.txt"
+    queries.write_text(TEXT + "\n")
+    r = datablame("explain", frozen_workdir, "--queries", queries, "--method", "tracin", "--stability")
+    assert r.returncode == 2 and "--stability checks one input at a time" in r.stderr

@@ -1,0 +1,85 @@
+"""Which of an explanation's supporters are robust: across checkpoints, scorings and projection seeds.
+
+A method that sums over checkpoints (TracIn, TRAK) has query and training vectors made of one block per checkpoint,
+u = [u_1 … u_C] and v_i = [v_i1 … v_iC], so its score is a sum of per-checkpoint scores <v_ic, u_c>. A supporter
+that is in the top K of most checkpoints is robust; one that is there through a single checkpoint is noise of
+where training happened to stop. The other scoring (cosine against raw) asks another question of the same vectors,
+and a supporter in both lists answers both. Exact gradients (no projection) make the projection seed moot; a
+sketch's seed would need every training vector computed again, which this module does not do.
+
+    stability(explainer, other_scoring_explainer_or_None, "an input", k=10)   → dict (see :func:`stability`)
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+import numpy as np
+
+from datablame.influence.data import Text
+
+from .explain import Explainer
+from .search import prepare
+from .vectors import VectorStore
+
+
+def jaccard(a, b) -> float:
+    """|a ∩ b| / |a ∪ b| of two id collections (1 for two empty ones)."""
+    a, b = set(a), set(b)
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
+def top_ids(scores: np.ndarray, k: int) -> list[int]:
+    """Ids of the k largest of (n,) scores, largest first."""
+    k = min(k, len(scores))
+    ids = np.argpartition(-scores, k - 1)[:k]
+    return ids[np.argsort(-scores[ids], kind="stable")].tolist()
+
+
+def checkpoint_tops(explainer: Explainer, query: np.ndarray, k: int) -> list[list[int]]:
+    """The top-k supporting ids under each checkpoint's block of the vectors alone: (C lists), for a method whose
+    (D,) query and (n, D) training vectors are C equal blocks, one per checkpoint."""
+    checkpoints = _checkpoints(explainer)
+    vectors = VectorStore(explainer.workdir.vectors_dir(explainer.index.meta.method)).load()
+    width = vectors.shape[1] // checkpoints
+    scoring = explainer.index.meta.scoring
+    tops = []
+    for c in range(checkpoints):
+        block = slice(c * width, (c + 1) * width)
+        x, u = prepare(vectors[:, block], scoring), prepare(query[None, block], scoring)[0]
+        tops.append(top_ids(x @ u, k))
+    return tops
+
+
+def _checkpoints(explainer: Explainer) -> int:
+    """How many checkpoints the method's vectors have a block for (1 for a method of the last checkpoint)."""
+    return len(explainer.workdir.load().checkpoints) if explainer.spec.checkpoints == "all" else 1
+
+
+def stability(explainer: Explainer, other: Explainer | None, text: Text, k: int = 10) -> dict:
+    """How robust the top-``k`` supporters of ``text`` are. Returns ``{"k", "supporting": [ids], "examples": [{"id",
+    "checkpoints" (in how many checkpoints' top k; with "of"), "other_scoring" (in the other scoring's top k)}],
+    "overlap": {"checkpoints": mean pairwise Jaccard of the checkpoints' top k, "checkpoint_vs_sum": mean Jaccard
+    of each checkpoint's top k with the explanation's, "scorings": Jaccard with the other scoring's top k},
+    "seed"}``; a part that does not apply (one checkpoint, no other scoring indexed) is None."""
+    [explanation] = explainer.explain([text], top=k)
+    supporting = [n.id for n in explanation.supporting]
+    query = explainer.queries([text])[0].vectors[0].numpy()
+    tops = checkpoint_tops(explainer, query, k) if _checkpoints(explainer) > 1 else None
+    other_top = [n.id for n in other.explain([text], top=k)[0].supporting] if other is not None else None
+    projection = (explainer.method.describe().get("projection") or {}).get("kind", "identity")
+    examples = [{"id": i,
+                 "checkpoints": None if tops is None else sum(i in t for t in tops),
+                 "of": None if tops is None else len(tops),
+                 "other_scoring": None if other_top is None else i in other_top} for i in supporting]
+    overlap = {
+        "checkpoints": None if tops is None else round(float(np.mean([jaccard(a, b) for a, b in
+                                                                     combinations(tops, 2)])), 4),
+        "checkpoint_vs_sum": None if tops is None else round(float(np.mean([jaccard(t, supporting)
+                                                                           for t in tops])), 4),
+        "scorings": None if other_top is None else round(jaccard(supporting, other_top), 4)}
+    seed = "exact gradients: no projection, the seed does not enter" if projection == "identity" else \
+        "not measured: a second projection seed needs every training vector again"
+    return {"k": k, "scoring": explainer.index.meta.scoring,
+            "other_scoring": None if other is None else other.index.meta.scoring,
+            "supporting": supporting, "examples": examples, "overlap": overlap, "seed": seed}
