@@ -241,6 +241,7 @@ def detection_curve(
         x, y = _curve(r)
         at_value = float(recall_at_fraction(r, [at])[0])
         ax.plot(x, y, color=colours[i % len(colours)], linewidth=2.2 if i == 0 else 1.6,
+                linestyle=("-", "--", "-.")[i // len(colours) % 3],  # past ten curves, colours repeat dashed
                 label=f"{name} (recall@{at:.0%} = {at_value:.2f})")
     ax.plot([0, total / n, 1], [0, 1, 1], color="grey", linestyle=":", linewidth=1.4,
             label=f"oracle ({total} errors in {n})")
