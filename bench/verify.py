@@ -68,6 +68,7 @@ TARGET_K, TARGET_BEATS_RANDOM = 10, 0.95
 
 
 def log(message: str) -> None:
+    """A timestamped progress line on stderr."""
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
@@ -120,7 +121,7 @@ def plan(explanations: dict[tuple[str, str], list[Explanation]], labels: np.ndar
 def retrained_margins(wd: Workdir, train_set: Examples, removed: list[tuple[int, ...]], query_x: torch.Tensor,
                       predicted: np.ndarray, chunk: int) -> np.ndarray:
     """(subsets, queries) margins (nats) of each query's predicted label under the head retrained without each
-    removal, as verify() retrains it: ``chunk`` subsets per ``retrain_heads`` call. ``query_x``: (queries, h)
+    removal, as verify() retrains it, ``chunk`` subsets per ``retrain_heads`` call. ``query_x``: (queries, h)
     features; ``predicted``: (queries,) label ids."""
     config = wd.load()
     model, task = load_classifier(wd.checkpoint_path(config.checkpoints[-1]), config.label_names, "cpu",
@@ -136,9 +137,9 @@ def retrained_margins(wd: Workdir, train_set: Examples, removed: list[tuple[int,
         logits = retrain_heads(init, x, y, subsets, settings, paired=True).logits(query_x)  # (R, queries, K)
         for q, label in enumerate(predicted):
             out[lo:lo + len(subsets), q] = margins(logits[:, q, :], int(label))[0]
-        done = lo + len(subsets)
-        elapsed = time.perf_counter() - start
-        log(f"retrained {done}/{len(removed)} heads, {elapsed:.0f} s, about {elapsed / done * (len(removed) - done):.0f} s left")
+        done, elapsed = lo + len(subsets), time.perf_counter() - start
+        log(f"retrained {done}/{len(removed)} heads in {elapsed:.0f} s, "
+            f"about {elapsed / done * (len(removed) - done):.0f} s left")
     return out
 
 
@@ -168,6 +169,7 @@ def result(method: str, scoring: str, k: int, margin: np.ndarray, positions: np.
 
 
 def _mean(values: np.ndarray) -> float:
+    """The mean of an array (a bool array: a fraction), rounded for the JSON."""
     return round(float(np.mean(values)), 4)
 
 
@@ -252,7 +254,7 @@ def run(args, tmp: pathlib.Path) -> dict:
                      "epochs": settings.epochs, "methods": list(method_names()),
                      "test_accuracy": round(float((predicted == queries.labels).mean()), 4),
                      "original_margin_mean": _mean(margin[0]), "retrained_subsets": len(subsets.position),
-                     "chunk": args.chunk, "threads": torch.get_num_threads(),
+                     "chunk": args.chunk,
                      "train_seconds": round(train_s, 1), "retrain_seconds": round(retrain_s, 1)},
            "results": [asdict(r) for r in results]}
     if TARGET_K in args.ks:

@@ -115,7 +115,20 @@ def retrain_heads(init: nn.Linear, x: Tensor, y: Tensor, subsets: Sequence[np.nd
     learning rates), a row outside its subset left out of its batch's mean loss (a batch left empty still takes
     AdamW's step, with a zero gradient). The heads then differ only by the rows left out, not by the order SGD
     happened to see the others in: a counterfactual with the run's randomness held fixed.
+
+    Runs on one CPU thread (restored after): its operations are tiny, and more threads made it tens of times
+    slower on a busy two-core machine.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _retrain(init, x, y, subsets, settings, paired)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _retrain(init: nn.Linear, x: Tensor, y: Tensor, subsets: Sequence[np.ndarray], settings: TrainSettings,
+             paired: bool) -> Heads:
     device, r, b = x.device, len(subsets), settings.batch_size
     rows = [torch.as_tensor(np.asarray(s, dtype=np.int64)) for s in subsets]
     if any(len(s) == 0 for s in rows):
