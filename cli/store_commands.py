@@ -46,7 +46,8 @@ def _dataset(workdir: Path, db: Optional[str], write: bool = False):
 def scan(
     workdir: Path = WORKDIR,
     method: str = typer.Option("cv", help="cv (cross-validated heads, the default), loss, "
-                               f"{', '.join(method_names())} (by its self-influence), or combined (cv + tracin)."),
+                               f"{', '.join(method_names())} (by its self-influence), combined (cv + tracin), or aum (the area "
+                               "under the margin of the head's training, replayed; --freeze-encoder workdirs)."),
     flag_top: float = typer.Option(0.05, "--flag-top", help="Fraction of examples to flag as open 'mislabeled'."),
     folds: int = typer.Option(5, help="Folds of the cross-validated head."),
     repeats: int = typer.Option(3, help="Fold partitions the cross-validated probabilities are averaged over."),

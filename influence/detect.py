@@ -44,6 +44,7 @@ SCAN_METHODS: dict[str, dict[str, float]] = {
     "cv": {"cv": 1.0},
     **{name: {f"self_influence:{name}": 1.0} for name in method_names() if method_spec(name).self_influence},
     "combined": {"cv": 1.0, "self_influence:tracin": 1.0},
+    "aum": {"aum": 1.0},
 }
 """Scan methods: the signals each one weighs (see :func:`rank_label_issues`); one per registered attribution
 method that gives self-influence (:mod:`.registry`)."""
@@ -104,11 +105,13 @@ def suggest_labels(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
 def rank_label_issues(labels: Sequence[int], probabilities: np.ndarray | None = None,
                       cv_probabilities: np.ndarray | None = None,
                       self_influence: Mapping[str, np.ndarray] | None = None,
-                      weights: Mapping[str, float] | None = None) -> LabelIssues:
+                      weights: Mapping[str, float] | None = None,
+                      area_under_margin: np.ndarray | None = None) -> LabelIssues:
     """Rank examples by how likely their label is wrong, combining the signals given.
 
-    labels: (n,) given labels; probabilities, cv_probabilities: (n, K); self_influence: method name → (n,).
-    Signals are named ``loss``, ``cv`` and ``self_influence:<method>``; the score is their weighted mean rank
+    labels: (n,) given labels; probabilities, cv_probabilities: (n, K); self_influence: method name → (n,);
+    area_under_margin: (n,) AUM from training dynamics (:func:`.retrain.area_under_margin`; low = suspicious).
+    Signals are named ``loss``, ``cv``, ``self_influence:<method>`` and ``aum``; the score is their weighted mean rank
     score. ``weights`` by name; None weighs every signal given 1, otherwise a signal it does not name weighs 0
     (it is still reported in ``parts``). At least one probability matrix is needed.
     """
@@ -124,6 +127,8 @@ def rank_label_issues(labels: Sequence[int], probabilities: np.ndarray | None = 
             raise DatablameError(f"self-influence of {name} has shape {values.shape} or non-finite values for "
                                  f"{len(y)} examples", "recompute it with 'datablame vectors'")
         parts[f"self_influence:{name}"] = rank_scores(values)
+    if area_under_margin is not None:
+        parts["aum"] = rank_scores(-np.asarray(area_under_margin, dtype=np.float64))
     reference = cv_probabilities if cv_probabilities is not None else probabilities
     if reference is None or not parts:
         raise DatablameError("no probabilities to rank label issues with",

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -61,10 +61,10 @@ def recipe(config: Config) -> TrainSettings:
     training = dict(config.training or {})
     if not training:
         raise DatablameError("this workdir has no training recipe (made by 'datablame init')",
-                             "retraining checks need a workdir made by 'datablame train --freeze-encoder'")
+                             "retraining the head needs a workdir made by 'datablame train --freeze-encoder'")
     if not training.get("freeze_encoder"):
-        raise DatablameError("retraining checks need a frozen encoder; this workdir fine-tuned the whole model",
-                             "train with --freeze-encoder to verify explanations by retraining the head")
+        raise DatablameError("retraining the head needs a frozen encoder; this workdir fine-tuned the whole model",
+                             "train with --freeze-encoder (the head then retrains in seconds)")
     return TrainSettings(**training)
 
 
@@ -104,7 +104,8 @@ def _adamw_step(p: Tensor, grad: Tensor, m: Tensor, v: Tensor, lr: Tensor, step:
 
 @torch.no_grad()
 def retrain_heads(init: nn.Linear, x: Tensor, y: Tensor, subsets: Sequence[np.ndarray],
-                  settings: TrainSettings, paired: bool = False) -> Heads:
+                  settings: TrainSettings, paired: bool = False,
+                  on_epoch: Callable[[Heads], None] | None = None) -> Heads:
     """The heads ``train --freeze-encoder`` would train from ``init`` on each subset of the training rows.
 
     x: (n, h) features of every training example; y: (n,) labels; subsets: R arrays of row ids, each in the
@@ -116,19 +117,37 @@ def retrain_heads(init: nn.Linear, x: Tensor, y: Tensor, subsets: Sequence[np.nd
     AdamW's step, with a zero gradient). The heads then differ only by the rows left out, not by the order SGD
     happened to see the others in: a counterfactual with the run's randomness held fixed.
 
+    ``on_epoch(heads)`` sees the heads at the end of every epoch (training dynamics; views, read them at once).
     Runs on one CPU thread (restored after): its operations are tiny, and more threads made it tens of times
     slower on a busy two-core machine.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _retrain(init, x, y, subsets, settings, paired)
+        return _retrain(init, x, y, subsets, settings, paired, on_epoch)
     finally:
         torch.set_num_threads(threads)
 
 
+def area_under_margin(init: nn.Linear, x: Tensor, y: Tensor, settings: TrainSettings) -> np.ndarray:
+    """(n,) float64 AUM (Pleiss et al. 2020) of every training example: the margin of its given label (its logit
+    minus the largest other, nats) at the end of each epoch of the head's training, averaged over the epochs; the
+    training replayed on all rows by :func:`retrain_heads`. Mislabeled examples keep a low, often negative, margin
+    while the others are learned."""
+    total = torch.zeros(len(y), dtype=torch.float64)
+
+    def record(heads: Heads) -> None:
+        logits = heads.logits(x)[0].double()
+        given = logits.gather(1, y[:, None])[:, 0]
+        others = logits.scatter(1, y[:, None], -torch.inf).max(1).values
+        total.add_(given - others)
+
+    retrain_heads(init, x, y, [np.arange(len(y))], settings, on_epoch=record)
+    return (total / settings.epochs).numpy()
+
+
 def _retrain(init: nn.Linear, x: Tensor, y: Tensor, subsets: Sequence[np.ndarray], settings: TrainSettings,
-             paired: bool) -> Heads:
+             paired: bool, on_epoch: Callable[[Heads], None] | None) -> Heads:
     device, r, b = x.device, len(subsets), settings.batch_size
     rows = [torch.as_tensor(np.asarray(s, dtype=np.int64)) for s in subsets]
     if any(len(s) == 0 for s in rows):
@@ -168,4 +187,6 @@ def _retrain(init: nn.Linear, x: Tensor, y: Tensor, subsets: Sequence[np.ndarray
             delta = (probs - F.one_hot(y[ids], probs.shape[-1]).float()) * \
                 (mask / mask.sum(1, keepdim=True).clamp_min(1))[..., None]
             _adamw_step(theta, torch.bmm(delta.transpose(1, 2), xs), m, v, lr, (step + 1).float(), live)
+        if on_epoch is not None:
+            on_epoch(Heads(theta[..., :-1], theta[..., -1]))
     return Heads(theta[..., :-1].contiguous(), theta[..., -1].contiguous())

@@ -87,7 +87,8 @@ def scan_workdir(workdir: str | os.PathLike, method: str = "cv", flag_top: float
                                               repeats=repeats) if weights.get("cv") else None
     influence = {m: self_influence(workdir, m, config, device, progress)
                  for m in detect.self_influence_methods(weights)}
-    issues = detect.rank_label_issues(examples.labels, probs, cv, influence, weights)
+    aum = training_margins(config, features, examples.labels, device) if weights.get("aum") else None
+    issues = detect.rank_label_issues(examples.labels, probs, cv, influence, weights, aum)
     log.info("given label's mean probability %.3f; flagging the top %.1f%%", issues.label_probability.mean(),
              100 * flag_top)
     record = record_scan(db, ensure_dataset(db, examples), method, issues, next(iter(influence.values()), None),
@@ -96,6 +97,19 @@ def scan_workdir(workdir: str | os.PathLike, method: str = "cv", flag_top: float
     top = math.ceil(flag_top * len(issues.order))
     threshold = float(issues.score[issues.order[top - 1]]) if top else math.inf
     return ScanResult(method, issues, examples, record, threshold)
+
+
+def training_margins(config: Config, features: np.ndarray, labels, device: str = "auto") -> np.ndarray:
+    """(n,) AUM of every training example, from the head's training replayed on its features (a workdir trained
+    with --freeze-encoder: the final checkpoint's features are the ones it trained on)."""
+    import torch
+
+    from datablame.influence.retrain import area_under_margin, initial_head, recipe
+
+    settings = recipe(config)  # refuses a workdir whose whole model was fine-tuned
+    init = initial_head(config, device)
+    x = torch.as_tensor(np.asarray(features), dtype=torch.float32, device=init.weight.device)
+    return area_under_margin(init, x, torch.as_tensor(np.asarray(labels), device=x.device), settings)
 
 
 def self_influence(workdir: str | os.PathLike, method: str, config: Config, device: str = "auto",

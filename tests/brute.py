@@ -1,6 +1,13 @@
-"""Brute-force references shared by the tests: one backward pass per example, exact Hessians."""
+"""Brute-force references shared by the tests: one backward pass per example, exact Hessians, a head retrained
+one AdamW step at a time."""
 
+import copy
+import math
+
+import numpy as np
 import torch
+
+from datablame.influence.train import learning_rate
 
 QUERIES = ["goal team the very", "soup bread and my", "code phone today", "match pasta app"]
 
@@ -27,3 +34,30 @@ def exact_hessian(task, model, names, examples):
     p = num_params(model, names)
     h = hvp(torch.eye(p)).double()
     return (h + h.T) / 2
+
+
+def replay(task, init, x, y, rows, s, paired: bool = False, on_epoch=None):
+    """train()'s --freeze-encoder head recipe (settings ``s``) on just ``rows`` (paired: the run on all rows, the
+    others' losses left out of each batch's mean), with torch's own AdamW, one step at a time: the brute force
+    retrain_heads must match. ``on_epoch(head)`` sees the head at the end of every epoch."""
+    head = copy.deepcopy(init)
+    opt = torch.optim.AdamW(head.parameters(), lr=s.lr, weight_decay=0.01)
+    kept = np.isin(np.arange(len(y)), rows)
+    xs, ys, kept = (x, y, kept) if paired else (x[rows], y[rows], kept[rows])
+    per_epoch = math.ceil(len(ys) / s.batch_size)
+    gen, step = torch.Generator().manual_seed(s.seed), 0
+    for _ in range(s.epochs):
+        order = torch.randperm(len(ys), generator=gen).numpy()
+        for position in range(per_epoch):
+            batch = order[position * s.batch_size:(position + 1) * s.batch_size]
+            batch = batch[kept[batch]]
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(step, s.epochs * per_epoch, s.lr)
+            loss = task.loss(head(xs[batch]), ys[batch]).sum() / max(1, len(batch))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+        if on_epoch is not None:
+            on_epoch(head)
+    return head

@@ -31,7 +31,7 @@ def test_explain_verify_cli(frozen_workdir, trained_workdir, tmp_path):
     index_workdir(wd, "tracin", MethodSettings(params=["last-layer"], dim=32, device="cpu"), ("cosine",))
     r = datablame("explain", wd, TEXT, "--method", "tracin", "--verify", "--no-plot")
     lines = [line for line in r.stderr.splitlines() if line.strip() and not line.startswith("verifying")]
-    assert r.returncode == 2 and "retraining checks need a frozen encoder" in lines[-1], r.stderr
+    assert r.returncode == 2 and "retraining the head needs a frozen encoder" in lines[-1], r.stderr
 
 
 def test_explain_stability_cli(frozen_workdir, tmp_path):

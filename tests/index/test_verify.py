@@ -1,12 +1,11 @@
 """Retraining checks: retrain_heads replays train --freeze-encoder's recipe (all rows: the checkpoint's head; a
 subset: torch's AdamW on just those rows), and verify reports each removal's margin."""
 
-import copy
-import math
-
 import numpy as np
 import pytest
 import torch
+
+from brute import replay
 
 from datablame.index.explain import Explainer
 from datablame.index.verify import same_label_draws, verify
@@ -14,7 +13,6 @@ from datablame.influence.errors import DatablameError
 from datablame.influence.features import FeatureCache
 from datablame.influence.models import load_classifier
 from datablame.influence.retrain import initial_head, recipe, retrain_heads
-from datablame.influence.train import TrainSettings, learning_rate
 from datablame.influence.workdir import Workdir
 
 TEXT = "goal team the very"
@@ -26,30 +24,6 @@ def features(wd: Workdir):
     train_examples = wd.load_examples(config)
     x = FeatureCache(train_examples, wd.features_cache).of(task, model).rows(np.arange(len(train_examples)))
     return config, task, task.head(model), x, torch.as_tensor(train_examples.labels)
-
-
-def replay(task, init, x, y, rows, s: TrainSettings, paired: bool = False):
-    """train()'s head recipe on just ``rows`` (paired: the run on all rows, the others' losses left out of each
-    batch's mean), with torch's own AdamW: the brute force retrain_heads must match."""
-    head = copy.deepcopy(init)
-    opt = torch.optim.AdamW(head.parameters(), lr=s.lr, weight_decay=0.01)
-    kept = np.isin(np.arange(len(y)), rows)
-    xs, ys, kept = (x, y, kept) if paired else (x[rows], y[rows], kept[rows])
-    per_epoch = math.ceil(len(ys) / s.batch_size)
-    gen, step = torch.Generator().manual_seed(s.seed), 0
-    for _ in range(s.epochs):
-        order = torch.randperm(len(ys), generator=gen).numpy()
-        for position in range(per_epoch):
-            batch = order[position * s.batch_size:(position + 1) * s.batch_size]
-            batch = batch[kept[batch]]
-            for group in opt.param_groups:
-                group["lr"] = learning_rate(step, s.epochs * per_epoch, s.lr)
-            loss = task.loss(head(xs[batch]), ys[batch]).sum() / max(1, len(batch))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step += 1
-    return head
 
 
 def test_retrain_heads_replays_the_recipe(frozen_workdir):
