@@ -280,9 +280,11 @@ def explain(
         raise DatablameError(f"--top must be at least 1, not {top}", "e.g. --top 10")
     if as_json and jsonl:
         raise DatablameError("--json and --jsonl are two formats of one output", "give one of them")
-    for flag_name, asked in (("--verify", verify), ("--stability", stable)):
-        if asked and queries is not None:
-            raise DatablameError(f"{flag_name} checks one input at a time", "give the input as TEXT, not --queries")
+    if verify and queries is not None and not aggregate:
+        raise DatablameError("--verify checks one input, or a slice as a whole",
+                             "give the input as TEXT, or add --aggregate")
+    if stable and queries is not None:
+        raise DatablameError("--stability checks one input at a time", "give the input as TEXT, not --queries")
     texts = read_queries(text, queries)
     if method is None:
         method, why = default_method(workdir, score or DEFAULT_SCORING)
@@ -306,7 +308,7 @@ def explain(
             explain_batches(explainers, texts, top, update)
         for per_input in runs:
             if verify:
-                _verify(explainers, per_input, texts[0], remove, draws, device, quiet)
+                _verify(explainers, per_input, texts, aggregate, remove, draws, device, quiet)
             if stable:
                 _stability(explainers, per_input, texts[0], top)
             printer.print(per_input)
@@ -325,15 +327,19 @@ def explain(
         _flag_supporters(workdir, explainer.train, flagged, flag, db)
 
 
-def _verify(explainers, results, text: str, remove: int, draws: int, device: str, quiet: bool) -> None:
-    """Attach to each result (one per explainer) the verification of its explanation by retraining."""
-    from datablame.index.verify import verify as run_verification
+def _verify(explainers, results, texts: list, aggregate: bool, remove: int, draws: int, device: str,
+            quiet: bool) -> None:
+    """Attach to each result (one per explainer) the verification of its explanation (of one input, or of the
+    slice ``texts`` when ``aggregate``) by retraining."""
+    from datablame.index.verify import verify as verify_one, verify_slice
 
     if not quiet:
         console.print(f"verifying: retraining the head {1 + len(explainers) * (draws + 2)} times (without the top "
                       f"{remove} supporters, {draws} random same-label sets, the top {remove} opponents) on "
                       f"{len(explainers[0].train)} examples …")
-    for result, check in zip(results, run_verification(explainers, text, remove, draws, device=device)):
+    checks = verify_slice(explainers, texts, remove, draws, device=device) if aggregate else \
+        verify_one(explainers, texts[0], remove, draws, device=device)
+    for result, check in zip(results, checks):
         result.verification = check.to_json()
 
 

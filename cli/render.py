@@ -110,11 +110,14 @@ def print_verification(v: dict) -> None:
     probability in brackets), and whether the explanation holds (see :mod:`datablame.index.verify`)."""
     m, p, k = v["margin"], v["probability"], v["k"]
     rand = np.array(m["without_random"])
-    out = Text(f"verified by retraining the head ({v['seconds']:.1f} s); margin of '{v['label']}' in nats "
-               "(probability):\n", style="bold")
+    what = f"margin of '{v['label']}'" if v.get("inputs", 1) == 1 else \
+        f"mean over the {v['inputs']} inputs of each one's predicted label's margin"
+    out = Text(f"verified by retraining the head ({v['seconds']:.1f} s); {what} in nats (probability):\n",
+               style="bold")
     rows = [("original", f"{m['original']:+.3f} ({p['original']:.3f})"),
             (f"without the top {k} supporters", f"{m['without_top']:+.3f} ({p['without_top']:.3f})"
-             + ("  flips the prediction" if v["flipped"] else "")),
+             + (f"  {v['flipped_share']:.0%} of the predictions flip" if v.get("inputs", 1) > 1 else
+                "  flips the prediction" if v["flipped"] else "")),
             (f"without {k} random, same labels", f"{rand.mean():+.3f} ± {rand.std():.3f}, min {rand.min():+.3f} "
              f"({len(rand)} draws)"),
             (f"without the top {k} opponents", f"{m['without_opposing']:+.3f} ({p['without_opposing']:.3f})")]

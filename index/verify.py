@@ -16,6 +16,7 @@ the predicted label are read off each retrained head. The explanation *holds* wh
 the margin more than every random draw does and removing the opponents raises it.
 
     verify([Explainer(workdir, "influence")], "an input", k=10)   → [Verification]
+    verify_slice([Explainer(workdir, "influence")], texts, k=10)  → the same for a slice's aggregate explanation
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from datablame.influence.features import FeatureCache
 from datablame.influence.models import load_classifier
 from datablame.influence.retrain import initial_head, recipe, retrain_heads
 
-from .explain import Explainer
+from .explain import QUERY_BATCH, Explanation, Explainer
 
 DRAWS = 5
 """Random removals per verification: the spread a supporters' removal is compared against."""
@@ -44,7 +45,9 @@ class Verification:
     """What retraining without the explanation's examples did to the query (see the module's doc): ``k`` removed;
     ``margin`` and ``probability`` of the predicted label ``label`` under keys original, without_top,
     without_random (a list, one per draw) and without_opposing; ``flipped``: the prediction changes without the
-    supporters; ``holds``; ``seconds`` of wall time; ``removed``: the training ids of each removal."""
+    supporters; ``holds``; ``seconds`` of wall time; ``removed``: the training ids of each removal; for a slice
+    (:func:`verify_slice`), ``inputs`` and the means over them, ``flipped_share`` of its predictions flipping (and
+    ``flipped`` when most do)."""
 
     k: int
     label: str
@@ -54,6 +57,8 @@ class Verification:
     holds: bool
     seconds: float
     removed: dict
+    inputs: int = 1
+    flipped_share: float = 0.0
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -87,10 +92,33 @@ def verify(explainers: Sequence[Explainer], text: Text, k: int = 10, draws: int 
     """Retrain the head without the top-``k`` supporters of ``text``'s explanation, without ``draws`` random
     same-label sets of k, and without the top-k opponents, and report what each did to its prediction: one
     :class:`Verification` per explainer (e.g. both scorings of one method, sharing one retraining run)."""
+    _check(k, draws)
+    return _retrain_without(explainers, [text], [e.explain([text], top=k)[0] for e in explainers], k, draws, seed,
+                            device)
+
+
+def verify_slice(explainers: Sequence[Explainer], texts: Sequence[Text], k: int = 10, draws: int = DRAWS,
+                 seed: int = 0, device: str = "cpu") -> list[Verification]:
+    """:func:`verify` for a slice: the removals are the top-k supporters and opponents of its aggregate
+    explanation (the summed query vectors); each input's margin is of its own predicted label, and the reported
+    margins and probabilities are their means over the slice; ``flipped_share`` is the share of the slice's
+    predictions that change without the supporters."""
+    _check(k, draws)
+    return _retrain_without(explainers, list(texts), [e.explain_aggregate(texts, top=k) for e in explainers], k,
+                            draws, seed, device)
+
+
+def _check(k: int, draws: int) -> None:
     if k < 1:
         raise DatablameError(f"--remove must be at least 1, not {k}", "e.g. --remove 10")
     if draws < 1:
         raise DatablameError(f"--draws must be at least 1, not {draws}", "e.g. --draws 5")
+
+
+def _retrain_without(explainers: Sequence[Explainer], texts: list[Text], explanations: list[Explanation], k: int,
+                     draws: int, seed: int, device: str) -> list[Verification]:
+    """One retraining run for every explainer's removals (its explanation's top-k supporters, random same-label
+    sets, top-k opponents), read at each input's features; see :func:`verify`."""
     start = time.perf_counter()
     workdir, train = explainers[0].workdir, explainers[0].train
     config = workdir.load()
@@ -100,13 +128,11 @@ def verify(explainers: Sequence[Explainer], text: Text, k: int = 10, draws: int 
                              f"remove fewer than {len(train) // 2}")
     labels = np.asarray(train.labels)
     everything = np.arange(len(train))
-    explanations, removals, subsets = [], [], [everything]
-    for explainer in explainers:
-        [explanation] = explainer.explain([text], top=k)
+    removals, subsets = [], [everything]
+    for explanation in explanations:
         top = np.array([n.id for n in explanation.supporting], dtype=np.int64)
         opposing = np.array([n.id for n in explanation.opposing], dtype=np.int64)
         random_sets = same_label_draws(labels, top, draws, seed)
-        explanations.append(explanation)
         removals.append({"top": top.tolist(), "random": [r.tolist() for r in random_sets],
                          "opposing": opposing.tolist()})
         subsets += [np.setdiff1d(everything, ids) for ids in (top, *random_sets, opposing)]
@@ -114,19 +140,25 @@ def verify(explainers: Sequence[Explainer], text: Text, k: int = 10, draws: int 
                                   config.max_length)
     x = FeatureCache(train, workdir.features_cache).of(task, model).rows(everything)
     with torch.no_grad():
-        _, query = task.logits_and_features(model, task.encode([text]))
+        logits, query = zip(*(task.logits_and_features(model, task.encode(texts[lo:lo + QUERY_BATCH]))
+                              for lo in range(0, len(texts), QUERY_BATCH)))
+    predicted = torch.cat(logits).argmax(-1).tolist()  # each input's own prediction
     heads = retrain_heads(initial_head(config, device), x, torch.as_tensor(labels, device=x.device), subsets,
                           settings, paired=True)
-    label = config.label_names.index(explanations[0].prediction["label"])
-    margin, probability = margins(heads.logits(query)[:, 0, :].cpu(), label)
+    retrained = heads.logits(torch.cat(query)).cpu()  # (R, inputs, K)
+    per_input = [margins(retrained[:, i, :], label) for i, label in enumerate(predicted)]
+    margin = np.mean([m for m, _ in per_input], axis=0)  # (R,): means over the inputs
+    probability = np.mean([p for _, p in per_input], axis=0)
+    flips = np.mean([m < 0 for m, _ in per_input], axis=0)
     seconds = round(time.perf_counter() - start, 2)
     out, per = [], draws + 2  # variants per explainer after the shared original
     for i, removed in enumerate(removals):
         rows = np.r_[0, 1 + i * per:1 + (i + 1) * per]  # original, without_top, randoms…, without_opposing
         m, p = margin[rows], probability[rows]
+        holds = bool(m[1] < m[2:-1].min() and m[-1] > m[0])
         out.append(Verification(k, explanations[i].prediction["label"], _by_variant(m), _by_variant(p),
-                                flipped=bool(m[1] < 0), holds=bool(m[1] < m[2:-1].min() and m[-1] > m[0]),
-                                seconds=seconds, removed=removed))
+                                flipped=bool(flips[rows[1]] > 0.5), holds=holds, seconds=seconds, removed=removed,
+                                inputs=len(texts), flipped_share=round(float(flips[rows[1]]), 4)))
     return out
 
 

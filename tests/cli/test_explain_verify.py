@@ -25,7 +25,13 @@ def test_explain_verify_cli(frozen_workdir, trained_workdir, tmp_path):
     queries = tmp_path / "q.txt"
     queries.write_text(TEXT + "\n")
     r = datablame("explain", frozen_workdir, "--queries", queries, "--method", "tracin", "--verify")
-    assert r.returncode == 2 and "--verify checks one input at a time" in r.stderr
+    assert r.returncode == 2 and "--verify checks one input, or a slice as a whole" in r.stderr
+    queries.write_text(TEXT + "\nsoup bread and my\nmatch score coach\n")
+    r = datablame("explain", frozen_workdir, "--queries", queries, "--aggregate", "--method", "tracin", "--verify",
+                  "--remove", "2", "--draws", "2", "--json", "--no-plot", "-q")
+    assert r.returncode == 0, r.stderr
+    v = json.loads(r.stdout)["verification"]
+    assert v["inputs"] == 3 and 0 <= v["flipped_share"] <= 1 and len(v["margin"]["without_random"]) == 2
     wd = tmp_path / "whole"  # trained without --freeze-encoder: retraining would be a whole fine-tune
     shutil.copytree(trained_workdir, wd, ignore=shutil.ignore_patterns("index", "vectors", "cache", "plots"))
     index_workdir(wd, "tracin", MethodSettings(params=["last-layer"], dim=32, device="cpu"), ("cosine",))

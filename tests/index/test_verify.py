@@ -8,7 +8,7 @@ import torch
 from brute import replay
 
 from datablame.index.explain import Explainer
-from datablame.index.verify import same_label_draws, verify
+from datablame.index.verify import same_label_draws, verify, verify_slice
 from datablame.influence.errors import DatablameError
 from datablame.influence.features import FeatureCache
 from datablame.influence.models import load_classifier
@@ -81,3 +81,17 @@ def test_verify_reports_each_removal(frozen_workdir):
     p = checks[0].probability["original"]
     [explanation] = explainer.explain([TEXT], top=3)
     assert p == pytest.approx(explanation.prediction["probability"], abs=1e-4)
+
+
+def test_verify_slice(frozen_workdir):
+    explainer = Explainer(frozen_workdir, "tracin", "raw", cache=False)
+    [one] = verify([explainer], TEXT, k=3, draws=2)
+    [alone] = verify_slice([explainer], [TEXT], k=3, draws=2)  # a slice of one input: the same check
+    assert alone.margin == one.margin and alone.removed == one.removed and alone.inputs == 1
+    texts = [TEXT, "soup bread and my", "code phone today"]
+    [check] = verify_slice([explainer], texts, k=3, draws=2)
+    [aggregate] = [explainer.explain_aggregate(texts, top=3)]
+    assert check.inputs == 3 and check.removed["top"] == [n.id for n in aggregate.supporting]
+    singles = [verify([explainer], t, k=3, draws=2)[0].margin["original"] for t in texts]
+    assert check.margin["original"] == pytest.approx(np.mean(singles), abs=1e-5)  # the mean of each input's margin
+    assert 0 <= check.flipped_share <= 1
