@@ -146,18 +146,34 @@ def area_under_margin(init: nn.Linear, x: Tensor, y: Tensor, settings: TrainSett
     return (total / settings.epochs).numpy()
 
 
+def _epoch_order(rows: list[Tensor], generators: list[torch.Generator], width: int,
+                 member: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(R, width) int64 row ids of one epoch of each head, padded, and (R, width) float 1 where a row counts in its
+    batch: each subset's own seeded permutation, as ``train`` draws one; paired (``member``: (R, n) bool), one
+    permutation of all n rows (one generator) shared by every head, the rows outside a head's subset counted 0."""
+    order, valid = torch.zeros(len(rows), width, dtype=torch.long), torch.zeros(len(rows), width)
+    if member is not None:
+        permutation = torch.randperm(member.shape[1], generator=generators[0])
+        order[:, :len(permutation)] = permutation
+        valid[:, :len(permutation)] = member[:, permutation].float()
+        return order, valid
+    for i, (s, g) in enumerate(zip(rows, generators)):
+        order[i, :len(s)], valid[i, :len(s)] = s[torch.randperm(len(s), generator=g)], 1.0
+    return order, valid
+
+
 def _retrain(init: nn.Linear, x: Tensor, y: Tensor, subsets: Sequence[np.ndarray], settings: TrainSettings,
              paired: bool, on_epoch: Callable[[Heads], None] | None) -> Heads:
     device, r, b = x.device, len(subsets), settings.batch_size
     rows = [torch.as_tensor(np.asarray(s, dtype=np.int64)) for s in subsets]
     if any(len(s) == 0 for s in rows):
         raise DatablameError("a retraining subset is empty", "keep at least one training example")
-    if paired:
+    member = None
+    if paired:  # every head runs over all rows; member[i] marks the rows of head i's subset
         member = torch.zeros(r, len(x), dtype=torch.bool)
         for i, s in enumerate(rows):
             member[i, s] = True
-        rows = [torch.arange(len(x))] * r
-    per_epoch = np.array([math.ceil(len(s) / b) for s in rows])
+    per_epoch = np.array([math.ceil((len(x) if paired else len(s)) / b) for s in rows])
     totals, steps = settings.epochs * per_epoch, int(per_epoch.max())
     rates = torch.tensor(np.stack([[learning_rate(min(k, t - 1), int(t), settings.lr) for k in range(int(totals.max()))]
                                    for t in totals]), dtype=torch.float32, device=device)  # (R, most steps)
@@ -167,16 +183,10 @@ def _retrain(init: nn.Linear, x: Tensor, y: Tensor, subsets: Sequence[np.ndarray
     theta = torch.cat([init.weight.detach(), init.bias.detach()[:, None]], 1).to(device, torch.float32)
     theta = theta.expand(r, -1, -1).clone()
     m, v = torch.zeros_like(theta), torch.zeros_like(theta)
-    generators = [torch.Generator().manual_seed(settings.seed) for _ in rows]
+    generators = [torch.Generator().manual_seed(settings.seed) for _ in ([None] if paired else rows)]
     per_epoch_t = torch.as_tensor(per_epoch, device=device)
     for epoch in range(settings.epochs):
-        order = torch.zeros(r, steps * b, dtype=torch.long)  # row ids of each head's epoch, padded
-        valid = torch.zeros(r, steps * b)
-        for i, (s, g) in enumerate(zip(rows, generators)):
-            order[i, :len(s)], valid[i, :len(s)] = s[torch.randperm(len(s), generator=g)], 1.0
-            if paired:
-                valid[i, :len(s)] = member[i, order[i, :len(s)]].float()
-        order, valid = order.to(device), valid.to(device)
+        order, valid = (t.to(device) for t in _epoch_order(rows, generators, steps * b, member))
         for position in range(steps):
             ids, mask = order[:, position * b:(position + 1) * b], valid[:, position * b:(position + 1) * b]
             step = epoch * per_epoch_t + position  # 0-based, per head
