@@ -233,7 +233,7 @@ class Explainer:
                        torch.from_numpy(np.stack([r[1] for r in rows]))), len(texts) - len(missing)
 
     def _neighbours(self, vectors: np.ndarray, top: int) -> tuple[list[list[Neighbour]], list[list[Neighbour]]]:
-        """Supporting (search with u) and opposing (search with −u, scores negated back) lists per (b, D) query."""
+        """Supporting (largest scores) and opposing (most negative) lists per (b, D) query, from one search."""
         s_scores, s_ids, o_scores, o_ids = self.index.search_both(vectors, top)
         return ([self._rows(s, i) for s, i in zip(s_scores, s_ids)],
                 [self._rows(s, i) for s, i in zip(o_scores, o_ids)])

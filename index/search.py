@@ -72,6 +72,16 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean(hits)) if hits else 1.0
 
 
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest of each row of (b, n) scores, largest first: (b, k) scores and (b, k) int64 column ids
+    (k ≤ n; ties in the order argsort leaves them)."""
+    ids = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else \
+        np.tile(np.arange(scores.shape[1]), (len(scores), 1))
+    best = np.take_along_axis(scores, ids, 1)
+    order = np.argsort(-best, axis=1, kind="stable")
+    return np.take_along_axis(best, order, 1), np.take_along_axis(ids, order, 1)
+
+
 SCORE_BLOCK = 2 ** 25
 """Scores (float32: 128 MiB) one matrix product of :meth:`VectorIndex.search_both` computes at most."""
 
@@ -132,9 +142,7 @@ class VectorIndex:
         k = max(0, min(k, self.meta.n))
         if k == 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-        if queries.shape[1] != self.meta.dim:
-            raise DatablameError(f"query vectors have dimension {queries.shape[1]}, the index {self.meta.dim}",
-                                 "rebuild the index with 'datablame index'")
+        self._check_dim(queries)
         scores, ids = self.index.search(prepare(queries, self.meta.scoring), k)
         return scores, ids
 
@@ -148,8 +156,7 @@ class VectorIndex:
             s, i = self.search(queries, k)
             o, j = self.search(-queries, k)
             return s, i, -o, j
-        if queries.shape[1] != self.meta.dim:
-            self.search(queries, k)  # the same refusal
+        self._check_dim(queries)
         q = prepare(queries, self.meta.scoring)
         x = faiss.rev_swig_ptr(self.index.get_xb(), self.meta.n * self.meta.dim).reshape(self.meta.n, self.meta.dim)
         out = [np.zeros((len(q), k), np.float32), np.zeros((len(q), k), np.int64),
@@ -158,14 +165,14 @@ class VectorIndex:
         for lo in range(0, len(q), block):
             scores = q[lo:lo + block] @ x.T  # (b, n)
             for sign, (s_out, i_out) in ((1.0, out[:2]), (-1.0, out[2:])):
-                signed = sign * scores
-                ids = np.argpartition(-signed, k - 1, axis=1)[:, :k] if k < self.meta.n else \
-                    np.tile(np.arange(self.meta.n), (len(signed), 1))
-                top = np.take_along_axis(signed, ids, 1)
-                order = np.argsort(-top, axis=1, kind="stable")
-                i_out[lo:lo + block] = np.take_along_axis(ids, order, 1)
-                s_out[lo:lo + block] = sign * np.take_along_axis(top, order, 1)
+                best, ids = top_k(sign * scores, k)
+                s_out[lo:lo + block], i_out[lo:lo + block] = sign * best, ids
         return tuple(out)
+
+    def _check_dim(self, queries: np.ndarray) -> None:
+        if queries.shape[1] != self.meta.dim:
+            raise DatablameError(f"query vectors have dimension {queries.shape[1]}, the index {self.meta.dim}",
+                                 "rebuild the index with 'datablame index'")
 
     @staticmethod
     def paths(folder: str | os.PathLike, method: str, scoring: str) -> tuple[Path, Path]:

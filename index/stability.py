@@ -19,7 +19,7 @@ import numpy as np
 from datablame.influence.data import Text
 
 from .explain import Explainer
-from .search import prepare
+from .search import prepare, top_k
 from .vectors import VectorStore
 
 
@@ -30,10 +30,8 @@ def jaccard(a, b) -> float:
 
 
 def top_ids(scores: np.ndarray, k: int) -> list[int]:
-    """Ids of the k largest of (n,) scores, largest first."""
-    k = min(k, len(scores))
-    ids = np.argpartition(-scores, k - 1)[:k]
-    return ids[np.argsort(-scores[ids], kind="stable")].tolist()
+    """Ids of the k largest of (n,) scores, largest first (:func:`.search.top_k` of one row)."""
+    return top_k(scores[None], min(k, len(scores)))[1][0].tolist()
 
 
 def checkpoint_tops(explainer: Explainer, query: np.ndarray, k: int) -> list[list[int]]:
