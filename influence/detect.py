@@ -33,6 +33,7 @@ from torch import nn
 
 from .data import Examples
 from .errors import DatablameError, check_choice
+from .features import FeatureCache
 from .heads import fit_softmax_head, with_bias
 from .registry import method_names, method_spec
 from .lissa import Progress
@@ -186,7 +187,18 @@ def _cross_validated(features: np.ndarray, labels: Sequence[int], num_classes: i
 
 
 def probabilities_and_features(task: Task, model: nn.Module, examples: Examples, batch_size: int = 64,
-                               progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(n, K) float64 class probabilities and (n, h) float32 penultimate features of ``model`` on ``examples``."""
-    logits, feats = logits_and_features_of(task, model, examples, batch_size, progress)
+                               progress: Progress | None = None,
+                               cache: FeatureCache | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(n, K) float64 class probabilities and (n, h) float32 penultimate features of ``model`` on ``examples``.
+
+    With ``cache`` (a :class:`.features.FeatureCache` of ``examples``, e.g. the workdir's), the features come from
+    it (computed and kept when missing) and the probabilities from the head on them: after ``train
+    --freeze-encoder`` no encoder pass at all, minutes saved at 67k examples."""
+    if cache is None:
+        logits, feats = logits_and_features_of(task, model, examples, batch_size, progress)
+    else:
+        feats = cache.of(task, model).rows(np.arange(len(examples)), progress)
+        head = task.head(model)
+        with torch.no_grad():
+            logits = head(feats.to(head.weight.dtype))
     return logits.double().softmax(-1).cpu().numpy(), feats.float().cpu().numpy()

@@ -70,6 +70,7 @@ def scan_workdir(workdir: str | os.PathLike, method: str = "cv", flag_top: float
     :data:`datablame.influence.detect.SCAN_METHODS`), store the scores and flag the top ``flag_top`` fraction as
     open ``mislabeled`` flags. ``db``: the store (default: the workdir's SQLite file)."""
     from datablame.influence import detect
+    from datablame.influence.features import FeatureCache
     from datablame.influence.models import load_classifier
 
     weights = detect.scan_weights(method)
@@ -80,7 +81,8 @@ def scan_workdir(workdir: str | os.PathLike, method: str = "cv", flag_top: float
     wd.verify(config.checkpoints[-1:])
     model, task = load_classifier(wd.checkpoint_path(config.checkpoints[-1]), config.label_names, device,
                                   config.max_length)
-    probs, features = _probabilities_and_features(wd, task, model, examples, progress)
+    probs, features = detect.probabilities_and_features(task, model, examples, progress=progress,
+                                                        cache=FeatureCache(examples, wd.features_cache))
     log.info("scan %s: %d examples, %d classes, features %s of checkpoint %s; signals %s", method, len(examples),
              len(config.label_names), tuple(features.shape), config.checkpoints[-1].path, weights)
     cv = detect.cross_validated_probabilities(features, examples.labels, len(config.label_names), folds,
@@ -97,21 +99,6 @@ def scan_workdir(workdir: str | os.PathLike, method: str = "cv", flag_top: float
     top = math.ceil(flag_top * len(issues.order))
     threshold = float(issues.score[issues.order[top - 1]]) if top else math.inf
     return ScanResult(method, issues, examples, record, threshold)
-
-
-def _probabilities_and_features(wd: Workdir, task, model, examples: Examples,
-                                progress: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(n, K) float64 probabilities and (n, h) float32 features of the training examples under ``model``: the
-    features from the workdir's feature cache (computed and cached when missing: after ``train --freeze-encoder``
-    they are there, and 67k examples skip an encoder pass of minutes), the probabilities from the head on them."""
-    import torch
-
-    from datablame.influence.features import FeatureCache
-
-    x = FeatureCache(examples, wd.features_cache).of(task, model).rows(np.arange(len(examples)), progress)
-    with torch.no_grad():
-        probs = task.head(model)(x.to(task.head(model).weight.dtype)).double().softmax(-1)
-    return probs.cpu().numpy(), x.float().cpu().numpy()
 
 
 def training_margins(config: Config, features: np.ndarray, labels, device: str = "auto") -> np.ndarray:
