@@ -1,11 +1,14 @@
-"""The three attribution methods, each reduced to one vector space: score(i, q) = <v_i, u_q>.
+"""TracIn, influence functions and representer points; every method reduced to one vector space:
+score(i, q) = <v_i, u_q>.
 
 =================== =========================================== ========================================
 method              training vector v_i, (D,)                   query vector u_q, (D,)
 =================== =========================================== ========================================
 TracIn              concat_c sqrt(lr_c) · P g_c(z_i)            concat_c sqrt(lr_c) · P g_c(z_q, ŷ)
-influence functions P g(z_i) at the final checkpoint            P (H + λI)^{-1} g(z_q, ŷ)   (LiSSA)
+influence functions P g(z_i) at the final checkpoint            P (H + λI)^{-1} g(z_q, ŷ)   (exact, LiSSA or
+                                                                sketch-space curvature)
 representer points  α_i ⊗ [f_i, 1]                              e_ŷ ⊗ [f_q, 1]
+TRAK (:mod:`.trak`) Q_i · concat_m φ_m(z_i)                     (1/M) concat_m K_m^{-1} φ_m(z_q, ŷ)
 =================== =========================================== ========================================
 
 g = ∇_θ cross-entropy over the selected parameters, P a seeded projection (:mod:`.sketch`), ŷ the model's

@@ -1,13 +1,7 @@
-"""TRAK (Park et al. 2023, "TRAK: Attributing Model Behavior at Scale") in datablame's one vector space.
+"""TRAK (Park et al. 2023, "TRAK: Attributing Model Behavior at Scale") in datablame's one vector space (the
+table of every method is in :mod:`.methods`):
 
-=================== =========================================== ========================================
-method              training vector v_i, (D,)                   query vector u_q, (D,)
-=================== =========================================== ========================================
-TracIn              concat_c sqrt(lr_c) · P g_c(z_i)            concat_c sqrt(lr_c) · P g_c(z_q, ŷ)
-influence functions P g(z_i) at the final checkpoint            P (H + λI)^{-1} g(z_q, ŷ)   (LiSSA)
-representer points  α_i ⊗ [f_i, 1]                              e_ŷ ⊗ [f_q, 1]
-TRAK                Q_i · concat_m φ_m(z_i)                     (1/M) concat_m K_m^{-1} φ_m(z_q, ŷ)
-=================== =========================================== ========================================
+    v_i = Q_i · concat_m φ_m(z_i)        u_q = (1/M) concat_m K_m^{-1} φ_m(z_q, ŷ)
 
 so that score(i, q) = <v_i, u_q> = τ(q, i) = Q_i · (1/M) Σ_m φ_m(q)ᵀ K_m^{-1} φ_m(i), where, over the M
 checkpoints m of the workdir (D = M·k):
