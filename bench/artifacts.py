@@ -142,11 +142,25 @@ def summarize(runs: list[dict], methods) -> dict:
     return summary
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def subset_parser(description: str) -> argparse.ArgumentParser:
+    """A parser with the options the SST-2 subset benchmarks (artifacts, faithfulness, verify) share: the data
+    folder, the subset size and what the head reads."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", type=pathlib.Path, default=pathlib.Path(__file__).parents[1] / ".." / "shared"
                         / "data" / "sst2")
     parser.add_argument("--n", type=int, default=2000, help="training sentences in the subset")
+    parser.add_argument("--pooling", default="auto", help="what the head reads, as 'datablame train --pooling' "
+                        "(auto: mean for MiniLM; cls: its pooler output)")
+    return parser
+
+
+def damping_value(value: str) -> float | str:
+    """A --damping value: a number, or auto."""
+    return value if value == "auto" else float(value)
+
+
+def main() -> None:
+    parser = subset_parser(__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=0.02, help="fraction of the subset planted")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--tokens", nargs="+", default=["zxqv", "blorft"])
@@ -156,10 +170,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--dim", type=int, default=None,
                         help="sketch dimension (default, as the CLI: exact gradients for the head's 770 parameters)")
-    parser.add_argument("--damping", type=lambda v: v if v == "auto" else float(v), default="auto",
+    parser.add_argument("--damping", type=damping_value, default="auto",
                         help="influence functions' λ (default auto, as the CLI: the curvature's mean eigenvalue)")
-    parser.add_argument("--pooling", default="auto", help="what the head reads, as 'datablame train --pooling' "
-                        "(auto: mean for MiniLM; cls: its pooler output)")
     args = parser.parse_args()
     runs = []
     for seed in args.seeds:

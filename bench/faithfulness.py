@@ -64,7 +64,6 @@ convergence, bounds the correlations; at --quick's n = 300 (one example weighs 1
 
 from __future__ import annotations
 
-import argparse
 import copy
 import fnmatch
 import json
@@ -99,6 +98,8 @@ from datablame.influence.task import logits_and_features_of  # noqa: E402
 from datablame.influence.train import TrainSettings, train  # noqa: E402
 from datablame.influence.trak import margin  # noqa: E402
 from datablame.influence.workdir import Workdir  # noqa: E402
+
+from artifacts import damping_value, subset_parser  # noqa: E402
 
 BOOTSTRAP = 1000
 LOO_CONFIGS = ["influence-auto-exact-dauto", "influence-exact-exact-d0.001"]
@@ -412,15 +413,8 @@ def dimension(value: str) -> int | None:
     return None if value == "exact" else int(value)
 
 
-def damping_value(value: str) -> float | str:
-    return value if value == "auto" else float(value)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=pathlib.Path, default=pathlib.Path(__file__).parents[1] / ".." / "shared"
-                        / "data" / "sst2")
-    parser.add_argument("--n", type=int, default=2000, help="training sentences in the subset")
+    parser = subset_parser(__doc__.splitlines()[0])
     parser.add_argument("--test", type=int, default=100, help="dev sentences (test points)")
     parser.add_argument("--subsets", type=int, default=50, help="random retraining subsets S")
     parser.add_argument("--fraction", type=float, default=0.5, help="each subset's share of the training sentences")
@@ -444,8 +438,6 @@ def main() -> None:
                         "measured configurations checked (raw scores)")
     parser.add_argument("--loo-converge", type=int, metavar="EPOCHS", help="leave-one-out: also retrain the full "
                         "head and every leave-one-out head for EPOCHS epochs (e.g. 200), nearer convergence")
-    parser.add_argument("--pooling", default="auto", help="what the head reads, as 'datablame train --pooling' "
-                        "(auto: mean for MiniLM; cls: its pooler output)")
     parser.add_argument("--quick", action="store_true", help="smoke run: --n 300 --test 20 --subsets 10")
     parser.add_argument("--out", type=pathlib.Path, help="also write the JSON here (atomically)")
     args = parser.parse_args()

@@ -9,8 +9,8 @@ each retrained head. This benchmark does that for many queries, every registered
 several K at once.
 
 Setting: a seeded subset of --n SST-2 training sentences; a linear head on the frozen all-MiniLM-L6-v2 encoder,
-trained as the README's own-data flow (20 epochs, lr 1e-2, batch 16, 3 checkpoints, max length 64, default
-pooling); every registered method indexed with the CLI's defaults (``MethodSettings.faithful()``, cosine and raw
+trained as the README's own-data flow (20 epochs, lr 1e-2, batch 16, 3 checkpoints, max length 64,
+--pooling, default auto); every registered method indexed with the CLI's defaults (``MethodSettings.faithful()``, cosine and raw
 indexes); --queries seeded SST-2 dev sentences, explained with ``top`` = the largest K (the top-K of each K is
 that list's prefix). Every removal is a subset of the training rows; the distinct subsets are retrained as
 verify() retrains them (``retrain_heads(..., paired=True)`` from ``initial_head`` with the workdir's ``recipe``,
@@ -33,7 +33,6 @@ scorings, every K) and reports the largest difference from this benchmark's marg
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
@@ -49,7 +48,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from artifacts import minilm, write_tsv  # noqa: E402
+from artifacts import minilm, subset_parser, write_tsv  # noqa: E402
 from datablame.index.explain import Explainer, Explanation, index_workdir  # noqa: E402
 from datablame.index.search import SCORINGS  # noqa: E402
 from datablame.index.verify import margins, same_label_draws, verify  # noqa: E402
@@ -226,7 +225,7 @@ def run(args, tmp: pathlib.Path) -> dict:
     train_set = sample(args.data, "train", args.n, rng, tmp)
     queries = sample(args.data, "dev", args.queries, rng, tmp, train_set.label_names)
     settings = TrainSettings(epochs=20, lr=1e-2, batch_size=16, checkpoints=3, max_length=64, freeze_encoder=True,
-                             seed=args.seed, device="cpu")
+                             pooling=args.pooling, seed=args.seed, device="cpu")
     log(f"training the head on {args.n} sentences ({settings})")
     train(train_set, minilm(), tmp / "wd", settings)
     wd = Workdir(tmp / "wd")
@@ -266,10 +265,7 @@ def run(args, tmp: pathlib.Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=pathlib.Path, default=pathlib.Path(__file__).parents[1] / ".." / "shared"
-                        / "data" / "sst2")
-    parser.add_argument("--n", type=int, default=2000, help="training sentences in the subset")
+    parser = subset_parser(__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=100, help="dev sentences explained and verified")
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 5, 10, 20, 50], help="supporters removed")
     parser.add_argument("--draws", type=int, default=3, help="random same-label removals per query and K")
