@@ -7,6 +7,8 @@ _EXPORTS = {
     "Database": "db", "open_db": "db", "default_url": "db",
     "scan_workdir": "scans", "ScanResult": "scans", "ensure_dataset": "scans", "find_dataset": "scans",
     "list_flags": "flags", "set_status": "flags", "relabel": "flags", "add_flag": "flags", "flag_examples": "flags",
+    "page_flags": "flags", "set_status_matching": "flags", "undo": "flags", "history": "flags", "StaleFlag": "flags",
+    "FlagFilter": "flags",
     "export": "export", "ExportReport": "export",
 }
 __all__ = sorted(_EXPORTS)

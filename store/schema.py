@@ -9,6 +9,8 @@ runs        one scan per (dataset, method): parameters, checkpoints, time; re-ru
 scores      (run, example) → suspicion score, rank, self-influence, suggested label, p(given label)
 flags       an example flagged as mislabeled | biased | duplicate | other, by scan | explain | user,
             with a suggested label, a review status and the reviewer's label, note, who and when
+review_     one review action on one flag: its batch (the flags one action changed together), action,
+events      who, when, the reviewed fields before and after (with the version), the batch that undid it
 =========== ======================================================================================
 
 Labels are stored as indexes into ``datasets.label_names``. ``flags.version`` counts updates (every review
@@ -20,12 +22,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Optional
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, ForeignKeyConstraint, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, ForeignKeyConstraint, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 FLAG_KINDS = ("mislabeled", "biased", "duplicate", "other")
 FLAG_SOURCES = ("scan", "explain", "user")
 FLAG_STATUSES = ("open", "accepted", "rejected", "relabeled")
+REVIEW_ACTIONS = ("add", "accept", "reject", "relabel", "reopen", "undo")
 
 
 def utcnow() -> dt.datetime:
@@ -105,3 +108,24 @@ class Flag(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     version: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class ReviewEvent(Base):
+    """One review action on one flag. ``before``/``after``: the reviewed fields (status, reviewer_label, note,
+    who, version); ``before`` is None for ``add``. ``undone_by``: the batch of the undo that reverted it."""
+
+    __tablename__ = "review_events"
+    __table_args__ = (Index("ix_review_events_who", "dataset_id", "who", "id"),
+                      Index("ix_review_events_flag", "flag_id", "id"),
+                      Index("ix_review_events_batch", "batch"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    flag_id: Mapped[int] = mapped_column(ForeignKey("flags.id", ondelete="CASCADE"))
+    batch: Mapped[str] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(String(20))
+    who: Mapped[str] = mapped_column(String(200))
+    at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    before: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON, nullable=True)
+    after: Mapped[dict[str, Any]] = mapped_column(JSON)
+    undone_by: Mapped[Optional[str]] = mapped_column(String(32), nullable=True)

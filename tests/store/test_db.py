@@ -15,7 +15,7 @@ from store_helpers import dataset, db, make_examples  # noqa: F401 (fixtures)
 def test_new_store_is_at_head_in_wal_mode_and_matches_models(tmp_path):
     db = open_db(default_url(tmp_path))
     assert (tmp_path / "datablame.db").is_file()
-    assert current_revision(db.engine) == head_revision() == "0002"
+    assert current_revision(db.engine) == head_revision() == "0003"
     with db.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
@@ -37,7 +37,7 @@ def test_upgrade_keeps_data(tmp_path):
         conn.execute(Example.__table__.insert().values(dataset_id=1, id=0, text="hello", label=0))
     engine.dispose()
     db = open_db(default_url(tmp_path))
-    assert current_revision(db.engine) == "0002" and "flags" in inspect(db.engine).get_table_names()
+    assert current_revision(db.engine) == "0003" and "flags" in inspect(db.engine).get_table_names()
     with db.transaction() as session:
         assert session.scalar(select(Example.text)) == "hello"
     assert ensure_dataset(db, make_examples()) == 2
