@@ -13,7 +13,7 @@ import typer
 
 from datablame.influence.registry import DEFAULT_METHOD, method_names
 
-from . import report, store_commands
+from . import report, serve, store_commands
 from .errors import report_errors
 from .progress import QUIET, VERBOSE, console, log_verbosely, progress_bar
 
@@ -397,6 +397,7 @@ def demo(
 
 store_commands.register(app)
 report.register(app)
+serve.register(app)
 
 
 def main() -> None:

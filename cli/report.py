@@ -252,7 +252,8 @@ def _order(values: Sequence[str], known: Sequence[str]) -> list[str]:
     return [v for v in known if v in values] + sorted(set(values) - set(known))
 
 
-def _summary_section(summary: Summary, flags: Sequence) -> str:
+def _summary_cards(summary: Summary, flags: Sequence) -> str:
+    """The summary's cards: training examples per label, flags by status, open ones, scan runs."""
     counts = summary.label_counts
     labels = ", ".join(f"{_e(n)} {counts[n]}" if counts else _e(n) for n in summary.label_names)
     n_examples = sum(counts.values()) if counts else "?"
@@ -262,7 +263,11 @@ def _summary_section(summary: Summary, flags: Sequence) -> str:
              _card(by_status.get("open", 0), "open for review",
                    f"{len(flags) - by_status.get('open', 0)} reviewed"),
              _card(len(summary.runs), "scan runs", _e(", ".join(r["method"] for r in summary.runs)) or "none")]
-    parts = [f'<section><h2>Summary</h2><div class="cards">{"".join(cards)}</div>']
+    return f'<div class="cards">{"".join(cards)}</div>'
+
+
+def _summary_section(summary: Summary, flags: Sequence) -> str:
+    parts = [f"<section><h2>Summary</h2>{_summary_cards(summary, flags)}"]
     if flags:
         kinds = _order([f.kind for f in flags], KIND_ORDER)
         statuses = _order([f.status for f in flags], STATUS_ORDER)
