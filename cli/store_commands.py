@@ -1,4 +1,5 @@
-"""Commands over the store: ``scan``, ``flags WORKDIR list|accept|reject|relabel|add``, ``export``."""
+"""Commands over the store: ``scan``, ``flags WORKDIR list|accept|reject|relabel|reopen|add|undo|history``,
+``export``."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
 WHO = typer.Option(None, "--who", help="Reviewer name (default: the user name).")
 IDS = typer.Argument(..., help="Flag ids.")
 
-flags_app = typer.Typer(no_args_is_help=True, help="Review flags: list, accept, reject, relabel, add.")
+flags_app = typer.Typer(no_args_is_help=True, help="Review flags: list, accept, reject, relabel, reopen, add, undo, "
+                        "history.")
 
 
 def _open(workdir: Path, db: Optional[str], write: bool = True):
@@ -179,6 +181,54 @@ def reject(ctx: typer.Context, ids: List[int] = IDS, who: Optional[str] = WHO, d
            quiet: bool = QUIET, verbose: bool = VERBOSE) -> None:
     """Reject flags: export leaves their examples as they are."""
     _set_status(ctx, ids, "rejected", who, db, quiet, verbose)
+
+
+@flags_app.command()
+@report_errors
+def reopen(ctx: typer.Context, ids: List[int] = IDS, who: Optional[str] = WHO, db: Optional[str] = DB,
+           quiet: bool = QUIET, verbose: bool = VERBOSE) -> None:
+    """Open flags again for review: export leaves their examples as they are until they are decided."""
+    _set_status(ctx, ids, "open", who, db, quiet, verbose)
+
+
+@flags_app.command()
+@report_errors
+def undo(ctx: typer.Context, who: Optional[str] = WHO, db: Optional[str] = DB,
+         quiet: bool = QUIET, verbose: bool = VERBOSE) -> None:
+    """Undo your latest review action (accept, reject, relabel or reopen, of one flag or many at once): its flags
+    get back what they had before. Refused if someone changed one of them since."""
+    from datablame.store.flags import undo as undo_latest
+
+    log_verbosely(verbose)
+    database, dataset = _dataset(ctx.obj, db, write=True)
+    ids = undo_latest(database, dataset, who)
+    if not quiet:
+        console.print(f"undone: flag{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}")
+
+
+@flags_app.command()
+@report_errors
+def history(ctx: typer.Context, flag_id: Optional[int] = typer.Argument(None, metavar="[ID]",
+                                                                       help="Only this flag's history."),
+            limit: int = typer.Option(50, help="Newest entries to show."), json_out: bool = JSON,
+            db: Optional[str] = DB, quiet: bool = QUIET, verbose: bool = VERBOSE) -> None:
+    """The review log, newest first: when, who, what, on which flag, status (label) before → after."""
+    from datablame.store.flags import history as review_history
+
+    log_verbosely(verbose)
+    database, dataset = _dataset(ctx.obj, db)
+    events = review_history(database, dataset, flag_id, limit)
+    if json_out:
+        print(json.dumps([asdict(e) | {"at": e.at.isoformat()} for e in events], ensure_ascii=False))
+        return
+
+    def state(s: Optional[dict]) -> str:
+        return "" if s is None else s["status"] + (f" ({s['reviewer_label']})" if s["reviewer_label"] else "")
+
+    _table(f"{len(events)} review events", ["when (UTC)", "who", "action", "flag", "before → after", "undone"],
+           [[e.at.strftime("%Y-%m-%d %H:%M:%S"), e.who, e.action, e.flag_id,
+             f"{state(e.before)} → {state(e.after)}" if e.before else state(e.after), "yes" if e.undone_by else ""]
+            for e in events])
 
 
 @flags_app.command()

@@ -48,6 +48,15 @@ def test_scan_review_export(workdir, tmp_path):
     assert dropped == {flags[0]["example_id"], flags[1]["example_id"]}
     with open(tmp_path / "clean.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 46
+    # the review log: undo reverts the reviewer's latest action, history shows who did what
+    assert "undone: flag 4" in datablame("flags", workdir, "undo", "--who", "ann").stderr  # messages go to stderr
+    events = json.loads(run_ok("flags", workdir, "history", "4", "--json"))
+    assert [(e["action"], e["who"], e["before"]["status"], e["after"]["status"]) for e in events] == [
+        ("undo", "ann", "relabeled", "open"), ("relabel", "ann", "open", "relabeled")]
+    r = datablame("flags", workdir, "undo", "--who", "ann")
+    assert r.returncode == 2 and "ann has no review action left to undo" in r.stderr
+    run_ok("flags", workdir, "relabel", "4", "--label", "food", "--who", "ann")
+    assert "relabel" in run_ok("flags", workdir, "history")
     # re-running the scan replaces its rows: reviewed flags stay, nothing is duplicated
     run_ok("scan", workdir, "--flag-top", "0.1", "--device", "cpu", "-q")
     again = json.loads(run_ok("flags", workdir, "list", "--json"))
