@@ -278,3 +278,5 @@ def print_summary(result: DemoResult) -> None:
                   "  datablame train my.csv --model MODEL_DIR --out wd --freeze-encoder --epochs 20 --lr 1e-2\n"
                   "  datablame index wd && datablame explain wd 'some input' && datablame scan wd\n"
                   "  datablame flags wd list && datablame export wd --out cleaned.csv && datablame report wd")
+    console.print(f"review in a browser (flags with their evidence, explain, export; keys j/k a r 1-9 u):\n"
+                  f"  datablame serve {out}", soft_wrap=True)
