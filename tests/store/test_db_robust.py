@@ -1,13 +1,10 @@
 """Hostile stores: a file that is not SQLite, another program's database, a schema from a newer datablame, a
 read-only store (by URL and by permissions), and eight reviewer processes changing the same flags at once."""
 
-import glob
 import multiprocessing
 import os
-import pwd
 import shutil
 import sqlite3
-import subprocess
 import tempfile
 import urllib.parse
 from collections import Counter
@@ -15,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from store_helpers import postgres_url  # noqa: F401 (fixture)
 
 from datablame.influence.data import Examples
 from datablame.influence.errors import DatablameError
@@ -193,39 +191,6 @@ def _review(url, name, index, start, done):
         changed[FLAGGED[(r + index) % 4]] += 1
     db.close()
     done.put(dict(changed))
-
-
-@pytest.fixture
-def postgres_url():
-    """A throwaway PostgreSQL server in a temporary folder, reached through its Unix socket there (so it needs no
-    free TCP port), stopped and deleted afterwards. Skipped without psycopg, without PostgreSQL's initdb, or as
-    root (whom initdb refuses) without a ``postgres`` user and runuser to run it as."""
-    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'psycopg[binary]')")
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))  # Debian keeps them off the PATH
-    initdb = shutil.which("initdb") or (found[-1] if found else None)
-    if initdb is None:
-        pytest.skip("PostgreSQL's initdb is not installed (apt-get install postgresql)")
-    folder = tempfile.mkdtemp(prefix="datablame-pg-")
-    as_user = []
-    if os.geteuid() == 0:
-        try:
-            owner = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("initdb refuses root and there is no postgres user to run the server as")
-        if shutil.which("runuser") is None:
-            pytest.skip("initdb refuses root and runuser (util-linux) is missing to run it as postgres")
-        os.chown(folder, owner.pw_uid, owner.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data, pg_ctl = f"{folder}/data", str(Path(initdb).with_name("pg_ctl"))
-    subprocess.run([*as_user, initdb, "-D", data, "--auth=trust", "-U", "datablame", "--no-sync", "-E", "UTF8"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_user, pg_ctl, "-D", data, "-l", f"{folder}/log", "-w", "-t", "60", "-o",
-                    f"-k {folder} -c listen_addresses='' -c fsync=off", "start"], check=True, capture_output=True)
-    try:
-        yield f"postgresql+psycopg://datablame@/postgres?host={folder}"
-    finally:
-        subprocess.run([*as_user, pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"], capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
