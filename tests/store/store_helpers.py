@@ -37,9 +37,23 @@ def make_issues(n: int = 20):
     return rank_label_issues(labels, probs)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """The URL of a fresh store: an SQLite file in a temporary folder, or a new database on a throwaway
+    PostgreSQL server (skipped, with the reason, where none can be started)."""
+    return default_url(tmp_path) if request.param == "sqlite" else \
+        fresh_postgres_database(request.getfixturevalue("postgres_url"))
+
+
+def url_of(db) -> str:
+    """The URL another process opens ``db`` with."""
+    return db.engine.url.render_as_string(hide_password=False)
+
+
 @pytest.fixture
-def db(tmp_path):
-    database = open_db(default_url(tmp_path))
+def db(store_url):
+    """A fresh store at ``store_url``."""
+    database = open_db(store_url)
     yield database
     database.close()
 

@@ -9,7 +9,7 @@ from datablame.influence.errors import DatablameError
 from datablame.store.db import current_revision, default_url, head_revision, make_engine, migrate, open_db
 from datablame.store.schema import Base, Dataset, Example
 
-from store_helpers import dataset, db, make_examples  # noqa: F401 (fixtures)
+from store_helpers import dataset, db, make_examples, postgres_url, store_url  # noqa: F401 (fixtures)
 
 
 def test_new_store_is_at_head_in_wal_mode_and_matches_models(tmp_path):
@@ -24,19 +24,27 @@ def test_new_store_is_at_head_in_wal_mode_and_matches_models(tmp_path):
     open_db(default_url(tmp_path)).close()  # reopening an up-to-date store is a no-op
 
 
-def test_upgrade_keeps_data(tmp_path):
+def test_migrations_give_the_models_tables(store_url):
+    db = open_db(store_url)
+    assert current_revision(db.engine) == head_revision()
+    with db.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    db.close()
+
+
+def test_upgrade_keeps_data(store_url):
     from datablame.store.scans import ensure_dataset
 
-    engine = make_engine(default_url(tmp_path))
+    engine = make_engine(store_url)
     migrate(engine, "0001")
     assert current_revision(engine) == "0001" and "flags" not in inspect(engine).get_table_names()
     with engine.begin() as conn:
-        conn.execute(Dataset.__table__.insert().values(id=1, path="p", fingerprint="f", text_columns=["text"],
-                                                      label_column="label", label_names=["a"],
-                                                      created_at=func.current_timestamp()))
-        conn.execute(Example.__table__.insert().values(dataset_id=1, id=0, text="hello", label=0))
+        first = conn.execute(Dataset.__table__.insert().values(
+            path="p", fingerprint="f", text_columns=["text"], label_column="label", label_names=["a"],
+            created_at=func.current_timestamp())).inserted_primary_key[0]
+        conn.execute(Example.__table__.insert().values(dataset_id=first, id=0, text="hello", label=0))
     engine.dispose()
-    db = open_db(default_url(tmp_path))
+    db = open_db(store_url)
     assert current_revision(db.engine) == "0003" and "flags" in inspect(db.engine).get_table_names()
     with db.transaction() as session:
         assert session.scalar(select(Example.text)) == "hello"

@@ -2,22 +2,13 @@
 by filter, keyset pages; on SQLite and on PostgreSQL (when a server can be started)."""
 
 import pytest
-from store_helpers import dataset, fresh_postgres_database, make_issues, postgres_url  # noqa: F401 (fixtures)
+from store_helpers import dataset, db, make_issues, postgres_url, store_url  # noqa: F401 (fixtures)
 
 from datablame.influence.errors import DatablameError
 from datablame.store import flags
-from datablame.store.db import default_url, open_db
 from datablame.store.flags import FlagFilter
 from datablame.store.scans import record_scan
 
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request, tmp_path):
-    url = default_url(tmp_path) if request.param == "sqlite" else \
-        fresh_postgres_database(request.getfixturevalue("postgres_url"))
-    database = open_db(url)
-    yield database
-    database.close()
 
 
 @pytest.fixture

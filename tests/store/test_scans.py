@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 from sqlalchemy import func, select
-from store_helpers import dataset, db, make_issues  # noqa: F401 (fixtures)
+from store_helpers import dataset, db, make_issues, postgres_url, store_url, url_of  # noqa: F401 (fixtures)
 
 from datablame.influence.detect import rank_label_issues
 from datablame.influence.errors import DatablameError
@@ -92,7 +92,7 @@ def test_killed_process_mid_write_leaves_previous_state(db, dataset, tmp_path):
     scans.record_scan(db, dataset.id, "combined", make_issues(), flag_top=0.1)
     before = snapshot(db)
     child = multiprocessing.get_context("spawn").Process(target=_crash_mid_write,
-                                                         args=(default_url(tmp_path), dataset.id))
+                                                         args=(url_of(db), dataset.id))
     child.start()
     child.join(60)
     assert child.exitcode == 3
