@@ -96,8 +96,9 @@ def _plots(workdir: Path) -> list[Plot]:
     return [Plot(p.name, p.read_bytes()) for p in sorted(Workdir(workdir).plots_dir.glob("*.png")) if p.is_file()]
 
 
-def _store(workdir: Path, config, db_url: str | None, summary: Summary) -> list:
-    """Fill the store's part of ``summary`` (runs, label counts); return the flags (empty without a scan)."""
+def _store(workdir: Path, config, db_url: str | None, summary: Summary, with_flags: bool = True) -> list:
+    """Fill the store's part of ``summary`` (runs, label counts); return the flags (empty without a scan, or
+    unless ``with_flags``)."""
     from datablame.influence.errors import DatablameError
     from datablame.influence.workdir import Workdir
     from datablame.store.db import default_url, open_db
@@ -122,7 +123,7 @@ def _store(workdir: Path, config, db_url: str | None, summary: Summary) -> list:
             counts = dict(session.execute(select(Example.label, func.count()).where(Example.dataset_id == dataset.id)
                                           .group_by(Example.label)).all())
         summary.label_counts = {name: int(counts.get(i, 0)) for i, name in enumerate(dataset.label_names)}
-        return list_flags(database, dataset)
+        return list_flags(database, dataset) if with_flags else []
     finally:
         database.close()
 
@@ -138,8 +139,9 @@ def _label_counts_from_data(workdir: Path, config) -> dict[str, int] | None:
     return {name: int((examples.labels == i).sum()) for i, name in enumerate(config.label_names)}
 
 
-def gather(workdir: Path, db_url: str | None = None) -> tuple[Summary, list, list[Plot], dict | None]:
-    """Everything the page shows: (summary, flags, plots, demo)."""
+def gather(workdir: Path, db_url: str | None = None, with_flags: bool = True
+           ) -> tuple[Summary, list, list[Plot], dict | None]:
+    """Everything the page shows: (summary, flags, plots, demo); without the flags unless ``with_flags``."""
     from datablame.influence.workdir import Workdir
 
     workdir = Path(workdir)
@@ -150,7 +152,7 @@ def gather(workdir: Path, db_url: str | None = None) -> tuple[Summary, list, lis
         checkpoints=[{"step": c.step, "learning_rate": c.learning_rate, "path": c.path} for c in config.checkpoints],
         training=dict(config.training or {}), indexes=_indexes(workdir),
         generated_at=dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"))
-    flags = _store(workdir, config, db_url, summary)
+    flags = _store(workdir, config, db_url, summary, with_flags)
     if summary.label_counts is None:
         summary.label_counts = _label_counts_from_data(workdir, config)
     marker = Workdir(workdir).demo_marker
@@ -252,22 +254,24 @@ def _order(values: Sequence[str], known: Sequence[str]) -> list[str]:
     return [v for v in known if v in values] + sorted(set(values) - set(known))
 
 
-def _summary_cards(summary: Summary, flags: Sequence) -> str:
-    """The summary's cards: training examples per label, flags by status, open ones, scan runs."""
+def _summary_cards(summary: Summary, by_status: Mapping[str, int]) -> str:
+    """The summary's cards: training examples per label, flags by status ({status: count}), open ones, scan
+    runs."""
     counts = summary.label_counts
     labels = ", ".join(f"{_e(n)} {counts[n]}" if counts else _e(n) for n in summary.label_names)
     n_examples = sum(counts.values()) if counts else "?"
-    by_status = {s: sum(f.status == s for f in flags) for s in _order([f.status for f in flags], STATUS_ORDER)}
+    by_status = {s: by_status[s] for s in _order(list(by_status), STATUS_ORDER)}
+    total = sum(by_status.values())
     cards = [_card(n_examples, "training examples", labels),
-             _card(len(flags), "flags", " · ".join(f"{_badge(s)} {n}" for s, n in by_status.items())),
-             _card(by_status.get("open", 0), "open for review",
-                   f"{len(flags) - by_status.get('open', 0)} reviewed"),
+             _card(total, "flags", " · ".join(f"{_badge(s)} {n}" for s, n in by_status.items())),
+             _card(by_status.get("open", 0), "open for review", f"{total - by_status.get('open', 0)} reviewed"),
              _card(len(summary.runs), "scan runs", _e(", ".join(r["method"] for r in summary.runs)) or "none")]
     return f'<div class="cards">{"".join(cards)}</div>'
 
 
 def _summary_section(summary: Summary, flags: Sequence) -> str:
-    parts = [f"<section><h2>Summary</h2>{_summary_cards(summary, flags)}"]
+    statuses = [f.status for f in flags]
+    parts = [f"<section><h2>Summary</h2>{_summary_cards(summary, {s: statuses.count(s) for s in set(statuses)})}"]
     if flags:
         kinds = _order([f.kind for f in flags], KIND_ORDER)
         statuses = _order([f.status for f in flags], STATUS_ORDER)

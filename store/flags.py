@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from sqlalchemy import Select, and_, func, insert, or_, select, update
+from sqlalchemy import Select, func, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -32,7 +32,6 @@ REVIEWED = ("status", "reviewer_label", "note", "who")
 """The fields a review action changes and undo restores (with the version, in the event log)."""
 SORTS = ("suspicion", "id")
 """Orders of :func:`page_flags`: most suspicious first (the scan's rank; flags without one last), or oldest first."""
-UNRANKED = 2 ** 62  # the sort key of a flag without a scan rank (explain and user flags)
 
 
 @dataclass
@@ -71,11 +70,12 @@ class FlagFilter:
 
 @dataclass
 class FlagPage:
-    """One page of flags, the cursor of the next one (None after the last) and how many flags match in all."""
+    """One page of flags, the cursor of the next one (None after the last) and how many flags match in all (on the
+    first page; None on the others)."""
 
     flags: list[FlagView]
     next: str | None
-    total: int
+    total: int | None
 
 
 @dataclass
@@ -173,40 +173,65 @@ def list_flags(db: Database, dataset: Dataset, status: str | None = None, kind: 
 def get_flags(db: Database, dataset: Dataset, ids: Sequence[int]) -> list[FlagView]:
     """These flags (of the dataset) as they are now, in id order; unknown ids are left out."""
     with db.transaction() as session:
-        return _views(session, dataset, [Flag.dataset_id == dataset.id, Flag.id.in_([int(i) for i in ids])],
-                      [Flag.id])
+        return [f for chunk in _chunks(sorted({int(i) for i in ids})) for f in _views(
+            session, dataset, [Flag.dataset_id == dataset.id, Flag.id.in_(chunk)], [Flag.id])]
 
 
 def page_flags(db: Database, dataset: Dataset, where: FlagFilter = FlagFilter(), sort: str = "suspicion",
                after: str | None = None, limit: int = 50) -> FlagPage:
     """One page of the flags that match ``where``, in ``sort`` order (:data:`SORTS`), from the ``after`` cursor
-    (a :attr:`FlagPage.next`; None for the first page). Keyset pagination: a page costs the same wherever it
-    is, however many flags there are."""
+    (a :attr:`FlagPage.next`; None for the first page, which alone counts the matches: ``total`` is None on the
+    others). Keyset pagination over the flags' indexes: a page costs the same wherever it is, and no page sorts
+    all the flags. By suspicion: the scan-ranked flags by rank (cursor ``r<rank>.<id>``), then the others by id
+    (``u<id>``)."""
     check_choice("sort", sort, SORTS, "sort")
     conditions = _where(dataset, where)
-    rank = func.coalesce(Score.rank, UNRANKED)
-    key = [rank, Flag.id] if sort == "suspicion" else [Flag.id]
-    page_conditions = list(conditions)
-    if after:
-        try:
-            last = [int(part) for part in after.split(".")]
-        except ValueError:
-            raise DatablameError(f"bad page cursor {after!r}", "start again from the first page") from None
-        if len(last) != len(key):
-            raise DatablameError(f"bad page cursor {after!r}", "start again from the first page")
-        page_conditions.append(or_(rank > last[0], and_(rank == last[0], Flag.id > last[1])) if sort == "suspicion"
-                               else Flag.id > last[0])
+    last = _cursor(after, sort)
     with db.transaction() as session:
-        rows = session.execute(_joined(select(Flag, Example, Score.score, rank)).where(*page_conditions)
-                               .order_by(*key).limit(limit + 1)).all()
-        total = session.scalar(_joined(select(func.count())).where(*conditions))
-    views = [_view(dataset, f, e, score) for f, e, score, _ in rows[:limit]]
-    more = len(rows) > limit
+        def rows(extra: list, order: list, n: int) -> list:
+            query = _joined(select(Flag, Example, Score.score)).where(*conditions, *extra).order_by(*order)
+            return session.execute(query.limit(n)).all()
+
+        if sort == "id":
+            found = rows([Flag.id > last[1]] if last else [], [Flag.id], limit + 1)
+        else:
+            found = []
+            if last is None or last[0] is not None:
+                keyset = [tuple_(Flag.rank, Flag.id) > tuple_(*last)] if last else []
+                found = rows([Flag.rank.is_not(None), *keyset], [Flag.rank, Flag.id], limit + 1)
+            if len(found) <= limit:
+                keyset = [Flag.id > last[1]] if last and last[0] is None else []
+                found += rows([Flag.rank.is_(None), *keyset], [Flag.id], limit + 1 - len(found))
+        total = None if after else _count(session, dataset, where, conditions)
     cursor = None
-    if more:
-        f, _, _, r = rows[limit - 1]
-        cursor = f"{r}.{f.id}" if sort == "suspicion" else str(f.id)
-    return FlagPage(views, cursor, int(total or 0))
+    if len(found) > limit:
+        f = found[limit - 1][0]
+        cursor = str(f.id) if sort == "id" else f"r{f.rank}.{f.id}" if f.rank is not None else f"u{f.id}"
+    return FlagPage([_view(dataset, f, e, score) for f, e, score in found[:limit]], cursor, total)
+
+
+def _cursor(after: str | None, sort: str) -> tuple[int | None, int] | None:
+    """(rank, id) of a page cursor (rank None for an id cursor or an unranked flag's); None for the first page."""
+    if not after:
+        return None
+    try:
+        if sort == "id":
+            return None, int(after)
+        if after.startswith("u"):
+            return None, int(after[1:])
+        if after.startswith("r"):
+            rank, flag_id = after[1:].split(".")
+            return int(rank), int(flag_id)
+    except ValueError:
+        pass
+    raise DatablameError(f"bad page cursor {after!r}", "start again from the first page")
+
+
+def _count(session: Session, dataset: Dataset, where: FlagFilter, conditions: list) -> int:
+    """How many flags match: from the flags' own index unless the filter reads the examples (label, text)."""
+    query = _joined(select(func.count())) if where.label is not None or where.text else \
+        select(func.count()).select_from(Flag)
+    return int(session.scalar(query.where(*conditions)) or 0)
 
 
 def _state(flag: Flag) -> dict:
@@ -235,9 +260,14 @@ def _review(db: Database, dataset: Dataset, action: str, values: dict, ids: Sequ
     with db.transaction() as session:
         # lock the rows in id order first: one UPDATE of several rows locks them in whatever order it scans them,
         # so two on PostgreSQL could deadlock (SQLite's BEGIN IMMEDIATE serializes writers already)
-        chosen = ([Flag.dataset_id == dataset.id, Flag.id.in_(ids)] if ids is not None else
-                  [Flag.id.in_(_joined(select(Flag.id)).where(*_where(dataset, where or FlagFilter())))])
-        rows = session.execute(select(Flag).where(*chosen).order_by(Flag.id).with_for_update()).scalars().all()
+        if ids is not None:
+            rows = [f for chunk in _chunks(ids) for f in session.execute(
+                select(Flag).where(Flag.dataset_id == dataset.id, Flag.id.in_(chunk)).order_by(Flag.id)
+                .with_for_update()).scalars()]
+        else:
+            matching = _joined(select(Flag.id)).where(*_where(dataset, where or FlagFilter()))
+            rows = session.execute(select(Flag).where(Flag.id.in_(matching)).order_by(Flag.id)
+                                   .with_for_update()).scalars().all()
         found = {f.id: f for f in rows}
         if ids is not None and len(found) < len(ids):  # raising rolls the transaction back: all or nothing
             raise DatablameError(f"unknown flag id {', '.join(str(i) for i in ids if i not in found)}",
@@ -246,15 +276,29 @@ def _review(db: Database, dataset: Dataset, action: str, values: dict, ids: Sequ
         if stale:
             raise StaleFlag(_views(session, dataset, [Flag.id.in_(stale)], [Flag.id]))
         before = {i: _state(f) for i, f in found.items()}
-        if not found:
-            return 0
-        versions = dict(session.execute(
-            update(Flag).where(Flag.id.in_(list(found)))
-            .values(**values, updated_at=utcnow(), version=Flag.version + 1)
-            .returning(Flag.id, Flag.version).execution_options(synchronize_session=False)).all())
+        versions = _apply(session, sorted(found), values)
         _record(session, dataset, uuid.uuid4().hex, action, values["who"],
                 [(i, before[i], before[i] | values | {"version": versions[i]}) for i in sorted(found)])
     return len(found)
+
+
+CHUNK = 10_000
+"""Ids per ``IN (…)`` list: under the bound parameters a statement may hold (PostgreSQL: 65,535)."""
+
+
+def _chunks(ids: Sequence[int]) -> list[list[int]]:
+    return [list(ids[i:i + CHUNK]) for i in range(0, len(ids), CHUNK)]
+
+
+def _apply(session: Session, ids: Sequence[int], values: dict) -> dict[int, int]:
+    """Set ``values`` on the (locked) flags ``ids``, adding 1 to their versions in the same statement; returns
+    {id: new version}."""
+    versions: dict[int, int] = {}
+    for chunk in _chunks(ids):
+        versions.update(session.execute(
+            update(Flag).where(Flag.id.in_(chunk)).values(**values, updated_at=utcnow(), version=Flag.version + 1)
+            .returning(Flag.id, Flag.version).execution_options(synchronize_session=False)).all())
+    return versions
 
 
 ACTIONS = {"accepted": "accept", "rejected": "reject", "open": "reopen"}
@@ -303,22 +347,23 @@ def undo(db: Database, dataset: Dataset, who: str | None = None) -> list[int]:
         events = session.scalars(select(ReviewEvent).where(ReviewEvent.batch == latest)
                                  .order_by(ReviewEvent.flag_id)).all()
         ids = [e.flag_id for e in events]
-        rows = {f.id: f for f in session.execute(select(Flag).where(Flag.id.in_(ids)).order_by(Flag.id)
-                                                  .with_for_update()).scalars()}
+        rows = {f.id: f for chunk in _chunks(ids) for f in session.execute(
+            select(Flag).where(Flag.id.in_(chunk)).order_by(Flag.id).with_for_update()).scalars()}
         stale = [e.flag_id for e in events if rows[e.flag_id].version != e.after["version"]]
         if stale:
             raise StaleFlag(_views(session, dataset, [Flag.id.in_(stale)], [Flag.id]))
-        batch, changes = uuid.uuid4().hex, []
-        for e in events:
-            restored = {k: e.before[k] for k in REVIEWED}
-            version = session.execute(update(Flag).where(Flag.id == e.flag_id)
-                                      .values(**restored, updated_at=utcnow(), version=Flag.version + 1)
-                                      .returning(Flag.version).execution_options(synchronize_session=False)
-                                      ).scalar_one()
-            changes.append((e.flag_id, e.after, restored | {"version": version}))
+        restored = {e.flag_id: {k: e.before[k] for k in REVIEWED} for e in events}
+        groups: dict[tuple, list[int]] = {}  # one UPDATE per distinct earlier state (a bulk action: one or few)
+        for flag_id, state in restored.items():
+            groups.setdefault(tuple(state.values()), []).append(flag_id)
+        versions: dict[int, int] = {}
+        for group in groups.values():
+            versions.update(_apply(session, group, restored[group[0]]))
+        batch = uuid.uuid4().hex
         session.execute(update(ReviewEvent).where(ReviewEvent.batch == latest).values(undone_by=batch)
                         .execution_options(synchronize_session=False))
-        _record(session, dataset, batch, "undo", who, changes)
+        _record(session, dataset, batch, "undo", who,
+                [(e.flag_id, e.after, restored[e.flag_id] | {"version": versions[e.flag_id]}) for e in events])
     return ids
 
 

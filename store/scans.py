@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from datablame.influence.errors import DatablameError
@@ -187,11 +187,17 @@ def record_scan(db: Database, dataset_id: int, method: str, issues: LabelIssues,
         return ScanRecord(run.id, n, flagged)
 
 
+def _ranks(issues: LabelIssues) -> np.ndarray:
+    """(n,) each example's rank in the scan (0: the most suspicious)."""
+    rank = np.empty(len(issues.order), dtype=np.int64)
+    rank[issues.order] = np.arange(len(issues.order))
+    return rank
+
+
 def _replace_scores(session: Session, dataset_id: int, run_id: int, issues: LabelIssues,
                     self_influence: np.ndarray | None) -> None:
     session.execute(delete(Score).where(Score.run_id == run_id))
-    rank = np.empty(len(issues.order), dtype=np.int64)
-    rank[issues.order] = np.arange(len(issues.order))
+    rank = _ranks(issues)
     session.execute(insert(Score), [
         {"run_id": run_id, "dataset_id": dataset_id, "example_id": i, "rank": int(rank[i]),
          "score": float(issues.score[i]), "suggested_label": int(issues.suggested[i]),
@@ -201,9 +207,12 @@ def _replace_scores(session: Session, dataset_id: int, run_id: int, issues: Labe
 
 
 def _replace_flags(session: Session, dataset_id: int, run_id: int, issues: LabelIssues, top: int) -> int:
-    """Drop the run's open scan flags, flag its top ``top`` examples not already flagged mislabeled; returns how
-    many open flags the run now holds."""
+    """Drop the run's open scan flags, give its other flags their examples' new ranks, flag its top ``top``
+    examples not already flagged mislabeled; returns how many open flags the run now holds."""
     session.execute(delete(Flag).where(Flag.run_id == run_id, Flag.source == "scan", Flag.status == "open"))
+    session.execute(update(Flag).where(Flag.run_id == run_id).values(rank=select(Score.rank).where(
+        Score.run_id == Flag.run_id, Score.example_id == Flag.example_id).scalar_subquery()))
+    rank = _ranks(issues)
     taken = set(session.scalars(select(Flag.example_id).where(Flag.dataset_id == dataset_id,
                                                               Flag.kind == "mislabeled")))
     fresh = [int(i) for i in issues.order[:top] if int(i) not in taken]
@@ -211,6 +220,6 @@ def _replace_flags(session: Session, dataset_id: int, run_id: int, issues: Label
     if fresh:
         session.execute(insert(Flag), [
             {"dataset_id": dataset_id, "example_id": i, "kind": "mislabeled", "source": "scan", "run_id": run_id,
-             "suggested_label": int(issues.suggested[i]), "status": "open", "note": "", "who": "",
+             "rank": int(rank[i]), "suggested_label": int(issues.suggested[i]), "status": "open", "note": "", "who": "",
              "created_at": now, "updated_at": now, "version": 1} for i in fresh])
     return len(fresh)

@@ -8,7 +8,8 @@ examples    (dataset, id) → text (and second text of a pair), label index; id 
 runs        one scan per (dataset, method): parameters, checkpoints, time; re-running replaces it
 scores      (run, example) → suspicion score, rank, self-influence, suggested label, p(given label)
 flags       an example flagged as mislabeled | biased | duplicate | other, by scan | explain | user,
-            with a suggested label, a review status and the reviewer's label, note, who and when
+            with a suggested label, a review status and the reviewer's label, note, who and when; a scan's
+            flag keeps the run's rank of its example (the review pages' order)
 review_     one review action on one flag: its batch (the flags one action changed together), action,
 events      who, when, the reviewed fields before and after (with the version), the batch that undid it
 =========== ======================================================================================
@@ -92,7 +93,12 @@ class Flag(Base):
     __tablename__ = "flags"
     __table_args__ = (UniqueConstraint("dataset_id", "example_id", "kind", name="uq_flags_example_kind"),
                       ForeignKeyConstraint(["dataset_id", "example_id"], ["examples.dataset_id", "examples.id"],
-                                           ondelete="CASCADE"))
+                                           ondelete="CASCADE"),
+                      # the review pages walk these in order (keyset pagination), never sorting all flags
+                      Index("ix_flags_dataset_id", "dataset_id", "id"),
+                      Index("ix_flags_dataset_status_id", "dataset_id", "status", "id"),
+                      Index("ix_flags_dataset_rank", "dataset_id", "rank", "id"),
+                      Index("ix_flags_dataset_status_rank", "dataset_id", "status", "rank", "id"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     dataset_id: Mapped[int] = mapped_column(Integer)
@@ -100,6 +106,7 @@ class Flag(Base):
     kind: Mapped[str] = mapped_column(String(20))
     source: Mapped[str] = mapped_column(String(20))
     run_id: Mapped[Optional[int]] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), nullable=True)
+    rank: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)  # the run's rank of the example (0: first)
     suggested_label: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
     status: Mapped[str] = mapped_column(String(20), default="open")
     reviewer_label: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)

@@ -204,8 +204,12 @@ def run_page(request: Request) -> HTMLResponse:
     from datablame.cli.report import _demo_section, _details_section, _summary_cards, gather
 
     server = _server(request)
-    summary, flags, plots, demo = gather(server.workdir, server.db_url)
-    return _page(request, "run.html", summary=Markup(_summary_cards(summary, flags)),
+    summary, _, plots, demo = gather(server.workdir, server.db_url, with_flags=False)
+    by_status: dict[str, int] = {}
+    for statuses in _counts(server).values():
+        for status, n in statuses.items():
+            by_status[status] = by_status.get(status, 0) + n
+    return _page(request, "run.html", summary=Markup(_summary_cards(summary, by_status)),
                  details=Markup(_details_section(summary)), demo=Markup(_demo_section(demo)),
                  plots=[(p.name, p.caption) for p in plots], default_out=str(server.workdir / "cleaned.csv"))
 
@@ -259,7 +263,7 @@ def api_review(request: Request, body: dict) -> Response:
                                       expected)
     else:
         changed = store_flags.set_status(server.db, dataset, ids, statuses[action], who, expected)
-    return _json({"changed": changed, "flags": store_flags.get_flags(server.db, dataset, ids)})
+    return _changed(server, dataset, ids, changed)
 
 
 @handled
@@ -267,7 +271,14 @@ def api_undo(request: Request, body: dict) -> Response:
     server = _server(request)
     dataset = _writable(server)
     ids = store_flags.undo(server.db, dataset, reviewer(request))
-    return _json({"changed": len(ids), "flags": store_flags.get_flags(server.db, dataset, ids)})
+    return _changed(server, dataset, ids, len(ids))
+
+
+def _changed(server: Server, dataset: Dataset, ids: list[int], changed: int) -> JSONResponse:
+    """An action's answer: how many flags changed, and the flags as they are now (None past MAX_PAGE of them:
+    the page reloads instead)."""
+    return _json({"changed": changed,
+                  "flags": store_flags.get_flags(server.db, dataset, ids) if len(ids) <= MAX_PAGE else None})
 
 
 def _flag_and_example(server: Server, flag_id: int) -> tuple[store_flags.FlagView, Example, dict | None]:
@@ -328,9 +339,8 @@ def api_flag_example(request: Request, body: dict) -> Response:
     return _json({"flags": store_flags.get_flags(server.db, dataset, [flag_id])})
 
 
-@handled
-def api_summary(request: Request, body: dict) -> Response:
-    server = _server(request)
+def _counts(server: Server) -> dict[str, dict[str, int]]:
+    """{kind: {status: flags}} of the workdir's dataset, from one GROUP BY."""
     counts: dict[str, dict[str, int]] = {}
     if server.dataset is not None:
         with server.db.transaction() as session:
@@ -338,7 +348,12 @@ def api_summary(request: Request, body: dict) -> Response:
                     select(Flag.kind, Flag.status, func.count()).where(Flag.dataset_id == server.dataset.id)
                     .group_by(Flag.kind, Flag.status)):
                 counts.setdefault(kind, {})[status] = n
-    return _json({"counts": counts})
+    return counts
+
+
+@handled
+def api_summary(request: Request, body: dict) -> Response:
+    return _json({"counts": _counts(_server(request))})
 
 
 @handled

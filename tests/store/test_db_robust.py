@@ -117,7 +117,7 @@ def test_a_read_only_store_at_an_older_revision_is_refused_not_migrated(tmp_path
     migrate(engine, "0001")
     engine.dispose()
     with pytest.raises(DatablameError, match=r"is read-only and at schema revision 0001, older than this "
-                                             r"datablame's 0003 \(open it once with write access"):
+                                             r"datablame's 0004 \(open it once with write access"):
         open_db(read_only_url(tmp_path / "datablame.db"), write=False)
     assert current_revision(make_engine(default_url(tmp_path))) == "0001"
 

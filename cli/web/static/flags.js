@@ -24,10 +24,10 @@ function indexOf(id) { return state.flags.findIndex(f => f.id === id); }
 function add(page) {
   for (const flag of page.flags) { state.flags.push(flag); tbody.append(row(flag)); }
   state.cursor = page.next;
-  state.total = page.total;
-  document.getElementById("total").textContent = page.total;
+  if (page.total !== null) state.total = page.total;  // counted on the first page only
+  document.getElementById("total").textContent = state.total;
   document.getElementById("more").hidden = !page.next;
-  document.getElementById("shown").textContent = `${state.flags.length} of ${page.total} shown`;
+  document.getElementById("shown").textContent = `${state.flags.length} of ${state.total} shown`;
 }
 
 // Put the flags' current state into their rows (after an action, a conflict or an undo).
@@ -109,7 +109,7 @@ async function undo() {
   const {status, data} = await api("/api/undo", {});
   if (status === 409) { update(data.current, true); toast(data.error, true); return; }
   if (status !== 200) { toast(data.error, true); return; }
-  update(data.flags);
+  if (data.flags) update(data.flags); else await reload();  // a large bulk action: the page is drawn again
   toast(`undone: ${data.changed} flag${data.changed === 1 ? "" : "s"}`);
 }
 
