@@ -113,6 +113,12 @@ DAMPING = typer.Option("auto", "--damping", help="λ added to the curvature of i
                        "smaller is closer to the exact inverse.")
 BATCH_SIZE = typer.Option(32, help="Examples per gradient batch.")
 DEVICE = typer.Option("auto", help="auto, cpu or cuda.")
+SHARD = typer.Option(None, "--shard", metavar="I/N", help="Compute only part I of N of the vectors (shards s with s "
+                     "mod N = I; jobs of a SLURM array, machines sharing the workdir) and stop; when every part is "
+                     "done, 'datablame finalize WORKDIR' builds the rest. Under torchrun each rank takes its part "
+                     "by itself.")
+SHARD_ROWS = typer.Option(4096, "--shard-size", help="Training examples per shard: the unit of work, of resuming "
+                          "and of --shard parts.")
 
 
 def _choose(what: str, option: str, value: Optional[str], choices: tuple[str, ...]) -> None:
@@ -165,21 +171,45 @@ def vectors(
     workdir: Path = typer.Argument(..., help="Workdir made by 'datablame train' or 'datablame init'."),
     method: str = METHOD, params: Optional[List[str]] = PARAMS, dim: Optional[int] = DIM, projection: str = PROJECTION,
     seed: int = SEED, dtype: str = DTYPE, lam: float = LAMBDA, batch_size: int = BATCH_SIZE, device: str = DEVICE,
+    shard: Optional[str] = SHARD, shard_size: int = SHARD_ROWS,
     quiet: bool = QUIET, verbose: bool = VERBOSE,
 ) -> None:
-    """Compute every training example's vector and self-influence for each method (resumable)."""
+    """Compute every training example's vector and self-influence for each method (resumable; in parts with
+    --shard or under torchrun)."""
     log_verbosely(verbose)
-    from datablame.index.vectors import DTYPES, compute_vectors
+    from datablame.index.jobs import run_vectors
+    from datablame.index.vectors import DTYPES
 
     _choose("dtype", "--dtype", dtype, DTYPES)
-    settings = _settings(params, dim, projection, seed, lam, device)
+    settings, part = _settings(params, dim, projection, seed, lam, device), _part(shard, shard_size)
     for name in _methods(method):
         start = time.perf_counter()
         with progress_bar(name, quiet) as update:
-            _, store, manifest = compute_vectors(workdir, name, settings, dtype, batch_size, update)
+            job = run_vectors(workdir, name, settings, dtype, batch_size, update, shard_size, part)
         if not quiet:
-            console.print(f"{name}: {manifest.n} × {manifest.dim} {manifest.dtype} vectors in "
-                          f"{time.perf_counter() - start:.1f} s → {store.folder}")
+            _print_job(workdir, name, job, f"{job.manifest.n} × {job.manifest.dim} {job.manifest.dtype} vectors in "
+                       f"{time.perf_counter() - start:.1f} s → {job.folder}")
+
+
+def _part(shard: Optional[str], shard_size: int):
+    """The --shard part (None without it), and --shard-size checked, before anything loads."""
+    from datablame.index.shards import Part
+    from datablame.influence.errors import DatablameError
+
+    if shard_size < 1:
+        raise DatablameError(f"--shard-size {shard_size} is not a positive number of examples", "e.g. --shard-size 4096")
+    return Part.parse(shard) if shard else None
+
+
+def _print_job(workdir: Path, name: str, job, done: str) -> None:
+    """What a vectors or index process did: the finished result, or the part it computed and what comes next
+    (nothing from the other ranks of torchrun)."""
+    if job.finished:
+        console.print(f"{name}: {done}")
+    elif not os.environ.get("WORLD_SIZE"):
+        console.print(f"{name}: part {job.part} of the vectors done ({len(job.manifest.done)} of "
+                      f"{job.manifest.shards} shards finished); when every part is, run 'datablame finalize "
+                      f"{workdir} --method {name}'")
 
 
 @app.command()
@@ -195,29 +225,77 @@ def index(
                                   "parameters), lissa (per query), sketch (the sketches' Gauss-Newton, once), or "
                                   "auto: exact on exact gradients (a head), else sketch."),
     damping: str = DAMPING,
-    dtype: str = DTYPE, lam: float = LAMBDA, batch_size: int = BATCH_SIZE, device: str = DEVICE, quiet: bool = QUIET,
+    dtype: str = DTYPE, lam: float = LAMBDA, batch_size: int = BATCH_SIZE, device: str = DEVICE,
+    shard: Optional[str] = SHARD, shard_size: int = SHARD_ROWS, quiet: bool = QUIET,
     verbose: bool = VERBOSE,
 ) -> None:
-    """Compute the training vectors (resumable) and build a FAISS index per method and scoring."""
+    """Compute the training vectors (resumable; in parts with --shard or under torchrun) and build a FAISS index
+    per method and scoring."""
     log_verbosely(verbose)
-    from datablame.index.explain import index_workdir
-    from datablame.index.search import SCORINGS
+    from datablame.index.jobs import run_vectors
     from datablame.index.vectors import DTYPES
 
-    _choose("scoring", "--score", score, ("all", *SCORINGS))
+    scorings = _scorings(score)
     _choose("dtype", "--dtype", dtype, DTYPES)
     settings = _settings(params, dim, projection, seed, lam, device, curvature, damping)
+    part = _part(shard, shard_size)
     for name in _methods(method):
         start = time.perf_counter()
         with progress_bar(name, quiet) as update:
-            metas = index_workdir(workdir, name, settings, SCORINGS if score == "all" else (score,), approximate,
-                                  dtype, batch_size, update)
-        for meta in metas:
-            recall = "" if meta.recall_at_10 is None else f", recall@10 {meta.recall_at_10:.3f} against exact"
-            if (meta.hnsw or {}).get("rejected"):
-                recall = f" (HNSW {meta.hnsw['rejected']})"
-            console.print(f"{name} ({meta.scoring}): {meta.kind} index of {meta.n} × {meta.dim}{recall}; "
-                          f"{time.perf_counter() - start:.1f} s")
+            job = run_vectors(workdir, name, settings, dtype, batch_size, update, shard_size, part, scorings,
+                              approximate)
+        _print_indexes(workdir, name, job, start, quiet)
+
+
+def _scorings(score: str) -> tuple[str, ...]:
+    from datablame.index.search import SCORINGS
+
+    _choose("scoring", "--score", score, ("all", *SCORINGS))
+    return SCORINGS if score == "all" else (score,)
+
+
+def _print_indexes(workdir: Path, name: str, job, start: float, quiet: bool) -> None:
+    """One line per index a job built (they are the result, printed even with -q), or what its part did."""
+    if not job.finished:
+        if not quiet:
+            _print_job(workdir, name, job, "")
+        return
+    for meta in job.indexes:
+        recall = "" if meta.recall_at_10 is None else f", recall@10 {meta.recall_at_10:.3f} against exact"
+        if (meta.hnsw or {}).get("rejected"):
+            recall = f" (HNSW {meta.hnsw['rejected']})"
+        console.print(f"{name} ({meta.scoring}): {meta.kind} index of {meta.n} × {meta.dim}{recall}; "
+                      f"{time.perf_counter() - start:.1f} s")
+
+
+@app.command()
+@report_errors
+def finalize(
+    workdir: Path = typer.Argument(..., help="Workdir whose vectors --shard jobs computed."),
+    method: str = METHOD,
+    score: str = typer.Option("all", "--score", help="Scoring to index: cosine, raw or all."),
+    approximate: bool = typer.Option(False, "--approximate", help="HNSW instead of exact search (for large data)."),
+    device: str = DEVICE, quiet: bool = QUIET, verbose: bool = VERBOSE,
+) -> None:
+    """After the --shard I/N jobs of 'index' or 'vectors': reduce their vectors (manifest, curvature,
+    self-influence) and build the indexes, with the settings the jobs used. Refused while a shard is missing."""
+    log_verbosely(verbose)
+    from datablame.index.jobs import run_finalize
+    from datablame.index.vectors import VectorStore
+    from datablame.influence.workdir import Workdir
+
+    scorings = _scorings(score)
+    names = [n for n in _methods(method) if method != "all" or VectorStore(Workdir(workdir).vectors_dir(n)).manifest()]
+    if not names:
+        from datablame.influence.errors import DatablameError
+
+        raise DatablameError(f"no vectors to finalize in {workdir}", f"run 'datablame index {workdir} --shard I/N' "
+                             "jobs first")
+    for name in names:
+        start = time.perf_counter()
+        with progress_bar(name, quiet) as update:
+            job = run_finalize(workdir, name, device, update, scorings, approximate)
+        _print_indexes(workdir, name, job, start, quiet)
 
 
 @app.command()

@@ -26,7 +26,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from datablame.influence.build import MethodSettings, build_method
+from datablame.influence.build import Built, MethodSettings, build_method
 from datablame.influence.data import Text
 from datablame.influence.errors import DatablameError
 from datablame.influence.lissa import Progress
@@ -36,7 +36,7 @@ from datablame.influence.atomic import atomic_write_bytes
 from datablame.influence.workdir import Workdir
 
 from .search import DEFAULT_SCORING, RECALL_QUERIES, SCORINGS, IndexMeta, VectorIndex
-from .vectors import VectorStore, compute_vectors
+from .vectors import SHARD_SIZE, Manifest, VectorStore, compute_vectors
 
 QUERY_BATCH = 32
 STREAM_BATCH = 256
@@ -51,9 +51,18 @@ def show(text: Text) -> str:
 
 def index_workdir(workdir: str | Path, method: str, settings: MethodSettings = MethodSettings(),
                   scorings: Sequence[str] = SCORINGS, approximate: bool = False, dtype: str = "float32",
-                  batch_size: int = 32, progress: Progress | None = None) -> list[IndexMeta]:
+                  batch_size: int = 32, progress: Progress | None = None,
+                  shard_size: int = SHARD_SIZE) -> list[IndexMeta]:
     """Compute the method's training vectors (missing shards only) and build one index per scoring."""
-    built, store, manifest = compute_vectors(workdir, method, settings, dtype, batch_size, progress)
+    built, store, manifest = compute_vectors(workdir, method, settings, dtype, batch_size, progress, shard_size)
+    return build_indexes(workdir, method, settings, built, store, manifest, scorings, approximate)
+
+
+def build_indexes(workdir: str | Path, method: str, settings: MethodSettings, built: Built, store: VectorStore,
+                  manifest: Manifest, scorings: Sequence[str] = SCORINGS, approximate: bool = False
+                  ) -> list[IndexMeta]:
+    """One index per scoring over the finished vectors of ``method`` built with ``settings``, saved under
+    ``WORKDIR/index/``."""
     vectors = store.load(manifest)
     sample = recall_sample(built.method, vectors, settings.seed) if approximate else None
     metas = []

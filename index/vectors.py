@@ -7,9 +7,11 @@ Layout of ``WORKDIR/vectors/<method>/``::
     self_influence.npy   (n,) float32, once every shard is done
     final-<name>.npy     what the method computes once from all vectors (influence: the (k, k) curvature)
 
-A shard is whole or absent (temporary name, then rename), and the manifest lists it only after it exists, so an
-interrupted run resumes at the first missing shard. A manifest whose key differs (other data, checkpoints,
-parameters, projection or seed) is discarded and the vectors are recomputed.
+A shard is whole or absent (temporary name, then rename), so its file is its done marker: an interrupted run
+resumes at the first missing shard. A manifest whose key differs (other data, checkpoints, parameters, projection
+or seed) is discarded and the vectors are recomputed. The work is planned (:meth:`VectorStore.plan`), its shards
+computed by one or several workers (:meth:`VectorStore.compute_shards`, a :class:`.shards.Part` each), then
+reduced once (:meth:`VectorStore.finalize`): see :mod:`.shards`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import logging
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -32,7 +35,10 @@ from datablame.influence.methods import Method, compute_train_vectors
 from datablame.influence.atomic import atomic_write_bytes, atomic_write_json
 from datablame.influence.workdir import Workdir
 
+from .shards import Part
+
 DTYPES = ("float32", "float16")
+SHARD_SIZE = 4096
 log = logging.getLogger(__name__)
 
 
@@ -42,8 +48,9 @@ class Manifest:
     n: int
     dim: int
     dtype: str = "float32"
-    shard_size: int = 4096
+    shard_size: int = SHARD_SIZE
     done: list[int] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)  # the MethodSettings they are computed with (for finalize)
 
     @property
     def shards(self) -> int:
@@ -78,36 +85,67 @@ class VectorStore:
     def shard_path(self, index: int) -> Path:
         return self.folder / f"shard-{index:05d}.npy"
 
-    def compute(self, method: Method, train: Examples, key: dict, dtype: str = "float32", shard_size: int = 4096,
-                batch_size: int = 32, progress: Progress | None = None) -> Manifest:
-        """Compute the missing shards, then the self-influence; returns the finished manifest."""
+    def plan(self, key: dict, n: int, dim: int, dtype: str = "float32", shard_size: int = SHARD_SIZE,
+             settings: dict | None = None) -> Manifest:
+        """The manifest of n × dim vectors computed under ``key`` in shards of ``shard_size``: the folder's own
+        when it plans the same (its finished shards are kept, ``done`` read from their files), else a new one,
+        written before any shard, the folder's older vectors removed."""
         check_choice("dtype", dtype, DTYPES)
         manifest = self.manifest()
-        wanted = Manifest(key=key, n=len(train), dim=method.dim, dtype=dtype, shard_size=shard_size)
+        wanted = Manifest(key=key, n=n, dim=dim, dtype=dtype, shard_size=shard_size, settings=settings or {})
+        same = {"done": [], "key": key, "settings": {}}
         changed = ["settings"] if manifest is None else \
-            key_changes(manifest.key, key) + key_changes(asdict(manifest) | {"done": [], "key": key}, asdict(wanted))
+            key_changes(manifest.key, key) + key_changes(asdict(manifest) | same, asdict(wanted) | same)
         if changed:
             if self.folder.exists():
                 log.info("%s: vectors of other %s are replaced", self.folder, ", ".join(changed))
                 shutil.rmtree(self.folder)
-            manifest = wanted
-        elif manifest.done:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.manifest_path, asdict(wanted))
+            return wanted
+        manifest.done = self.finished(manifest)
+        if manifest.done:
             log.info("%s: resuming; %d of %d shards already done", self.folder, len(manifest.done), manifest.shards)
-        log.info("%d examples → %d × %d %s vectors in %d shard(s) of %d", len(train), len(train), method.dim, dtype,
-                 manifest.shards, shard_size)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        for index in range(manifest.shards):
-            if index in manifest.done and self.shard_path(index).is_file():
-                continue
-            lo, hi = index * shard_size, min((index + 1) * shard_size, len(train))
-            part = train.subset(range(lo, hi))
+        return manifest
+
+    def finished(self, manifest: Manifest) -> list[int]:
+        """The shards whose files exist (each is whole: written under a temporary name, then renamed)."""
+        return [i for i in range(manifest.shards) if self.shard_path(i).is_file()]
+
+    def compute_shards(self, method: Method, train: Examples, manifest: Manifest, part: Part | None = None,
+                       batch_size: int = 32, progress: Progress | None = None) -> list[int]:
+        """Compute the missing shards of ``part`` (all of them when None); returns the shards computed. Alone
+        (no part), it also records each finished shard in the manifest; a part never writes the manifest, which
+        other workers read."""
+        log.info("%d examples → %d × %d %s vectors in %d shard(s) of %d%s", len(train), len(train), manifest.dim,
+                 manifest.dtype, manifest.shards, manifest.shard_size, f"; part {part}" if part else "")
+        todo = [i for i in range(manifest.shards)
+                if (part is None or part.mine(i)) and not self.shard_path(i).is_file()]
+        size = manifest.shard_size
+        for index in todo:
+            lo, hi = index * size, min((index + 1) * size, len(train))
             report = None if progress is None else (lambda done, _total, lo=lo: progress(lo + done, len(train)))
-            vectors = compute_train_vectors(method, part, batch_size, report)
-            _save_npy(self.shard_path(index), vectors.astype(dtype))
-            manifest.done = sorted(set(manifest.done) | {index})
-            atomic_write_json(self.manifest_path, asdict(manifest))
+            vectors = compute_train_vectors(method, train.subset(range(lo, hi)), batch_size, report)
+            _save_npy(self.shard_path(index), vectors.astype(manifest.dtype))
+            if part is None:
+                manifest.done = sorted(set(manifest.done) | {index})
+                atomic_write_json(self.manifest_path, asdict(manifest))
+        manifest.done = self.finished(manifest)  # in memory: other workers' shards too
         if progress is not None:
             progress(len(train), len(train))
+        return todo
+
+    def finalize(self, method: Method, train: Examples, manifest: Manifest) -> Manifest:
+        """Reduce the finished shards: the manifest lists them all, the method's ``finalize`` arrays (influence:
+        the curvature) and the self-influence are written. Refuses, changing nothing, while a shard is missing."""
+        missing = [i for i in range(manifest.shards) if not self.shard_path(i).is_file()]
+        if missing:
+            shown = ", ".join(map(str, missing[:10])) + (", …" if len(missing) > 10 else "")
+            raise DatablameError(f"{len(missing)} of {manifest.shards} vector shards are missing in {self.folder} "
+                                 f"(shard {shown})", "run their --shard I/N jobs again (each computes only what it "
+                                 "lacks), or the command without --shard, then finalize")
+        manifest.done = list(range(manifest.shards))
+        atomic_write_json(self.manifest_path, asdict(manifest))
         vectors = torch.from_numpy(self.load(manifest).astype(np.float32))
         if hasattr(method, "finalize"):
             for name, array in method.finalize(vectors).items():
@@ -115,6 +153,13 @@ class VectorStore:
         self_influence = method.self_influence(vectors, torch.as_tensor(train.labels)).numpy().astype(np.float32)
         _save_npy(self.folder / "self_influence.npy", self_influence)
         return manifest
+
+    def compute(self, method: Method, train: Examples, key: dict, dtype: str = "float32",
+                shard_size: int = SHARD_SIZE, batch_size: int = 32, progress: Progress | None = None) -> Manifest:
+        """Compute the missing shards, then finalize; returns the finished manifest."""
+        manifest = self.plan(key, len(train), method.dim, dtype, shard_size)
+        self.compute_shards(method, train, manifest, None, batch_size, progress)
+        return self.finalize(method, train, manifest)
 
     def finalized(self, key: dict) -> dict[str, np.ndarray]:
         """The arrays the method's ``finalize`` stored (name → array) when the vectors are finished and were
@@ -141,13 +186,46 @@ class VectorStore:
 
 
 def compute_vectors(workdir: str | Path, method: str, settings: MethodSettings = MethodSettings(),
-                    dtype: str = "float32", batch_size: int = 32,
-                    progress: Progress | None = None) -> tuple[Built, VectorStore, Manifest]:
-    """Build ``method`` from the workdir's checkpoints and compute its missing vector shards (and self-influence)
-    under ``WORKDIR/vectors/<method>/``; returns the built method, its store and the finished manifest."""
+                    dtype: str = "float32", batch_size: int = 32, progress: Progress | None = None,
+                    shard_size: int = SHARD_SIZE, part: Part | None = None,
+                    planned: Callable[[], None] | None = None) -> tuple[Built, VectorStore, Manifest]:
+    """Build ``method`` from the workdir's checkpoints and compute its missing vector shards under
+    ``WORKDIR/vectors/<method>/``; returns the built method, its store and the manifest.
+
+    Alone (``part`` None) the vectors are then finalized (manifest, curvature, self-influence). A part computes
+    its own shards only and leaves them for :func:`finalize_vectors`. ``planned``: a barrier shared by the workers
+    (torchrun): part 0 writes the plan before it, the others read it after it."""
     wd = Workdir(workdir)
     built = build_method(wd, method, settings, progress)
     store = VectorStore(wd.vectors_dir(method))
-    return built, store, store.compute(built.method, built.train, built.key, dtype, batch_size=batch_size,
-                                       progress=progress)
 
+    def plan() -> Manifest:
+        return store.plan(built.key, len(built.train), built.method.dim, dtype, shard_size, settings.to_dict())
+
+    first = planned is None or part is None or part.index == 0
+    manifest = plan() if first else None
+    if planned is not None:
+        planned()
+    manifest = manifest or plan()
+    store.compute_shards(built.method, built.train, manifest, part, batch_size, progress)
+    if part is None:
+        manifest = store.finalize(built.method, built.train, manifest)
+    return built, store, manifest
+
+
+def finalize_vectors(workdir: str | Path, method: str, device: str = "auto",
+                     progress: Progress | None = None) -> tuple[Built, VectorStore, Manifest]:
+    """Finalize vectors that ``--shard`` jobs computed: the method is built with the settings they recorded,
+    refused when the workdir changed since (other data or weights), and nothing is computed but the reduction."""
+    wd = Workdir(workdir)
+    store = VectorStore(wd.vectors_dir(method))
+    manifest = store.manifest()
+    if manifest is None:
+        raise DatablameError(f"no {method} vectors in {store.folder} to finalize",
+                             f"compute them first: 'datablame index {workdir} --method {method} --shard I/N'")
+    built = build_method(wd, method, MethodSettings.from_dict(manifest.settings, device), progress)
+    changed = key_changes(manifest.key, built.key)
+    if changed:
+        raise DatablameError(f"the {method} vectors in {store.folder} were computed from other {', '.join(changed)}",
+                             "compute them again with their --shard jobs, or without --shard")
+    return built, store, store.finalize(built.method, built.train, manifest)
