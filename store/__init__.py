@@ -9,7 +9,7 @@ _EXPORTS = {
     "list_flags": "flags", "set_status": "flags", "relabel": "flags", "add_flag": "flags", "flag_examples": "flags",
     "page_flags": "flags", "set_status_matching": "flags", "undo": "flags", "history": "flags", "StaleFlag": "flags",
     "FlagFilter": "flags",
-    "export": "export", "ExportReport": "export",
+    "export": "export", "ExportReport": "export", "temporary_postgres": "testing",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

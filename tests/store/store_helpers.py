@@ -2,14 +2,6 @@
 SQLite store in a temporary folder), ``dataset`` (the small dataset registered in it) and ``postgres_url`` (a
 throwaway PostgreSQL server), imported by the tests."""
 
-import glob
-import os
-import pwd
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -17,6 +9,7 @@ from datablame.influence.data import Examples
 from datablame.influence.detect import rank_label_issues
 from datablame.store.db import default_url, open_db
 from datablame.store.scans import ensure_dataset, find_dataset
+from datablame.store.testing import PostgresUnavailable, new_database, temporary_postgres
 
 LABELS = ["neg", "pos"]
 
@@ -42,7 +35,7 @@ def store_url(request, tmp_path):
     """The URL of a fresh store: an SQLite file in a temporary folder, or a new database on a throwaway
     PostgreSQL server (skipped, with the reason, where none can be started)."""
     return default_url(tmp_path) if request.param == "sqlite" else \
-        fresh_postgres_database(request.getfixturevalue("postgres_url"))
+        new_database(request.getfixturevalue("postgres_url"))
 
 
 def url_of(db) -> str:
@@ -66,46 +59,10 @@ def dataset(db):
 
 @pytest.fixture(scope="module")
 def postgres_url():
-    """A throwaway PostgreSQL server (one per test module) in a temporary folder, reached through its Unix socket there (so it needs no
-    free TCP port), stopped and deleted afterwards. Skipped without psycopg, without PostgreSQL's initdb, or as
-    root (whom initdb refuses) without a ``postgres`` user and runuser to run it as."""
-    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'psycopg[binary]')")
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))  # Debian keeps them off the PATH
-    initdb = shutil.which("initdb") or (found[-1] if found else None)
-    if initdb is None:
-        pytest.skip("PostgreSQL's initdb is not installed (apt-get install postgresql)")
-    folder = tempfile.mkdtemp(prefix="datablame-pg-")
-    as_user = []
-    if os.geteuid() == 0:
-        try:
-            owner = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("initdb refuses root and there is no postgres user to run the server as")
-        if shutil.which("runuser") is None:
-            pytest.skip("initdb refuses root and runuser (util-linux) is missing to run it as postgres")
-        os.chown(folder, owner.pw_uid, owner.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data, pg_ctl = f"{folder}/data", str(Path(initdb).with_name("pg_ctl"))
-    subprocess.run([*as_user, initdb, "-D", data, "--auth=trust", "-U", "datablame", "--no-sync", "-E", "UTF8"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_user, pg_ctl, "-D", data, "-l", f"{folder}/log", "-w", "-t", "60", "-o",
-                    f"-k {folder} -c listen_addresses='' -c fsync=off", "start"], check=True, capture_output=True)
+    """A throwaway PostgreSQL server, one per test module (:func:`datablame.store.testing.temporary_postgres`);
+    skipped, with the reason, where none can be started."""
     try:
-        yield f"postgresql+psycopg://datablame@/postgres?host={folder}"
-    finally:
-        subprocess.run([*as_user, pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"], capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def fresh_postgres_database(url: str) -> str:
-    """The URL of a new, empty database on the server of ``url``."""
-    import uuid
-
-    import sqlalchemy
-
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    engine.dispose()
-    return url.replace("/postgres?", f"/{name}?")
+        with temporary_postgres() as url:
+            yield url
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
