@@ -1,4 +1,5 @@
-"""Scale benchmark of the store: a scan of many rows written to SQLite and to PostgreSQL. JSON.
+"""Scale benchmarks: a scan of many rows written to SQLite and to PostgreSQL; ``datablame plan``'s estimates
+beside the measured run. JSON.
 
 For each database (SQLite in WAL mode in a temporary folder; a throwaway PostgreSQL server from
 ``datablame.store.testing``, skipped with its reason where none can be started): register a dataset of ``--rows``
@@ -8,6 +9,12 @@ transaction), and read the first and a deep page of flags by suspicion (``page_f
 per second, and the store's size on disk for SQLite.
 
     python bench/scale.py [--rows 1000000] [--databases sqlite postgresql] [--out bench/results/scale-store.json]
+
+With ``--plan-workdir WD``, instead: for each of ``--methods``, ``plan_method``'s estimate (time, peak memory,
+disk) beside ``datablame index WD --method M`` measured in a subprocess on a copy of the workdir (its checkpoints
+and feature cache, no vectors or index): wall seconds, the child's peak resident memory, and the bytes written.
+
+    python bench/scale.py --plan-workdir WD [--methods tracin influence] [--out bench/results/scale-plan.json]
 """
 
 from __future__ import annotations
@@ -15,13 +22,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from datablame.index.plan import plan_method
 from datablame.influence.atomic import atomic_write_json
+from datablame.influence.build import MethodSettings
 from datablame.influence.data import Examples
 from datablame.influence.detect import LabelIssues
 from datablame.store.db import default_url, open_db
@@ -84,12 +97,42 @@ def database(kind: str, folder: Path):
             yield new_database(url)
 
 
+MEASURE = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+           "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)")
+
+
+def plan_against_run(workdir: Path, method: str) -> dict:
+    """The plan's estimate for ``index --method METHOD`` and the measured run, on a copy of the workdir."""
+    estimate = plan_method(workdir, method, MethodSettings.faithful()).to_json()
+    with tempfile.TemporaryDirectory(dir=workdir.parent) as folder:
+        copy = Path(folder) / "wd"
+        shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("vectors", "index", "queries", "*.db*"))
+        exe = Path(sys.executable).with_name("datablame")
+        start = time.perf_counter()
+        peak = subprocess.run([sys.executable, "-c", MEASURE, str(exe), "index", str(copy), "--method", method, "-q"],
+                              check=True, capture_output=True, text=True, env=os.environ).stdout
+        seconds = time.perf_counter() - start
+        written = sum(p.stat().st_size for folder in ("vectors", "index") for p in (copy / folder).rglob("*")
+                      if p.is_file())
+    return {"estimate": {k: estimate[k] for k in ("seconds", "peak_bytes", "disk_bytes", "phases")},
+            "measured": {"seconds": round(seconds, 1), "peak_bytes": int(peak.strip().splitlines()[-1]),
+                         "disk_bytes": written}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--databases", nargs="+", default=["sqlite", "postgresql"], choices=["sqlite", "postgresql"])
-    parser.add_argument("--out", type=Path, default=RESULTS / "scale-store.json")
+    parser.add_argument("--plan-workdir", type=Path)
+    parser.add_argument("--methods", nargs="+", default=["tracin", "influence"])
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.plan_workdir:
+        out = {"workdir": str(args.plan_workdir), "methods": {m: plan_against_run(args.plan_workdir, m)
+                                                               for m in args.methods}}
+        atomic_write_json(args.out or RESULTS / "scale-plan.json", out)
+        print(json.dumps(out, indent=2))
+        return
     examples, issues = synthetic(args.rows)
     out = {"rows": args.rows, "databases": {}}
     for kind in args.databases:
@@ -102,7 +145,7 @@ def main() -> None:
                             sum(p.stat().st_size for p in Path(folder).iterdir()) / 2**20, 1)
             except PostgresUnavailable as exc:
                 out["databases"][kind] = {"skipped": str(exc)}
-    atomic_write_json(args.out, out)
+    atomic_write_json(args.out or RESULTS / "scale-store.json", out)
     print(json.dumps(out, indent=2))
 
 

@@ -270,6 +270,66 @@ def _print_indexes(workdir: Path, name: str, job, start: float, quiet: bool) -> 
 
 @app.command()
 @report_errors
+def plan(
+    workdir: Path = typer.Argument(..., help="Workdir made by 'datablame train' or 'datablame init'."),
+    method: str = METHOD, params: Optional[List[str]] = PARAMS, dim: Optional[int] = DIM, projection: str = PROJECTION,
+    seed: int = SEED,
+    score: str = typer.Option("all", "--score", help="Scoring to index: cosine, raw or all."),
+    approximate: bool = typer.Option(False, "--approximate", help="Plan HNSW indexes instead of exact ones."),
+    curvature: str = typer.Option("auto", help="As for 'index'."), damping: str = DAMPING,
+    dtype: str = DTYPE, lam: float = LAMBDA, batch_size: int = BATCH_SIZE, device: str = DEVICE,
+    workers: int = typer.Option(1, "--workers", help="Processes sharing the vectors (torchrun ranks or --shard "
+                                "jobs)."),
+    sample: int = typer.Option(64, "--sample", help="Training examples the calibration computes."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    quiet: bool = QUIET, verbose: bool = VERBOSE,
+) -> None:
+    """Estimate what 'datablame index' (with the same options) will take here: time, peak memory and disk of each
+    phase, from a short measured calibration run on --sample examples."""
+    log_verbosely(verbose)
+    from datablame.index.plan import plan_method
+    from datablame.index.vectors import DTYPES
+    from datablame.influence.errors import DatablameError
+
+    scorings = _scorings(score)
+    _choose("dtype", "--dtype", dtype, DTYPES)
+    if workers < 1 or sample < 2:
+        raise DatablameError("--workers must be at least 1 and --sample at least 2", "e.g. --workers 4 --sample 64")
+    settings = _settings(params, dim, projection, seed, lam, device, curvature, damping)
+    plans = []
+    for name in _methods(method):
+        with progress_bar(f"calibrating {name}", quiet):
+            plans.append(plan_method(workdir, name, settings, dtype, scorings, approximate, sample, batch_size,
+                                     workers))
+    if as_json:
+        print(json.dumps([p.to_json() for p in plans]))
+        return
+    for p in plans:
+        _print_plan(p)
+
+
+def _print_plan(p) -> None:
+    """One table per method: each phase's time, peak memory and disk, and the totals."""
+    from rich.table import Table
+
+    def size(b: int) -> str:
+        return f"{b / 2**30:.2f} GB" if b >= 2**30 else f"{b / 2**20:.1f} MB"
+
+    def duration(s: float) -> str:
+        return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 60 else f"{s:.1f} s"
+
+    table = Table(title=f"{p.method}: {p.n} examples → {p.n} × {p.dim} {p.dtype} vectors, {p.workers} worker(s); "
+                        f"calibrated on {p.sample} in {p.calibration_seconds:.1f} s")
+    for column in ("phase", "time", "peak memory", "disk", "how"):
+        table.add_column(column, no_wrap=column != "how")
+    for phase in p.phases:
+        table.add_row(phase.name, duration(phase.seconds), size(phase.peak_bytes), size(phase.disk_bytes), phase.note)
+    table.add_row("total", duration(p.seconds), size(p.peak_bytes), size(p.disk_bytes), "")
+    console.print(table)
+
+
+@app.command()
+@report_errors
 def finalize(
     workdir: Path = typer.Argument(..., help="Workdir whose vectors --shard jobs computed."),
     method: str = METHOD,

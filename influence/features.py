@@ -89,6 +89,11 @@ class TrainFeatures:
     def complete(self) -> bool:
         return bool(self._known.all())
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the (n, h) matrix takes in memory (0 before its width is known)."""
+        return 0 if self._rows is None else self._rows.numel() * self._rows.element_size()
+
     def rows(self, ids: Sequence[int] | np.ndarray, progress: Progress | None = None) -> Tensor:
         """(b, h) float32 features of the training examples with these ids, on the model's device."""
         ids = np.asarray(ids, dtype=np.int64)
@@ -152,6 +157,11 @@ class FeatureCache:
             self._by_key[key] = TrainFeatures(task, model, self.train, key, path)
         self._by_model.append((model, self._by_key[key]))
         return self._by_key[key]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the feature matrices of the encoders seen so far take in memory."""
+        return sum(f.nbytes for f in self._by_key.values())
 
     def covers(self, batch: Examples) -> bool:
         """Whether every example of ``batch`` is the training example its id names."""

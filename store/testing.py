@@ -61,7 +61,7 @@ def temporary_postgres() -> Iterator[str]:
     try:
         as_user = _run_as(folder)
         data, pg_ctl = f"{folder}/data", str(Path(initdb).with_name("pg_ctl"))
-        subprocess.run([*as_user, initdb, "-D", data, "--auth=trust", "-U", "datablame", "--no-sync", "-E", "UTF8"],
+        subprocess.run([*as_user, initdb, "-D", data, "-A", "trust", "-U", "datablame", "-N", "-E", "UTF8"],
                        check=True, capture_output=True)
         subprocess.run([*as_user, pg_ctl, "-D", data, "-l", f"{folder}/log", "-w", "-t", "60", "-o",
                         f"-k {folder} -c listen_addresses='' -c fsync=off", "start"], check=True, capture_output=True)

@@ -1,0 +1,155 @@
+"""``datablame plan``: what a ``vectors``/``index`` run will cost here, estimated from a short measured
+calibration run (never from constants).
+
+The calibration builds the method as the run will (loading its checkpoints; the representer's refit reads every
+example's features, which are then cached for the run), computes the vectors of ``sample`` examples spread over
+the training set twice (the first pass also runs the encoder where the features are not cached yet; the second
+only the gradients), times the reduction of those vectors (the Gram matrix and self-influence) and the index
+build on them, and scales each to the whole set:
+
+=============  ===========================================  =============================================
+phase          time                                         peak memory (beside the libraries) / disk
+=============  ===========================================  =============================================
+vectors        build + n × (encoder + vector) per example,  models + the feature matrix + one shard /
+               divided among ``workers``                    the vectors (n × D × dtype)
+finalize       n × (reduction per row); the exact Hessian   the vectors as float32 + the D × D Gram (and
+               of ``--curvature exact`` is not timed        Hessian) / self-influence, Gram (and Hessian)
+index (each)   n × (index build per row)                    twice the vectors as float32 while built /
+                                                            the index (n × D × 4, HNSW's graph besides)
+=============  ===========================================  =============================================
+
+Peak memory counts the libraries already loaded by the calibrating process (torch, numpy; the CLI's own); times
+leave out the process's start and imports (a few seconds).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from datablame.influence.build import MethodSettings, build_method
+from datablame.influence.methods import compute_train_vectors
+from datablame.influence.workdir import Workdir
+
+from .search import SCORINGS, IndexMeta, VectorIndex
+from .vectors import SHARD_SIZE
+
+GB = 2**30
+HNSW_LINKS = 32  # neighbours per node of the HNSW graph (search.py), 2 × 4 bytes each at the base layer
+
+
+@dataclass
+class Phase:
+    """One phase: estimated seconds, peak resident memory and disk it adds (bytes), and how it was measured."""
+
+    name: str
+    seconds: float
+    peak_bytes: int
+    disk_bytes: int
+    note: str = ""
+
+
+@dataclass
+class Plan:
+    """The estimate for one method: n examples, D-dimensional vectors, the calibration's sample and its own
+    seconds, and the phases."""
+
+    method: str
+    n: int
+    dim: int
+    dtype: str
+    workers: int
+    sample: int
+    calibration_seconds: float
+    phases: list[Phase] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return sum(p.seconds for p in self.phases)
+
+    @property
+    def peak_bytes(self) -> int:
+        return max((p.peak_bytes for p in self.phases), default=0)
+
+    @property
+    def disk_bytes(self) -> int:
+        return sum(p.disk_bytes for p in self.phases)
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "seconds": round(self.seconds, 1), "peak_bytes": self.peak_bytes,
+                "disk_bytes": self.disk_bytes}
+
+
+def _model_bytes(method) -> int:
+    models = getattr(method, "checkpoints", None) or [(getattr(method, "model", None), 0)]
+    return sum(p.numel() * p.element_size() for m, _ in models if m is not None for p in m.parameters())
+
+
+def _resident() -> int:
+    """Bytes this process holds in memory now (the libraries loaded): Linux's /proc, else the peak so far."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _timed(fn) -> tuple[float, object]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def _reduction_seconds(method, vectors: torch.Tensor, labels: torch.Tensor) -> float:
+    """Seconds per row of the reduction: the Gram matrix VᵀV (float64) and the self-influence, timed on the
+    sample (after one warm-up). The exact Hessian of ``--curvature exact`` is not timed: it runs the model over
+    every training example, which a calibration must not."""
+    def reduce() -> float:
+        v = vectors.double()
+        return _timed(lambda: (v.T @ v, method.self_influence(vectors, labels)))[0]
+
+    reduce()
+    return reduce() / len(vectors)
+
+
+def plan_method(workdir: str | Path, method: str, settings: MethodSettings = MethodSettings(),
+                dtype: str = "float32", scorings: Sequence[str] = SCORINGS, approximate: bool = False,
+                sample: int = 64, batch_size: int = 32, workers: int = 1) -> Plan:
+    """Estimate the phases of ``datablame index`` (``scorings`` empty: ``vectors``) for ``method`` from a
+    calibration run on ``sample`` training examples."""
+    start = time.perf_counter()
+    base = _resident()
+    wd = Workdir(workdir)
+    build_s, built = _timed(lambda: build_method(wd, method, settings))
+    n, dim = len(built.train), built.method.dim
+    rows = np.unique(np.linspace(0, n - 1, min(sample, n)).astype(int))
+    part = built.train.subset(rows)
+    first_s, _ = _timed(lambda: compute_train_vectors(built.method, part, batch_size))
+    again_s, vectors = _timed(lambda: compute_train_vectors(built.method, part, batch_size))
+    m = len(rows)
+    encoder, per_vector = max(first_s - again_s, 0.0) / m, again_s / m
+    feature_bytes = getattr(getattr(built.method, "features", None), "nbytes", 0)  # head gradients: (n, h) features
+    itemsize = np.dtype(dtype).itemsize
+    phases = [Phase("vectors", build_s + n * (encoder + per_vector) / workers,
+                    base + _model_bytes(built.method) + feature_bytes + SHARD_SIZE * dim * 4, n * dim * itemsize,
+                    f"per example: encoder {encoder * 1e3:.2f} ms, vector {per_vector * 1e3:.2f} ms; "
+                    f"build {build_s:.1f} s")]
+    per_row = _reduction_seconds(built.method, torch.from_numpy(vectors), torch.as_tensor(part.labels))
+    exact = getattr(built.method, "query_curvature", None) == "exact"
+    stored = dim * dim * 8 * (hasattr(built.method, "finalize") + exact)  # final-gram.npy (+ final-hessian.npy)
+    phases.append(Phase("finalize", n * per_row, base + n * dim * 4 + dim * dim * 8 * (1 + exact), n * 4 + stored,
+                        f"{per_row * 1e6:.1f} µs per example" + ("; plus the exact Hessian, not timed" if exact else "")))
+    for scoring in scorings:
+        meta = IndexMeta(method=method, scoring=scoring, kind="exact", n=m, dim=dim, key={}, settings={})
+        index_s, _ = _timed(lambda: VectorIndex.build(vectors, meta, approximate and m > 1))
+        graph = n * HNSW_LINKS * 2 * 4 if approximate else 0
+        phases.append(Phase(f"index ({scoring})", n * index_s / m * (np.log2(max(n, 2)) / np.log2(max(m, 2))
+                                                                     if approximate else 1),
+                            base + 2 * n * dim * 4 + graph, n * dim * 4 + graph, "HNSW" if approximate else "exact"))
+    return Plan(method, n, dim, dtype, workers, m, time.perf_counter() - start, phases)
