@@ -113,6 +113,7 @@ DAMPING = typer.Option("auto", "--damping", help="λ added to the curvature of i
                        "smaller is closer to the exact inverse.")
 BATCH_SIZE = typer.Option(32, help="Examples per gradient batch.")
 DEVICE = typer.Option("auto", help="auto, cpu or cuda.")
+SCORE = typer.Option("all", "--score", help="Scoring to index: cosine, raw or all.")
 SHARD = typer.Option(None, "--shard", metavar="I/N", help="Compute only part I of N of the vectors (shards s with s "
                      "mod N = I; jobs of a SLURM array, machines sharing the workdir) and stop; when every part is "
                      "done, 'datablame finalize WORKDIR' builds the rest. Under torchrun each rank takes its part "
@@ -218,7 +219,7 @@ def index(
     workdir: Path = typer.Argument(..., help="Workdir made by 'datablame train' or 'datablame init'."),
     method: str = METHOD, params: Optional[List[str]] = PARAMS, dim: Optional[int] = DIM, projection: str = PROJECTION,
     seed: int = SEED,
-    score: str = typer.Option("all", "--score", help="Scoring to index: cosine, raw or all."),
+    score: str = SCORE,
     approximate: bool = typer.Option(False, "--approximate", help="HNSW instead of exact search (for large data); "
                                      "its recall@10 against exact search is measured and printed."),
     curvature: str = typer.Option("auto", help="Influence queries: exact (the Hessian, once; at most 4096 "
@@ -274,7 +275,7 @@ def plan(
     workdir: Path = typer.Argument(..., help="Workdir made by 'datablame train' or 'datablame init'."),
     method: str = METHOD, params: Optional[List[str]] = PARAMS, dim: Optional[int] = DIM, projection: str = PROJECTION,
     seed: int = SEED,
-    score: str = typer.Option("all", "--score", help="Scoring to index: cosine, raw or all."),
+    score: str = SCORE,
     approximate: bool = typer.Option(False, "--approximate", help="Plan HNSW indexes instead of exact ones."),
     curvature: str = typer.Option("auto", help="As for 'index'."), damping: str = DAMPING,
     dtype: str = DTYPE, lam: float = LAMBDA, batch_size: int = BATCH_SIZE, device: str = DEVICE,
@@ -333,7 +334,7 @@ def _print_plan(p) -> None:
 def finalize(
     workdir: Path = typer.Argument(..., help="Workdir whose vectors --shard jobs computed."),
     method: str = METHOD,
-    score: str = typer.Option("all", "--score", help="Scoring to index: cosine, raw or all."),
+    score: str = SCORE,
     approximate: bool = typer.Option(False, "--approximate", help="HNSW instead of exact search (for large data)."),
     device: str = DEVICE, quiet: bool = QUIET, verbose: bool = VERBOSE,
 ) -> None:

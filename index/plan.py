@@ -2,8 +2,8 @@
 calibration run (never from constants).
 
 The calibration builds the method as the run will (loading its checkpoints; the representer's refit reads every
-example's features, which are then cached for the run), computes the vectors of ``sample`` examples spread over
-the training set twice (the first pass also runs the encoder where the features are not cached yet; the second
+example's features, which are then cached for the run), computes the vectors of one example (reading the feature
+cache: a cost per run, not per example), then of ``sample`` examples spread over the training set twice (the first pass also runs the encoder where the features are not cached yet; the second
 only the gradients), times the reduction of those vectors (the Gram matrix and self-influence) and the index
 build on them, and scales each to the whole set:
 
@@ -12,8 +12,9 @@ phase          time                                         peak memory (beside 
 =============  ===========================================  =============================================
 vectors        build + n × (encoder + vector) per example,  models + the feature matrix + one shard /
                divided among ``workers``                    the vectors (n × D × dtype)
-finalize       n × (reduction per row); the exact Hessian   the vectors as float32 + the D × D Gram (and
-               of ``--curvature exact`` is not timed        Hessian) / self-influence, Gram (and Hessian)
+finalize       n × (reduction per row, timed on a block of  the vectors as float32 and float64 + the D × D
+               2,048 rows); the exact Hessian of            Gram (and Hessian) / self-influence, Gram (and
+               ``--curvature exact`` is not timed           Hessian)
 index (each)   n × (index build per row)                    twice the vectors as float32 while built /
                                                             the index (n × D × 4, HNSW's graph besides)
 =============  ===========================================  =============================================
@@ -106,16 +107,23 @@ def _timed(fn) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
-def _reduction_seconds(method, vectors: torch.Tensor, labels: torch.Tensor) -> float:
-    """Seconds per row of the reduction: the Gram matrix VᵀV (float64) and the self-influence, timed on the
-    sample (after one warm-up). The exact Hessian of ``--curvature exact`` is not timed: it runs the model over
-    every training example, which a calibration must not."""
+BLOCK = 2048
+"""Rows the reduction is timed on: the sample's vectors repeated (matrix products of a few dozen rows run far
+below the speed of large ones, which a per-row cost must not scale up)."""
+
+
+def _reduction_seconds(method, vectors: torch.Tensor, labels: torch.Tensor, n: int) -> float:
+    """Seconds per row of the reduction: the Gram matrix VᵀV (float64) and the self-influence, timed on a block
+    of min(n, BLOCK) rows (after one warm-up). The exact Hessian of ``--curvature exact`` is not timed: it runs
+    the model over every training example, which a calibration must not."""
+    rows = torch.arange(min(n, BLOCK)) % len(vectors)
+    block, block_labels = vectors[rows], labels[rows]
+
     def reduce() -> float:
-        v = vectors.double()
-        return _timed(lambda: (v.T @ v, method.self_influence(vectors, labels)))[0]
+        return _timed(lambda: (block.double().T @ block.double(), method.self_influence(block, block_labels)))[0]
 
     reduce()
-    return reduce() / len(vectors)
+    return reduce() / len(rows)
 
 
 def plan_method(workdir: str | Path, method: str, settings: MethodSettings = MethodSettings(),
@@ -128,7 +136,10 @@ def plan_method(workdir: str | Path, method: str, settings: MethodSettings = Met
     wd = Workdir(workdir)
     build_s, built = _timed(lambda: build_method(wd, method, settings))
     n, dim = len(built.train), built.method.dim
-    rows = np.unique(np.linspace(0, n - 1, min(sample, n)).astype(int))
+    rows = np.unique(np.linspace(0, n - 1, min(sample + 1, n)).astype(int))
+    warm_s, _ = _timed(lambda: compute_train_vectors(built.method, built.train.subset(rows[:1]), batch_size))
+    build_s += warm_s  # reading the feature cache, first calls: once per run, not per example
+    rows = rows[1:] if len(rows) > 2 else rows
     part = built.train.subset(rows)
     first_s, _ = _timed(lambda: compute_train_vectors(built.method, part, batch_size))
     again_s, vectors = _timed(lambda: compute_train_vectors(built.method, part, batch_size))
@@ -140,10 +151,11 @@ def plan_method(workdir: str | Path, method: str, settings: MethodSettings = Met
                     base + _model_bytes(built.method) + feature_bytes + SHARD_SIZE * dim * 4, n * dim * itemsize,
                     f"per example: encoder {encoder * 1e3:.2f} ms, vector {per_vector * 1e3:.2f} ms; "
                     f"build {build_s:.1f} s")]
-    per_row = _reduction_seconds(built.method, torch.from_numpy(vectors), torch.as_tensor(part.labels))
+    per_row = _reduction_seconds(built.method, torch.from_numpy(vectors), torch.as_tensor(part.labels), n)
     exact = getattr(built.method, "query_curvature", None) == "exact"
     stored = dim * dim * 8 * (hasattr(built.method, "finalize") + exact)  # final-gram.npy (+ final-hessian.npy)
-    phases.append(Phase("finalize", n * per_row, base + n * dim * 4 + dim * dim * 8 * (1 + exact), n * 4 + stored,
+    # the vectors as float32 and their float64 copy for the Gram, the Gram (and Hessian)
+    phases.append(Phase("finalize", n * per_row, base + n * dim * 12 + dim * dim * 8 * (1 + exact), n * 4 + stored,
                         f"{per_row * 1e6:.1f} µs per example" + ("; plus the exact Hessian, not timed" if exact else "")))
     for scoring in scorings:
         meta = IndexMeta(method=method, scoring=scoring, kind="exact", n=m, dim=dim, key={}, settings={})

@@ -140,12 +140,14 @@ def _server(request: Request) -> Server:
     return request.app.state.server
 
 
+def _named(request: Request) -> str:
+    """The reviewer: ``--user``, else the name this browser gave ("" before it gave one)."""
+    return _server(request).user or urllib.parse.unquote(request.cookies.get(USER_COOKIE, "")).strip()
+
+
 def reviewer(request: Request) -> str:
-    """Who acts: ``--user``, else the name this browser gave."""
-    server = _server(request)
-    if server.user:
-        return server.user
-    name = urllib.parse.unquote(request.cookies.get(USER_COOKIE, "")).strip()
+    """Who acts (:func:`_named`); a write without a name is refused."""
+    name = _named(request)
     if not name:
         raise DatablameError("no reviewer name", "give your name on the page (it goes into the review log)")
     return name
@@ -172,8 +174,7 @@ def _int(value: Any, what: str) -> int:
 
 
 def _page(request: Request, template: str, **context) -> HTMLResponse:
-    server = _server(request)
-    user = server.user or urllib.parse.unquote(request.cookies.get(USER_COOKIE, "")).strip()
+    server, user = _server(request), _named(request)
     labels = server.dataset.label_names if server.dataset else Workdir(server.workdir).load().label_names
     html = request.app.state.templates.get_template(template).render(
         workdir=str(server.workdir), user=user, fixed_user=server.user is not None, csrf=server.csrf,
