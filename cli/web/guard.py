@@ -16,10 +16,10 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import secrets
-from http.cookies import SimpleCookie
 from urllib.parse import parse_qsl, urlencode
 
 from starlette.datastructures import Headers
+from starlette.requests import cookie_parser
 from starlette.responses import PlainTextResponse, RedirectResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -96,14 +96,14 @@ class Guard:
                                      status_code=421)
         if self.token is not None:
             query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
-            cookie = SimpleCookie(headers.get("cookie", ""))
+            cookie = cookie_parser(headers.get("cookie", ""))  # lenient: a malformed cookie is no cookie
             if _same(query.get("token"), self.token):
                 if scope["method"] == "GET":  # move the token from the URL into a cookie
                     rest = urlencode([(k, v) for k, v in query.items() if k != "token"])
                     response = RedirectResponse(scope["path"] + (f"?{rest}" if rest else ""), status_code=303)
                     response.set_cookie(TOKEN_COOKIE, self.token, httponly=True, samesite="strict")
                     return response
-            elif TOKEN_COOKIE not in cookie or not _same(cookie[TOKEN_COOKIE].value, self.token):
+            elif not _same(cookie.get(TOKEN_COOKIE), self.token):
                 return PlainTextResponse("missing or wrong access token: open the URL with ?token=… that "
                                          "'datablame serve' printed", status_code=401)
         if scope["method"] not in ("GET", "HEAD") and not _same(headers.get(CSRF_HEADER), self.csrf):

@@ -158,6 +158,7 @@ def test_hosts_and_the_access_token(review_copy):
     assert r.status_code == 303 and r.headers["location"] == "/flags?status=open" and "s3cret" not in r.headers["location"]
     assert client.get("/flags?status=open").status_code == 200  # the cookie carries it now
     assert TestClient(team).get("/flags?token=wrong").status_code == 401
+    assert TestClient(team).get("/flags", headers={"cookie": 'broken="\\'}).status_code == 401  # not a 500
 
 
 def test_serve_refuses_a_folder_that_is_no_workdir(tmp_path):
