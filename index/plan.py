@@ -12,9 +12,9 @@ phase          time                                         peak memory (beside 
 =============  ===========================================  =============================================
 vectors        build + n × (encoder + vector) per example,  models + the feature matrix + one shard /
                divided among ``workers``                    the vectors (n × D × dtype)
-finalize       n × (reduction per row, timed on a block of  the vectors as float32 and float64 + the D × D
-               2,048 rows); the exact Hessian of            Gram (and Hessian) / self-influence, Gram (and
-               ``--curvature exact`` is not timed           Hessian)
+finalize       n × (reduction per row, timed on a block of  the vectors as float32, a block in float64, the
+               2,048 rows); the exact Hessian of            D × D Gram (and Hessian) / self-influence, Gram
+               ``--curvature exact`` is not timed           (and Hessian)
 index (each)   n × (index build per row)                    twice the vectors as float32 while built /
                                                             the index (n × D × 4, HNSW's graph besides)
 =============  ===========================================  =============================================
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from datablame.influence.build import MethodSettings, build_method
-from datablame.influence.methods import compute_train_vectors
+from datablame.influence.methods import ROWS, compute_train_vectors
 from datablame.influence.workdir import Workdir
 
 from .search import SCORINGS, IndexMeta, VectorIndex
@@ -154,8 +154,9 @@ def plan_method(workdir: str | Path, method: str, settings: MethodSettings = Met
     per_row = _reduction_seconds(built.method, torch.from_numpy(vectors), torch.as_tensor(part.labels), n)
     exact = getattr(built.method, "query_curvature", None) == "exact"
     stored = dim * dim * 8 * (hasattr(built.method, "finalize") + exact)  # final-gram.npy (+ final-hessian.npy)
-    # the vectors as float32 and their float64 copy for the Gram, the Gram (and Hessian)
-    phases.append(Phase("finalize", n * per_row, base + n * dim * 12 + dim * dim * 8 * (1 + exact), n * 4 + stored,
+    # the vectors as float32, one block of them in float64 (two copies), the Gram (and Hessian)
+    phases.append(Phase("finalize", n * per_row, base + n * dim * 4 + 2 * min(n, ROWS) * dim * 8
+                        + dim * dim * 8 * (1 + exact), n * 4 + stored,
                         f"{per_row * 1e6:.1f} µs per example" + ("; plus the exact Hessian, not timed" if exact else "")))
     for scoring in scorings:
         meta = IndexMeta(method=method, scoring=scoring, kind="exact", n=m, dim=dim, key={}, settings={})

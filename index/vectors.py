@@ -146,7 +146,7 @@ class VectorStore:
                                  "lacks), or the command without --shard, then finalize")
         manifest.done = list(range(manifest.shards))
         atomic_write_json(self.manifest_path, asdict(manifest))
-        vectors = torch.from_numpy(self.load(manifest).astype(np.float32))
+        vectors = torch.from_numpy(np.asarray(self.load(manifest), dtype=np.float32))  # no copy of float32 vectors
         if hasattr(method, "finalize"):
             for name, array in method.finalize(vectors).items():
                 _save_npy(self.folder / f"final-{name}.npy", array)

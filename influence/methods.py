@@ -75,6 +75,25 @@ class Method(Protocol):
         """JSON-able settings to record beside the vectors."""
 
 
+ROWS = 8192
+"""Training vectors a reduction (Gram matrix, self-influence) takes at a time: its float64 copies stay one block,
+not the whole (n, D) set."""
+
+
+def row_blocks(vectors: Tensor) -> list[Tensor]:
+    """Consecutive views of at most :data:`ROWS` rows of an (n, D) tensor."""
+    return [vectors[i:i + ROWS] for i in range(0, vectors.shape[0], ROWS)]
+
+
+def gram(vectors: Tensor) -> Tensor:
+    """(D, D) float64 VᵀV/n of (n, D) vectors, summed block by block."""
+    total = torch.zeros(vectors.shape[1], vectors.shape[1], dtype=torch.float64)
+    for block in row_blocks(vectors):
+        b = block.double()
+        total += b.T @ b
+    return total / vectors.shape[0]
+
+
 @torch.no_grad()
 def predict(task: Task, model: nn.Module, texts: Sequence[Text]) -> tuple[Tensor, Tensor]:
     """(b,) predicted labels and (b, K) probabilities, on CPU."""
@@ -181,7 +200,7 @@ class TracIn:
 
     def self_influence(self, vectors: Tensor, labels: Tensor) -> Tensor:
         """Σ_c lr_c ‖P g_c(z_i)‖², the sketch of Σ_c lr_c ‖g_c(z_i)‖²."""
-        return vectors.float().pow(2).sum(1)
+        return torch.cat([b.float().pow(2).sum(1) for b in row_blocks(vectors)])
 
     def describe(self) -> dict:
         return {"method": self.name, "params": self.names, "projection": self.projector.describe(),
@@ -242,16 +261,14 @@ class InfluenceFunctions:
 
     def sketch_curvature(self, vectors: Tensor) -> Tensor:
         """(k, k) float64 VᵀV/n + λI from the (n, k) training sketches V."""
-        v = vectors.double()
-        gram = v.T @ v / v.shape[0]
-        return gram + self.damping(gram) * torch.eye(v.shape[1], dtype=v.dtype)
+        m = gram(vectors)
+        return m + self.damping(m) * torch.eye(m.shape[0], dtype=m.dtype)
 
     def finalize(self, vectors: Tensor) -> dict[str, np.ndarray]:
         """What the finished (n, k) training sketches give once for all queries, undamped (the damping λ is a
         query-side setting): ``gram``, (k, k) float64 VᵀV/n, and with ``curvature="exact"`` the ``hessian``,
         (p, p) float64."""
-        v = vectors.double()
-        self.gram, self._factors = v.T @ v / v.shape[0], {}
+        self.gram, self._factors = gram(vectors), {}
         arrays = {"gram": self.gram.numpy()}
         if self.query_curvature == "exact":
             self.hessian = self.exact_hessian()
@@ -324,8 +341,10 @@ class InfluenceFunctions:
         return Queries(self.projector(self.inverse_hvp(g)).cpu(), pred, probs)
 
     def self_influence(self, vectors: Tensor, labels: Tensor) -> Tensor:
-        v = vectors.double()
-        return (v * torch.linalg.solve(self.sketch_curvature(v), v.T).T).sum(1).float()
+        """vᵢᵀ (VᵀV/n + λI)⁻¹ vᵢ, block by block (one factorization)."""
+        lu, pivots = torch.linalg.lu_factor(self.sketch_curvature(vectors))
+        return torch.cat([(b.double() * torch.linalg.lu_solve(lu, pivots, b.double().T).T).sum(1)
+                          for b in row_blocks(vectors)]).float()
 
     def describe(self) -> dict:
         return {"method": self.name, "params": self.names, "projection": self.projector.describe(),

@@ -37,7 +37,7 @@ from .data import Examples, Text
 from .errors import DatablameError
 from .features import FeatureCache
 from .grads import head_grads, only_head, per_example_grads
-from .methods import Queries, SharedEncoders, predict
+from .methods import Queries, SharedEncoders, predict, row_blocks
 from .registry import MethodSpec, register
 from .sketch import Projector
 from .task import Task
@@ -159,10 +159,15 @@ class TRAK:
             raise ValueError(f"finalize needs the vectors of all {len(self.train)} training examples, "
                              f"got {vectors.shape[0]}")
         self.weights = self.out_to_loss_weights(self.train)
+        kernels = torch.zeros(len(self.models), self.k, self.k, dtype=torch.float64)  # Φ_mᵀΦ_m, block by block
+        lo = 0
+        for rows in row_blocks(vectors):
+            phi = self._blocks(rows) / self.weights[lo:lo + len(rows), None]
+            kernels += phi.transpose(1, 2) @ phi
+            lo += len(rows)
         inverses = []
-        for v in self._blocks(vectors):
-            phi = v / self.weights[:, None]
-            s, u = torch.linalg.eigh(phi.T @ phi)  # ΦᵀΦ is PSD: eigenvalues below 0 are rounding
+        for kernel in kernels:
+            s, u = torch.linalg.eigh(kernel)  # ΦᵀΦ is PSD: eigenvalues below 0 are rounding
             inverses.append((u / (s.clamp_min(0) + self.damping)) @ u.T)
         self.inverse_kernels = torch.stack(inverses)
         return {"inverse_kernels": self.inverse_kernels.numpy(), "weights": self.weights.numpy()}
@@ -194,8 +199,8 @@ class TRAK:
         """(n,) τ(i, i) = Q_i · (1/M) Σ_m φ_m(i)ᵀ K_m^{-1} φ_m(i) = (1/(M Q_i)) Σ_m v_mᵀ K_m^{-1} v_m, from
         the (n, M·k) training vectors (after :meth:`finalize`)."""
         inverses, weights = self._require_finalized()
-        blocks = self._blocks(vectors)
-        quad = torch.einsum("mbi,mij,mbj->b", blocks, inverses, blocks)
+        quad = torch.cat([torch.einsum("mbi,mij,mbj->b", self._blocks(rows), inverses, self._blocks(rows))
+                          for rows in row_blocks(vectors)])
         return (quad / (len(self.models) * weights)).float()
 
     # ---- query side ----
