@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -54,6 +55,11 @@ def scan(
     folds: int = typer.Option(5, help="Folds of the cross-validated head."),
     repeats: int = typer.Option(3, help="Fold partitions the cross-validated probabilities are averaged over."),
     json_out: bool = typer.Option(False, "--json", help="Print every example, most suspicious first, as JSON."),
+    verify: bool = typer.Option(False, "--verify", help="Check the scan by retraining the head (frozen-encoder "
+                                "workdirs): with the flagged examples relabeled to their suggested labels, "
+                                "without them, and without as many random ones; each measured on --dev."),
+    dev: Optional[Path] = typer.Option(None, "--dev", help="Labelled held-out data for --verify (the training "
+                                       "data's columns and labels)."),
     db: Optional[str] = DB,
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     quiet: bool = QUIET, verbose: bool = VERBOSE,
@@ -66,13 +72,25 @@ def scan(
     from datablame.store.plots import scan_plot
 
     log_verbosely(verbose)
+    if verify and dev is None:
+        from datablame.influence.errors import DatablameError
+
+        raise DatablameError("--verify measures the scan on labelled held-out data",
+                             "give --dev FILE, with the training data's columns and labels")
     start = time.perf_counter()
     _, database = _open(workdir, db)
     with progress_bar("scan", quiet) as update:
         result = scan_workdir(workdir, method, flag_top, folds, repeats, database, device, update)
     plot = scan_plot(workdir, result)
+    check = None
+    if verify:
+        from datablame.store.scan_verify import verify_scan
+
+        with progress_bar("verify", quiet):
+            check = verify_scan(workdir, result, flag_top, dev, device="cpu" if device == "auto" else device)
     if json_out:
-        print(json.dumps({"method": method, "examples": result.rows()}, ensure_ascii=False))
+        print(json.dumps({"method": method, "examples": result.rows(),
+                          **({"verification": check.to_json()} if check else {})}, ensure_ascii=False))
         return
     _table(f"most suspicious of {len(result.issues.order)}", ["id", "score", "label → suggested", "text"],
            [[r["id"], f"{r['score']:.3f}", _relabel(r["label"], r["suggested_label"]), r["text"]]
@@ -81,6 +99,21 @@ def scan(
         console.print(f"{method}: {result.record.flagged} new open 'mislabeled' flags (top {flag_top:.0%}) in "
                       f"{time.perf_counter() - start:.1f} s; review them with 'datablame flags {workdir} list'; "
                       f"plot → {plot}")
+    if check:
+        _print_scan_check(check)
+
+
+def _print_scan_check(check) -> None:
+    """The verification's accuracies and losses, one line each, changes against the original head."""
+    console.print(f"verify on {check.dev} ({check.dev_examples} examples), the head retrained "
+                  f"({check.seconds:.1f} s):")
+    for what, values, unit in (("accuracy", check.accuracy, ""), ("loss", check.loss, " nats")):
+        base = values["original"]
+        console.print(f"  {what}: original {base:.4f}{unit}; {check.flagged} flagged relabeled "
+                      f"{values['relabeled']:.4f} ({values['relabeled'] - base:+.4f}), removed "
+                      f"{values['removed']:.4f} ({values['removed'] - base:+.4f}); as many random removed "
+                      f"{statistics.fmean(values['removed_random']):.4f} ± "
+                      f"{statistics.pstdev(values['removed_random']):.4f}", highlight=False)
 
 
 def _table(title: str, columns: list[str], rows: list[list], wrap: Collection[str] = ()) -> None:

@@ -15,8 +15,9 @@ vectors        build + n × (encoder + vector) per example,  models + the featur
 finalize       n × (reduction per row, timed on a block of  the vectors as float32, a block in float64, the
                2,048 rows); the exact Hessian of            D × D Gram (and Hessian) / self-influence, Gram
                ``--curvature exact`` is not timed           (and Hessian)
-index (each)   n × (index build per row)                    twice the vectors as float32 while built /
-                                                            the index (n × D × 4, HNSW's graph besides)
+index (each)   n × (index build per row)                    the vectors, their unit-length copy (cosine)
+                                                            and FAISS's own copy / the index (n × D × 4,
+                                                            HNSW's graph besides)
 =============  ===========================================  =============================================
 
 Peak memory counts the libraries already loaded by the calibrating process (torch, numpy; the CLI's own); times
@@ -164,5 +165,6 @@ def plan_method(workdir: str | Path, method: str, settings: MethodSettings = Met
         graph = n * HNSW_LINKS * 2 * 4 if approximate else 0
         phases.append(Phase(f"index ({scoring})", n * index_s / m * (np.log2(max(n, 2)) / np.log2(max(m, 2))
                                                                      if approximate else 1),
-                            base + 2 * n * dim * 4 + graph, n * dim * 4 + graph, "HNSW" if approximate else "exact"))
+                            base + (3 if scoring == "cosine" else 2) * n * dim * 4 + graph, n * dim * 4 + graph,
+                            "HNSW" if approximate else "exact"))
     return Plan(method, n, dim, dtype, workers, m, time.perf_counter() - start, phases)

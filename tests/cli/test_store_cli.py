@@ -92,3 +92,17 @@ def test_user_errors_are_one_line(workdir, tmp_path, args, message):
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
+
+
+def test_scan_verify_on_a_dev_file(frozen_workdir, tmp_path):
+    from conftest import make_rows, write_csv
+
+    wd = shutil.copytree(frozen_workdir, tmp_path / "wd")
+    r = datablame("scan", wd, "--verify")
+    assert r.returncode == 2 and "give --dev FILE" in r.stderr and not (wd / "datablame.db").exists()
+    dev = write_csv(tmp_path / "dev.csv", make_rows(30, seed=7))
+    out = json.loads(run_ok("scan", wd, "--verify", "--dev", dev, "--flag-top", "0.1", "--json", "--device", "cpu"))
+    check = out["verification"]
+    assert check["flagged"] == 5 and check["dev_examples"] == 30 and 0 <= check["accuracy"]["relabeled"] <= 1
+    r = datablame("scan", wd, "--verify", "--dev", dev, "--device", "cpu", "-q")
+    assert r.returncode == 0 and "flagged relabeled" in " ".join(r.stderr.split() + r.stdout.split())
