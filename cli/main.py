@@ -394,8 +394,9 @@ def explain(
     remove: int = typer.Option(10, "--remove", help="Examples each --verify retraining leaves out."),
     draws: int = typer.Option(5, "--draws", help="Random removals --verify compares the supporters' against."),
     stable: bool = typer.Option(False, "--stability", help="Say which supporters are robust: in how many "
-                                "checkpoints' top --top they are (TracIn, TRAK) and whether the other scoring "
-                                "lists them too."),
+                                "checkpoints' top --top they are (TracIn, TRAK), whether the other scoring "
+                                "lists them too, and for sketched vectors whether a second projection seed "
+                                "does (every training vector computed again)."),
     device: str = DEVICE, quiet: bool = QUIET, verbose: bool = VERBOSE,
 ) -> None:
     """The training examples that most support and most oppose the model's prediction for an input.

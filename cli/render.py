@@ -143,10 +143,13 @@ def print_stability(s: dict) -> None:
                      f"{o['checkpoint_vs_sum']:.2f}")
     if o["scorings"] is not None:
         parts.append(f"the {s['other_scoring']} top {k} agrees {o['scorings']:.2f}")
+    if o.get("seeds") is not None:
+        parts.append(f"a second projection seed's top {k} agrees {o['seeds']:.2f}")
     robust = [e["id"] for e in s["examples"] if (e["checkpoints"] is None or 2 * e["checkpoints"] > e["of"])
-              and e["other_scoring"] is not False]
+              and e["other_scoring"] is not False and e.get("other_seed") is not False]
     out = Text(f"stability of the top {k} supporters: " + ("; ".join(parts) or "one checkpoint, one scoring") +
-               f"; robust (in most checkpoints' and both scorings' lists): {len(robust)} of {len(s['examples'])}"
+               f"; robust (in most checkpoints' lists, both scorings' and both seeds'): {len(robust)} of "
+               f"{len(s['examples'])}"
                + (f" ({', '.join(map(str, robust))})" if robust else "") + f"; seed: {s['seed']}", style="dim")
     stdout.print(out)
 

@@ -43,3 +43,30 @@ def test_stability_report(frozen_workdir):
     assert "seed does not enter" in s["seed"]
     alone = stability(cosine, None, TEXT, k=4)
     assert alone["overlap"]["scorings"] is None and alone["examples"][0]["other_scoring"] is None
+
+
+@pytest.fixture(scope="module")
+def sketched(frozen_workdir, tmp_path_factory):
+    """A copy of the frozen workdir with TracIn sketched to 16 dimensions per checkpoint (CountSketch)."""
+    import shutil
+
+    from datablame.index.explain import index_workdir
+    from datablame.influence.build import MethodSettings
+
+    wd = shutil.copytree(frozen_workdir, tmp_path_factory.mktemp("sketched") / "wd")
+    index_workdir(wd, "tracin", MethodSettings(params=["head"], dim=16, device="cpu"), ("cosine",))
+    return wd
+
+
+def test_a_second_projection_seed(sketched):
+    from datablame.index.stability import seed_top
+
+    explainer = Explainer(sketched, "tracin", "cosine", cache=False)
+    supporting = [n.id for n in explainer.explain([TEXT], top=4)[0].supporting]
+    # recomputed in memory under the index's own seed, the list is the index's: the check compares like with like
+    assert seed_top(explainer, TEXT, 4, explainer.settings.seed) == supporting
+    s = stability(explainer, None, TEXT, k=4)
+    other = seed_top(explainer, TEXT, 4, explainer.settings.seed + 1)
+    assert s["overlap"]["seeds"] == pytest.approx(jaccard(supporting, other), abs=1e-4)
+    assert [e["other_seed"] for e in s["examples"]] == [i in other for i in supporting]
+    assert "countsketch seed 0 against seed 1" in s["seed"]
