@@ -104,6 +104,9 @@ class VectorStore:
             atomic_write_json(self.manifest_path, asdict(wanted))
             return wanted
         manifest.done = self.finished(manifest)
+        if settings and manifest.settings != settings:  # the latest settings of the same vectors (finalize reads them)
+            manifest.settings = settings
+            atomic_write_json(self.manifest_path, asdict(manifest))
         if manifest.done:
             log.info("%s: resuming; %d of %d shards already done", self.folder, len(manifest.done), manifest.shards)
         return manifest
