@@ -21,7 +21,9 @@ Reported per method, scoring and K, over the queries: ``beats_random``, the frac
 lowers the margin more than every random draw does; ``mean_margin_drop`` of the top, random (mean over draws) and
 opposing removals (original − without; negative for opposing: the margin rose); ``flipped``, the fraction whose
 prediction changes without the top K (margin < 0); ``holds``, the fraction where the top K beat every random draw
-and leaving out the opponents raises the margin (verify()'s verdict). ``targets``: for the default method
+and leaving out the opponents raises the margin (verify()'s verdict). ``stability`` (at K = 10, cosine): per
+method, the mean overlap@K of ``explain --stability`` (between checkpoints, with the raw list, with a second
+projection seed where the vectors are sketched) and the fraction of robust supporters. ``targets``: for the default method
 (``registry.DEFAULT_METHOD``) at K = 10, beats_random ≥ 0.95 under each scoring, and whether its mean margin drop
 is the largest of all methods'. ``--check Q`` calls verify() itself for the first Q queries (default method, both
 scorings, every K) and reports the largest difference from this benchmark's margins (``check``).
@@ -51,6 +53,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from artifacts import minilm, subset_parser, write_tsv  # noqa: E402
 from datablame.index.explain import Explainer, Explanation, index_workdir  # noqa: E402
 from datablame.index.search import SCORINGS  # noqa: E402
+from datablame.index.stability import stability  # noqa: E402
 from datablame.index.verify import margins, same_label_draws, verify  # noqa: E402
 from datablame.influence.build import MethodSettings  # noqa: E402
 from datablame.influence.data import Examples, load_examples  # noqa: E402
@@ -219,6 +222,28 @@ def explain_all(wd: pathlib.Path, texts: list[str], top: int) -> dict[tuple[str,
     return out
 
 
+def stability_figures(workdir: pathlib.Path, texts: list[str], k: int) -> dict:
+    """Per method, the mean over the queries of ``explain --stability``'s overlap@k (Jaccard) of the cosine
+    list: between the checkpoints' top lists, of each with the explanation's, with the raw list, and with a
+    second projection seed's (None where it does not apply: one checkpoint; exact gradients), and the fraction of
+    supporters that are robust (in most checkpoints' lists and in the other scoring's)."""
+    out = {}
+    for method in method_names():
+        cosine = Explainer(workdir, method, "cosine", device="cpu")
+        raw = cosine.with_scoring("raw")
+        reports = [stability(cosine, raw, text, k) for text in texts]
+
+        def mean(key: str):
+            values = [r["overlap"][key] for r in reports if r["overlap"].get(key) is not None]
+            return round(float(np.mean(values)), 4) if values else None
+
+        robust = [(e["checkpoints"] is None or 2 * e["checkpoints"] > e["of"]) and e["other_scoring"] is not False
+                  and e.get("other_seed") is not False for r in reports for e in r["examples"]]
+        out[method] = {**{key: mean(key) for key in ("checkpoints", "checkpoint_vs_sum", "scorings", "seeds")},
+                       "robust": round(float(np.mean(robust)), 4) if robust else None, "seed": reports[0]["seed"]}
+    return out
+
+
 def run(args, tmp: pathlib.Path) -> dict:
     start = time.perf_counter()
     rng = np.random.default_rng(args.seed)
@@ -258,6 +283,8 @@ def run(args, tmp: pathlib.Path) -> dict:
            "results": [asdict(r) for r in results]}
     if TARGET_K in args.ks:
         out["targets"] = targets(results)
+    if TARGET_K in args.ks:
+        out["stability"] = {"k": TARGET_K, "scoring": "cosine", **stability_figures(wd.root, texts, TARGET_K)}
     if args.check:
         out["check"] = check(wd.root, texts[:args.check], args.ks, args.draws, args.seed, margin, positions)
     out["setup"]["seconds"] = round(time.perf_counter() - start, 1)
