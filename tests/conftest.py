@@ -108,3 +108,16 @@ def trained(trained_workdir, tiny_examples):
     cfg = wd.load()
     loaded = [load_classifier(wd.checkpoint_path(c), cfg.label_names, "cpu") for c in cfg.checkpoints]
     return [m for m, _ in loaded], [c.learning_rate for c in cfg.checkpoints], loaded[-1][1]
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throwaway PostgreSQL server for the whole session (:func:`datablame.store.testing.temporary_postgres`;
+    each test makes its own database on it); skipped, with the reason, where none can be started."""
+    from datablame.store.testing import PostgresUnavailable, temporary_postgres
+
+    try:
+        with temporary_postgres() as url:
+            yield url
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))

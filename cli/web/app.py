@@ -380,11 +380,12 @@ def api_user(request: Request, body: dict) -> Response:
 
 def create_app(workdir: str | Path, db_url: str | None = None, user: str | None = None, token: str | None = None,
                allowed_hosts: tuple[str, ...] | None = LOOPBACK_NAMES, device: str = "auto",
-               evidence: Evidence | None = None) -> ASGIApp:
+               evidence: Evidence | None = None, preload: bool = True) -> ASGIApp:
     """The app over the workdir's store (``db_url``, default its SQLite file) and index.
 
     user: the reviewer of every action (None: each browser gives a name); token: required on every request
-    (None: no token); allowed_hosts: the Host names served (None: any)."""
+    (None: no token); allowed_hosts: the Host names served (None: any); preload: load the explainer in the
+    background at start (else on the first evidence or explanation asked for)."""
     workdir = Path(workdir).resolve()
     db_url = db_url or default_url(workdir)
     db = open_db(db_url, write=False)  # a read-only store is served for reading
@@ -406,7 +407,8 @@ def create_app(workdir: str | Path, db_url: str | None = None, user: str | None 
     ]
     @contextlib.asynccontextmanager
     async def lifespan(_app):
-        server.evidence.warm()  # loads the model in the background: the first evidence comes sooner
+        if preload:
+            server.evidence.warm()  # loads the model in the background: the first evidence comes sooner
         yield
         db.close()
 

@@ -38,8 +38,8 @@ def server(review_copy):
 
     from datablame.cli.web.app import create_app
 
-    instance = uvicorn.Server(uvicorn.Config(create_app(review_copy, device="cpu"), host="127.0.0.1", port=0,
-                                            log_level="warning"))
+    app = create_app(review_copy, device="cpu", preload=False)  # the tests that need the model load it
+    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=instance.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

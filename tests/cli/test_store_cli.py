@@ -104,5 +104,14 @@ def test_scan_verify_on_a_dev_file(frozen_workdir, tmp_path):
     out = json.loads(run_ok("scan", wd, "--verify", "--dev", dev, "--flag-top", "0.1", "--json", "--device", "cpu"))
     check = out["verification"]
     assert check["flagged"] == 5 and check["dev_examples"] == 30 and 0 <= check["accuracy"]["relabeled"] <= 1
-    r = datablame("scan", wd, "--verify", "--dev", dev, "--device", "cpu", "-q")
-    assert r.returncode == 0 and "flagged relabeled" in " ".join(r.stderr.split() + r.stdout.split())
+
+
+def test_scan_verify_lines(capsys):
+    from datablame.cli.store_commands import _print_scan_check
+    from datablame.store.scan_verify import ScanVerification
+
+    values = {"original": 0.8, "relabeled": 0.9, "removed": 0.85, "removed_random": [0.79, 0.81]}
+    _print_scan_check(ScanVerification(5, "dev.csv", 30, values, dict(values), 1.0))
+    printed = " ".join(capsys.readouterr().err.split())
+    assert "5 flagged relabeled 0.9000 (+0.1000), removed 0.8500 (+0.0500)" in printed
+    assert "as many random removed 0.8000 ± 0.0100" in printed

@@ -1,6 +1,6 @@
 """Store test helpers: a small in-memory dataset, a scan ranking made from arrays, and the fixtures ``db`` (a fresh
-SQLite store in a temporary folder), ``dataset`` (the small dataset registered in it) and ``postgres_url`` (a
-throwaway PostgreSQL server), imported by the tests."""
+SQLite store in a temporary folder), ``store_url`` (a fresh SQLite or PostgreSQL store; the server is conftest's
+``postgres_url``) and ``dataset`` (the small dataset registered in it), imported by the tests."""
 
 import numpy as np
 import pytest
@@ -9,7 +9,7 @@ from datablame.influence.data import Examples
 from datablame.influence.detect import rank_label_issues
 from datablame.store.db import default_url, open_db
 from datablame.store.scans import ensure_dataset, find_dataset
-from datablame.store.testing import PostgresUnavailable, new_database, temporary_postgres
+from datablame.store.testing import new_database
 
 LABELS = ["neg", "pos"]
 
@@ -55,14 +55,3 @@ def db(store_url):
 def dataset(db):
     ensure_dataset(db, make_examples())
     return find_dataset(db, make_examples().fingerprint)
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    """A throwaway PostgreSQL server, one per test module (:func:`datablame.store.testing.temporary_postgres`);
-    skipped, with the reason, where none can be started."""
-    try:
-        with temporary_postgres() as url:
-            yield url
-    except PostgresUnavailable as exc:
-        pytest.skip(str(exc))

@@ -9,7 +9,7 @@ from datablame.influence.errors import DatablameError
 from datablame.store.db import current_revision, default_url, head_revision, make_engine, migrate, open_db
 from datablame.store.schema import Base, Dataset, Example
 
-from store_helpers import dataset, db, make_examples, postgres_url, store_url  # noqa: F401 (fixtures)
+from store_helpers import dataset, db, make_examples, store_url  # noqa: F401 (fixtures)
 
 
 def test_new_store_is_at_head_in_wal_mode_and_matches_models(tmp_path):

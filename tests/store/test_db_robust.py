@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from store_helpers import postgres_url  # noqa: F401 (fixture)
+from datablame.store.testing import new_database
 
 from datablame.influence.data import Examples
 from datablame.influence.errors import DatablameError
@@ -195,7 +195,7 @@ def _review(url, name, index, start, done):
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_eight_reviewer_processes_lose_no_update(tmp_path, request, database):
-    url = default_url(tmp_path) if database == "sqlite" else request.getfixturevalue("postgres_url")
+    url = default_url(tmp_path) if database == "sqlite" else new_database(request.getfixturevalue("postgres_url"))
     fill_store(url)
     ctx = multiprocessing.get_context("fork")  # the store is closed: no connection is shared with the children
     start, done = ctx.Event(), ctx.Queue()

@@ -5,7 +5,7 @@ import csv
 import json
 
 import pytest
-from store_helpers import dataset, db, make_issues, postgres_url, store_url  # noqa: F401 (fixtures)
+from store_helpers import dataset, db, make_issues, store_url  # noqa: F401 (fixtures)
 
 from datablame.influence.data import load_examples
 from datablame.influence.errors import DatablameError

@@ -3,7 +3,7 @@
 import multiprocessing
 
 import pytest
-from store_helpers import dataset, db, make_examples, make_issues, postgres_url, store_url, url_of  # noqa: F401 (fixtures)
+from store_helpers import dataset, db, make_examples, make_issues, store_url, url_of  # noqa: F401 (fixtures)
 
 from datablame.influence.errors import DatablameError
 from datablame.store import flags

@@ -2,7 +2,7 @@
 by filter, keyset pages; on SQLite and on PostgreSQL (when a server can be started)."""
 
 import pytest
-from store_helpers import dataset, db, make_issues, postgres_url, store_url  # noqa: F401 (fixtures)
+from store_helpers import dataset, db, make_issues, store_url  # noqa: F401 (fixtures)
 
 from datablame.influence.errors import DatablameError
 from datablame.store import flags

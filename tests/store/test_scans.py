@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 from sqlalchemy import func, select
-from store_helpers import dataset, db, make_issues, postgres_url, store_url, url_of  # noqa: F401 (fixtures)
+from store_helpers import dataset, db, make_issues, store_url, url_of  # noqa: F401 (fixtures)
 
 from datablame.influence.detect import rank_label_issues
 from datablame.influence.errors import DatablameError
