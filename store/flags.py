@@ -158,10 +158,15 @@ def _view(dataset: Dataset, f: Flag, e: Example, score: float | None) -> FlagVie
                     _name(dataset, f.reviewer_label), f.note, f.who, f.updated_at, f.version, score)
 
 
+def _rows(session: Session, conditions: list, order: list, limit: int | None = None) -> list:
+    """(flag, example, scan score) rows of the flags that meet ``conditions``, in ``order``."""
+    query = _joined(select(Flag, Example, Score.score)).where(*conditions).order_by(*order).limit(limit)
+    return session.execute(query).all()
+
+
 def _views(session: Session, dataset: Dataset, conditions: list, order: list, limit: int | None = None
            ) -> list[FlagView]:
-    query = _joined(select(Flag, Example, Score.score)).where(*conditions).order_by(*order).limit(limit)
-    return [_view(dataset, f, e, score) for f, e, score in session.execute(query).all()]
+    return [_view(dataset, f, e, score) for f, e, score in _rows(session, conditions, order, limit)]
 
 
 def list_flags(db: Database, dataset: Dataset, status: str | None = None, kind: str | None = None) -> list[FlagView]:
@@ -188,20 +193,18 @@ def page_flags(db: Database, dataset: Dataset, where: FlagFilter = FlagFilter(),
     conditions = _where(dataset, where)
     last = _cursor(after, sort)
     with db.transaction() as session:
-        def rows(extra: list, order: list, n: int) -> list:
-            query = _joined(select(Flag, Example, Score.score)).where(*conditions, *extra).order_by(*order)
-            return session.execute(query.limit(n)).all()
-
         if sort == "id":
-            found = rows([Flag.id > last[1]] if last else [], [Flag.id], limit + 1)
+            found = _rows(session, [*conditions, *([Flag.id > last[1]] if last else [])], [Flag.id], limit + 1)
         else:
             found = []
             if last is None or last[0] is not None:
                 keyset = [tuple_(Flag.rank, Flag.id) > tuple_(*last)] if last else []
-                found = rows([Flag.rank.is_not(None), *keyset], [Flag.rank, Flag.id], limit + 1)
+                found = _rows(session, [*conditions, Flag.rank.is_not(None), *keyset], [Flag.rank, Flag.id],
+                              limit + 1)
             if len(found) <= limit:
                 keyset = [Flag.id > last[1]] if last and last[0] is None else []
-                found += rows([Flag.rank.is_(None), *keyset], [Flag.id], limit + 1 - len(found))
+                found += _rows(session, [*conditions, Flag.rank.is_(None), *keyset], [Flag.id],
+                               limit + 1 - len(found))
         total = None if after else _count(session, dataset, where, conditions)
     cursor = None
     if len(found) > limit:
@@ -258,23 +261,16 @@ def _review(db: Database, dataset: Dataset, action: str, values: dict, ids: Sequ
         if not ids:
             raise DatablameError("no flag id given", "pass one or more ids from 'datablame flags WORKDIR list'")
     with db.transaction() as session:
-        # lock the rows in id order first: one UPDATE of several rows locks them in whatever order it scans them,
-        # so two on PostgreSQL could deadlock (SQLite's BEGIN IMMEDIATE serializes writers already)
         if ids is not None:
-            rows = [f for chunk in _chunks(ids) for f in session.execute(
-                select(Flag).where(Flag.dataset_id == dataset.id, Flag.id.in_(chunk)).order_by(Flag.id)
-                .with_for_update()).scalars()]
-        else:
+            found = _lock(session, dataset, ids)
+        else:  # the rows that match when the transaction runs, locked by the same statement
             matching = _joined(select(Flag.id)).where(*_where(dataset, where or FlagFilter()))
-            rows = session.execute(select(Flag).where(Flag.id.in_(matching)).order_by(Flag.id)
-                                   .with_for_update()).scalars().all()
-        found = {f.id: f for f in rows}
+            found = {f.id: f for f in session.execute(select(Flag).where(Flag.id.in_(matching)).order_by(Flag.id)
+                                                      .with_for_update()).scalars()}
         if ids is not None and len(found) < len(ids):  # raising rolls the transaction back: all or nothing
             raise DatablameError(f"unknown flag id {', '.join(str(i) for i in ids if i not in found)}",
                                  "see the ids with 'datablame flags WORKDIR list'")
-        stale = [i for i, version in (expected or {}).items() if i in found and found[i].version != version]
-        if stale:
-            raise StaleFlag(_views(session, dataset, [Flag.id.in_(stale)], [Flag.id]))
+        _refuse_stale(session, dataset, found, expected or {})
         before = {i: _state(f) for i, f in found.items()}
         versions = _apply(session, sorted(found), values)
         _record(session, dataset, uuid.uuid4().hex, action, values["who"],
@@ -290,6 +286,23 @@ def _chunks(ids: Sequence[int]) -> list[list[int]]:
     return [list(ids[i:i + CHUNK]) for i in range(0, len(ids), CHUNK)]
 
 
+def _lock(session: Session, dataset: Dataset, ids: Sequence[int]) -> dict[int, Flag]:
+    """{id: flag} of the dataset's flags ``ids`` (unknown ones left out), locked in id order first: one UPDATE of
+    several rows locks them in whatever order it scans them, so two on PostgreSQL could deadlock (SQLite's BEGIN
+    IMMEDIATE serializes writers already)."""
+    return {f.id: f for chunk in _chunks(sorted(ids)) for f in session.execute(
+        select(Flag).where(Flag.dataset_id == dataset.id, Flag.id.in_(chunk)).order_by(Flag.id)
+        .with_for_update()).scalars()}
+
+
+def _refuse_stale(session: Session, dataset: Dataset, found: Mapping[int, Flag], expected: Mapping[int, int]
+                  ) -> None:
+    """Raise StaleFlag, with their current state, for the flags whose version is not the ``expected`` one."""
+    stale = [i for i, version in expected.items() if i in found and found[i].version != version]
+    if stale:
+        raise StaleFlag(_views(session, dataset, [Flag.id.in_(stale)], [Flag.id]))
+
+
 def _apply(session: Session, ids: Sequence[int], values: dict) -> dict[int, int]:
     """Set ``values`` on the (locked) flags ``ids``, adding 1 to their versions in the same statement; returns
     {id: new version}."""
@@ -302,6 +315,8 @@ def _apply(session: Session, ids: Sequence[int], values: dict) -> dict[int, int]
 
 
 ACTIONS = {"accepted": "accept", "rejected": "reject", "open": "reopen"}
+UNDOABLE = (*ACTIONS.values(), "relabel")
+"""The review actions :func:`undo` reverts (``add`` is not one: a new flag is rejected, not undone)."""
 
 
 def set_status(db: Database, dataset: Dataset, ids: Sequence[int], status: str, who: str | None = None,
@@ -340,18 +355,14 @@ def undo(db: Database, dataset: Dataset, who: str | None = None) -> list[int]:
     with db.transaction() as session:
         latest = session.scalar(select(ReviewEvent.batch).where(
             ReviewEvent.dataset_id == dataset.id, ReviewEvent.who == who, ReviewEvent.undone_by.is_(None),
-            ReviewEvent.action.in_(("accept", "reject", "relabel", "reopen"))).order_by(ReviewEvent.id.desc()))
+            ReviewEvent.action.in_(UNDOABLE)).order_by(ReviewEvent.id.desc()))
         if latest is None:
             raise DatablameError(f"{who or 'this reviewer'} has no review action left to undo",
                                  "undo reverts your own accept, reject, relabel and reopen actions")
         events = session.scalars(select(ReviewEvent).where(ReviewEvent.batch == latest)
                                  .order_by(ReviewEvent.flag_id)).all()
         ids = [e.flag_id for e in events]
-        rows = {f.id: f for chunk in _chunks(ids) for f in session.execute(
-            select(Flag).where(Flag.id.in_(chunk)).order_by(Flag.id).with_for_update()).scalars()}
-        stale = [e.flag_id for e in events if rows[e.flag_id].version != e.after["version"]]
-        if stale:
-            raise StaleFlag(_views(session, dataset, [Flag.id.in_(stale)], [Flag.id]))
+        _refuse_stale(session, dataset, _lock(session, dataset, ids), {e.flag_id: e.after["version"] for e in events})
         restored = {e.flag_id: {k: e.before[k] for k in REVIEWED} for e in events}
         groups: dict[tuple, list[int]] = {}  # one UPDATE per distinct earlier state (a bulk action: one or few)
         for flag_id, state in restored.items():
