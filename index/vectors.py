@@ -164,11 +164,15 @@ class VectorStore:
         self.compute_shards(method, train, manifest, None, batch_size, progress)
         return self.finalize(method, train, manifest)
 
+    def current(self, key: dict) -> Manifest | None:
+        """The manifest when the vectors are finished and were computed under ``key``; else None."""
+        manifest = self.manifest()
+        return None if manifest is None or not manifest.complete or key_changes(manifest.key, key) else manifest
+
     def finalized(self, key: dict) -> dict[str, np.ndarray]:
         """The arrays the method's ``finalize`` stored (name → array) when the vectors are finished and were
         computed under ``key``; else none."""
-        manifest = self.manifest()
-        if manifest is None or not manifest.complete or key_changes(manifest.key, key):
+        if self.current(key) is None:
             return {}
         return {p.stem[len("final-"):]: np.load(p) for p in sorted(self.folder.glob("final-*.npy"))}
 

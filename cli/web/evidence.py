@@ -23,7 +23,6 @@ import numpy as np
 from datablame.index.explain import Explainer, default_method
 from datablame.index.search import DEFAULT_SCORING
 from datablame.index.vectors import VectorStore
-from datablame.influence.build import key_changes
 from datablame.influence.data import Text
 
 SIGN = ("Scores say how much training on an example moved the model towards the predicted label: > 0 supports "
@@ -58,10 +57,9 @@ class Evidence:
             method, _ = default_method(self.workdir, DEFAULT_SCORING)
             explainer = Explainer(self.workdir, method, DEFAULT_SCORING, self.device)
             store = VectorStore(explainer.workdir.vectors_dir(method))
-            manifest = store.manifest()
-            if manifest is not None and manifest.complete and not key_changes(manifest.key, explainer.key):
-                self._self_influence = np.load(store.folder / "self_influence.npy", mmap_mode="r") \
-                    if (store.folder / "self_influence.npy").is_file() else None
+            path = store.folder / "self_influence.npy"
+            if store.current(explainer.key) is not None and path.is_file():
+                self._self_influence = np.load(path, mmap_mode="r")
             self._explainer = explainer
         return self._explainer
 
