@@ -198,16 +198,19 @@ def _part(shard: Optional[str], shard_size: int):
     from datablame.influence.errors import DatablameError
 
     if shard_size < 1:
-        raise DatablameError(f"--shard-size {shard_size} is not a positive number of examples", "e.g. --shard-size 4096")
+        raise DatablameError(f"--shard-size {shard_size} is not a positive number of examples",
+                             "e.g. --shard-size 4096")
     return Part.parse(shard) if shard else None
 
 
 def _print_job(workdir: Path, name: str, job, done: str) -> None:
     """What a vectors or index process did: the finished result, or the part it computed and what comes next
     (nothing from the other ranks of torchrun)."""
+    from datablame.index.shards import torchrun_part
+
     if job.finished:
         console.print(f"{name}: {done}")
-    elif not os.environ.get("WORLD_SIZE"):
+    elif torchrun_part() is None:
         console.print(f"{name}: part {job.part} of the vectors done ({len(job.manifest.done)} of "
                       f"{job.manifest.shards} shards finished); when every part is, run 'datablame finalize "
                       f"{workdir} --method {name}'")

@@ -3,8 +3,8 @@ calibration run (never from constants).
 
 The calibration builds the method as the run will (loading its checkpoints; the representer's refit reads every
 example's features, which are then cached for the run), computes the vectors of one example (reading the feature
-cache: a cost per run, not per example), then of ``sample`` examples spread over the training set twice (the first pass also runs the encoder where the features are not cached yet; the second
-only the gradients), times the reduction of those vectors (the Gram matrix and self-influence) and the index
+cache: a cost per run, not per example), then of ``sample`` examples spread over the training set twice (the
+first pass also runs the encoder where the features are not cached yet; the second only the gradients), times the reduction of those vectors (the Gram matrix and self-influence) and the index
 build on them, and scales each to the whole set:
 
 =============  ===========================================  =============================================
@@ -158,7 +158,8 @@ def plan_method(workdir: str | Path, method: str, settings: MethodSettings = Met
     # the vectors as float32, one block of them in float64 (two copies), the Gram (and Hessian)
     phases.append(Phase("finalize", n * per_row, base + n * dim * 4 + 2 * min(n, ROWS) * dim * 8
                         + dim * dim * 8 * (1 + exact), n * 4 + stored,
-                        f"{per_row * 1e6:.1f} µs per example" + ("; plus the exact Hessian, not timed" if exact else "")))
+                        f"{per_row * 1e6:.1f} µs per example"
+                        + ("; plus the exact Hessian, not timed" if exact else "")))
     for scoring in scorings:
         meta = IndexMeta(method=method, scoring=scoring, kind="exact", n=m, dim=dim, key={}, settings={})
         index_s, _ = _timed(lambda: VectorIndex.build(vectors, meta, approximate and m > 1))
