@@ -40,7 +40,7 @@ from sqlalchemy import func, select
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
@@ -95,8 +95,13 @@ def _open_dataset(workdir: Path, db: Database) -> Dataset | None:
     return find_dataset(db, config.data_fingerprint)
 
 
-def _json(value: Any, status: int = 200) -> JSONResponse:
-    return JSONResponse(json.loads(json.dumps(value, default=_plain, ensure_ascii=False)), status_code=status)
+def _dumps(value: Any) -> str:
+    """JSON text of API values: dataclasses as objects, datetimes in ISO format; NaN refused, as JSON has none."""
+    return json.dumps(value, default=_plain, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _json(value: Any, status: int = 200) -> Response:
+    return Response(_dumps(value), status_code=status, media_type="application/json")
 
 
 def _plain(value: Any) -> Any:
@@ -107,7 +112,7 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-def _error(exc: DatablameError) -> JSONResponse:
+def _error(exc: DatablameError) -> Response:
     if isinstance(exc, StaleFlag):
         return _json({"error": str(exc), "current": exc.current}, 409)
     return _json({"error": str(exc)}, 400)
@@ -194,7 +199,7 @@ def flags_page(request: Request) -> HTMLResponse:
         first, problem = store_flags.FlagPage([], None, 0), str(exc)
     return _page(request, "flags.html", where=asdict(where), sort=sort, sorts=store_flags.SORTS,
                  statuses=FLAG_STATUSES, kinds=FLAG_KINDS, problem=problem,
-                 first=json.loads(json.dumps(first, default=_plain, ensure_ascii=False)))
+                 first=json.loads(_dumps(first)))
 
 
 def explain_page(request: Request) -> HTMLResponse:
@@ -275,7 +280,7 @@ def api_undo(request: Request, body: dict) -> Response:
     return _changed(server, dataset, ids, len(ids))
 
 
-def _changed(server: Server, dataset: Dataset, ids: list[int], changed: int) -> JSONResponse:
+def _changed(server: Server, dataset: Dataset, ids: list[int], changed: int) -> Response:
     """An action's answer: how many flags changed, and the flags as they are now (None past MAX_PAGE of them:
     the page reloads instead)."""
     return _json({"changed": changed,
