@@ -33,7 +33,7 @@ from datablame.index.explain import Explainer, index_workdir  # noqa: E402
 from datablame.index.search import SCORINGS  # noqa: E402
 from datablame.influence.build import METHODS, MethodSettings  # noqa: E402
 from datablame.influence.data import load_examples  # noqa: E402
-from datablame.influence.methods import predict  # noqa: E402
+from datablame.influence.task import predict  # noqa: E402
 from datablame.influence.lissa import LissaConfig  # noqa: E402
 from datablame.influence.models import load_classifier, minilm_path  # noqa: E402
 from datablame.influence.train import TrainSettings, train  # noqa: E402
@@ -88,8 +88,8 @@ def run(args, seed: int, token: str, tmp: pathlib.Path) -> dict:
     wd = Workdir(tmp / "wd")
     model, task = load_classifier(wd.checkpoint_path(wd.load().checkpoints[-1]), examples.label_names, "cpu", 64)
     target = examples.label_names.index("1")
-    clean_pred, _ = predict(task, model, negatives[:args.queries])
-    pred, _ = predict(task, model, queries)
+    clean_pred = predict(task, model, task.encode(negatives[:args.queries])).labels
+    pred = predict(task, model, task.encode(queries)).labels
     out["backdoor_success"] = float((pred == target).float().mean())  # triggered negatives called positive
     out["clean_false_positive"] = float((clean_pred == target).float().mean())
     settings = MethodSettings.faithful(device="cpu", seed=seed, dim=args.dim, curvature="exact",

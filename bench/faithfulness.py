@@ -73,7 +73,7 @@ import pathlib
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -90,7 +90,8 @@ from datablame.influence.data import Examples, load_examples  # noqa: E402
 from datablame.influence.features import FeatureCache, features_folder  # noqa: E402
 from datablame.influence.grads import num_params, select_params  # noqa: E402
 from datablame.influence.lissa import LissaConfig  # noqa: E402
-from datablame.influence.methods import MIN_AUTO_DAMPING, compute_train_vectors  # noqa: E402
+from datablame.influence.curvature import MIN_AUTO_DAMPING  # noqa: E402
+from datablame.influence.methods import compute_train_vectors  # noqa: E402
 from datablame.influence.models import load_classifier, minilm_path  # noqa: E402
 from datablame.influence.registry import method_names, method_spec  # noqa: E402
 from datablame.influence.retrain import retrain_heads  # noqa: E402
@@ -140,9 +141,9 @@ def configurations(dims: list[int | None], dampings: list[float | str], params: 
     ≥ ``params`` folded into exact, kept when the name matches one of ``patterns`` (all when None)."""
     out: dict[Config, None] = {}
     for name in method_names():
-        query_fields = method_spec(name).query_fields
-        curvatures = CURVATURES if "curvature" in query_fields else (None,)
-        damps = dampings if "lissa" in query_fields else (None,)
+        reads_query = method_spec(name).query is not None
+        curvatures = CURVATURES if reads_query else (None,)
+        damps = dampings if reads_query else (None,)
         for dim in dims:
             for curvature in curvatures:
                 for damping in damps:
@@ -368,7 +369,7 @@ def run(args, tmp: pathlib.Path) -> dict:
         start = time.perf_counter()
         built = build_method(wd, cfg.method, method_settings)
         build_s = time.perf_counter() - start
-        query_side = [method_settings.to_dict()[f] for f in method_spec(cfg.method).query_fields]
+        query_side = asdict(method_settings.query) if method_spec(cfg.method).query is not None else {}
         identity = json.dumps([built.key, query_side], sort_keys=True)
         if identity in seen:
             log(f"{cfg.name}: same vectors and query settings as {seen[identity]}, skipped")

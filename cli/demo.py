@@ -189,7 +189,8 @@ def run_demo(out: Path, quiet: bool = False, verbose: bool = False, encoder: str
     from datablame.store.db import default_url, open_db
     from datablame.store.export import export
     from datablame.store.flags import list_flags, relabel, set_status
-    from datablame.store.scans import find_dataset, scan_workdir
+    from datablame.store.scanning import scan_workdir
+    from datablame.store.scans import find_dataset
 
     from datablame.store.plots import detection_curve, explanation_plot, scan_plot
 

@@ -67,7 +67,7 @@ def scan(
     """Rank every training example by how likely its label is wrong; store the scores, flag the top fraction.
 
     Writes the distribution of suspicion scores per class, with the flag threshold, to WORKDIR/plots/."""
-    from datablame.store.scans import scan_workdir
+    from datablame.store.scanning import scan_workdir
 
     from datablame.store.plots import scan_plot
 

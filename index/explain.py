@@ -182,7 +182,7 @@ class Explainer:
         finalized = VectorStore(self.workdir.vectors_dir(method)).finalized(built.key)
         if finalized:
             self.method.use_finalized(finalized)
-        query_side = {f: settings.to_dict()[f] for f in self.spec.query_fields}
+        query_side = asdict(settings.query) if self.spec.query is not None else {}
         self.cache = QueryCache(self.workdir.queries_cache(method),
                                 {"key": built.key, **query_side}) if cache else None
 

@@ -33,6 +33,7 @@ from datablame.influence.errors import DatablameError
 from datablame.influence.features import FeatureCache
 from datablame.influence.models import load_classifier
 from datablame.influence.retrain import initial_head, recipe, retrain_heads
+from datablame.influence.task import forward
 
 from .explain import QUERY_BATCH, Explanation, Explainer
 
@@ -139,9 +140,8 @@ def _retrain_without(explainers: Sequence[Explainer], texts: list[Text], explana
     model, task = load_classifier(workdir.checkpoint_path(config.checkpoints[-1]), config.label_names, device,
                                   config.max_length)
     x = FeatureCache(train, workdir.features_cache).of(task, model).rows(everything)
-    with torch.no_grad():
-        logits, query = zip(*(task.logits_and_features(model, task.encode(texts[lo:lo + QUERY_BATCH]))
-                              for lo in range(0, len(texts), QUERY_BATCH)))
+    logits, query = zip(*(forward(task, model, task.encode(texts[lo:lo + QUERY_BATCH]))
+                          for lo in range(0, len(texts), QUERY_BATCH)))
     predicted = torch.cat(logits).argmax(-1).tolist()  # each input's own prediction
     heads = retrain_heads(initial_head(config, device), x, torch.as_tensor(labels, device=x.device), subsets,
                           settings, paired=True)

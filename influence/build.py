@@ -4,7 +4,7 @@ parameters, the projector, the shared feature cache."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from typing import Sequence
 
 from torch import nn
@@ -12,57 +12,19 @@ from torch import nn
 from .data import Examples
 from .errors import DatablameError, check_choice
 from .features import FeatureCache
-from .grads import num_params, only_head, select_params
-from .lissa import LissaConfig, Progress
-from .methods import EXACT_MAX_PARAMS, Method
+from .grads import num_params, select_params
+from .lissa import Progress
+from .curvature import EXACT_MAX_PARAMS
+from .methods import Method
 from .models import load_classifier
 from .registry import method_names, method_spec
+from .settings import CURVATURES, MethodSettings
 from .sketch import DEFAULT_DIM, Projector, make_projector
 from .task import Task
 from .workdir import Checkpoint, Config, Workdir
 
 METHODS = method_names()
 """The registered attribution methods (see :mod:`.registry`)."""
-CURVATURES = ("auto", "lissa", "sketch", "exact")
-
-
-@dataclass
-class MethodSettings:
-    """params: globs or shortcuts (see :func:`.grads.select_params`), None for the parameters that were trained;
-    dim: sketch dimension k, None (auto) for exact gradients when the selected parameters number at most
-    :data:`.methods.EXACT_MAX_PARAMS` (a head), else :data:`.sketch.DEFAULT_DIM`; projection: countsketch |
-    gaussian; seed: the projection's seed; lam: the representer refit's L2 penalty; curvature: what answers
-    influence queries, ``lissa`` (per query, in parameter space), ``sketch`` (the damped Gauss-Newton matrix of
-    the training sketches, once), ``exact`` (the explicit damped Hessian over at most a few thousand selected
-    parameters, once) or ``auto`` (exact on exact gradients of at most that many parameters, else sketch); lissa.damping: λ, None (auto) for the mean
-    eigenvalue of the curvature it damps (see :meth:`.methods.InfluenceFunctions.damping`). The defaults here are
-    the library's first ones, kept for compatibility; :meth:`faithful` gives those the CLI uses."""
-
-    params: Sequence[str] | None = None
-    dim: int | None = DEFAULT_DIM
-    projection: str = "countsketch"
-    seed: int = 0
-    lissa: LissaConfig = field(default_factory=LissaConfig)
-    lam: float = 1e-3
-    device: str = "auto"
-    curvature: str = "lissa"
-
-    @classmethod
-    def faithful(cls, **overrides) -> "MethodSettings":
-        """The settings whose influence scores predicted retraining best in ``bench/faithfulness.py`` (and the
-        CLI's defaults): exact gradients for a head, the exact curvature when it fits, λ = the curvature's mean
-        eigenvalue."""
-        return cls(**{"dim": None, "curvature": "auto", "lissa": LissaConfig(damping=None), **overrides})
-
-    def to_dict(self) -> dict:
-        """JSON-able settings, without the device (a record says what was computed, not where)."""
-        d = asdict(self)
-        d.pop("device")
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict, device: str = "auto") -> "MethodSettings":
-        return cls(**{**d, "lissa": LissaConfig(**d.get("lissa", {})), "device": device})
 
 
 @dataclass
@@ -118,10 +80,6 @@ class BuildContext:
         dim = s.dim if s.dim is not None else (p if p <= EXACT_MAX_PARAMS else DEFAULT_DIM)
         return make_projector(s.projection, p, dim, s.seed)
 
-    def head_features(self, names: Sequence[str]) -> FeatureCache | None:
-        """The training feature cache when ``names`` are the head's (gradients from cached features), else None."""
-        return self.features if only_head(self.task, names) else None
-
 
 def key_changes(recorded: dict, current: dict, fields: Sequence[str] | None = None) -> list[str]:
     """The one freshness rule: the fields (all, or only ``fields``) in which a recorded key differs from the
@@ -160,6 +118,7 @@ def build_method(workdir: str | Workdir, name: str, settings: MethodSettings = M
     method = spec.build(BuildContext(wd, config, train, settings, chosen, loaded,
                                      FeatureCache(train, wd.features_cache), progress, fit))
     key = {**method.describe(), "data": config.data_fingerprint, "checkpoints": [asdict(c) for c in chosen]}
-    for field_name in spec.query_fields:  # query-side settings shape the query vectors only
-        key.pop(field_name, None)
+    if spec.query is not None:  # query-side settings shape the query vectors only
+        for f in fields(spec.query):
+            key.pop(f.name, None)
     return Built(method, train, key)

@@ -73,14 +73,11 @@ def per_example_grads(
     w.r.t. the named parameters.
 
     The model is evaluated in eval mode (no dropout); other parameters and buffers are held fixed. ``chunk_size``
-    bounds how many examples ``vmap`` runs at once. When every named parameter belongs to the head, the layers
-    below it are frozen for this purpose: they run once under ``no_grad`` and ``vmap`` differentiates the head
-    alone on their output (the penultimate features), which is exact and many times faster.
+    bounds how many examples ``vmap`` runs at once. Over head parameters alone, :func:`head_grads` on the
+    penultimate features gives the same rows many times faster (:class:`.gradients.HeadGradients` chooses it).
     """
     device = model_device(model)
     batch, labels = to_device(batch, device), labels.to(device)
-    if only_head(task, names):
-        return _head_grads(task, model, batch, labels, names, chunk_size, objective)
     objective = objective or task.loss
     was_training = model.training
     model.eval()
@@ -111,19 +108,6 @@ def head_logits_fn(task: Task, model: nn.Module, names: Sequence[str]) -> Callab
     cut = len(prefix)
     return lambda params, f: torch.func.functional_call(head, {**fixed, **{n[cut:]: v for n, v in params.items()}},
                                                         (f,))
-
-
-def _head_grads(task: Task, model: nn.Module, batch: Batch, labels: Tensor, names: Sequence[str],
-                chunk_size: int | None, objective: Objective | None = None) -> Tensor:
-    """(b, p) per-example gradients w.r.t. head parameters only, from the features computed once."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            _, features = task.logits_and_features(model, batch)
-    finally:
-        model.train(was_training)
-    return head_grads(task, model, features, labels, names, chunk_size, objective)
 
 
 def head_grads(task: Task, model: nn.Module, features: Tensor, labels: Tensor, names: Sequence[str],

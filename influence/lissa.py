@@ -12,7 +12,7 @@ Hessian-vector products come from double backpropagation on minibatches. The rec
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -22,8 +22,8 @@ from torch import Tensor, nn
 from .data import Examples
 from .errors import DatablameError
 from .features import FeatureCache, TrainFeatures
-from .grads import head_logits_fn, only_head, split_params
-from .task import Task, model_device, to_device
+from .gradients import HeadGradients, gradient_computer
+from .task import Task, model_device
 
 Progress = Callable[[int, int], None]
 """progress(done, total): called as work advances."""
@@ -60,10 +60,10 @@ class HessianVectorProducts:
     backward pass is shared by the m vectors). :meth:`reset` restarts the seeded minibatch order, so every
     LiSSA run sees the same minibatches and a query's answer does not depend on the queries before it.
 
-    When every selected parameter belongs to the head, the layers below it are frozen for this purpose: each
-    training example's penultimate features are computed once (on first use, then kept; read from disk when
-    ``features``, a :class:`.features.FeatureCache` of ``train``, has them) and the products differentiate the
-    head alone, so later runs cost no forward pass through the encoder.
+    The logits are differentiated on what the model's :mod:`.gradients` computer takes: when every selected
+    parameter belongs to the head, each training example's penultimate features, computed once (on first use,
+    then kept; read from disk when ``features``, a :class:`.features.FeatureCache` of ``train``, has them), so
+    later runs cost no forward pass through the encoder; otherwise the encoded minibatch, through the model.
     """
 
     def __init__(self, task: Task, model: nn.Module, names: Sequence[str], train: Examples,
@@ -71,8 +71,10 @@ class HessianVectorProducts:
         self.task, self.model, self.names, self.train = task, model, list(names), train
         self.batch_size, self.seed = batch_size, seed
         self.device = model_device(model)
-        self.head_only = only_head(task, self.names)
-        self._cache = features if features is not None and features.train is train else FeatureCache(train)
+        if features is None or features.train is not train:  # a cache of its own, by position in ``train``
+            features = FeatureCache(replace(train, ids=np.arange(len(train))))
+        self.train = features.train
+        self.gradients = gradient_computer(task, [model], self.names, features)
         self.reset()
 
     def reset(self) -> None:
@@ -88,35 +90,21 @@ class HessianVectorProducts:
         return ids
 
     @property
+    def head_only(self) -> bool:
+        """Whether the products differentiate the head alone, on penultimate features."""
+        return isinstance(self.gradients, HeadGradients)
+
+    @property
     def train_features(self) -> TrainFeatures:
-        """The training set's penultimate features under this model's encoder."""
-        return self._cache.of(self.task, self.model)
-
-    def features(self, ids: Sequence[int]) -> Tensor:
-        """(b, h) penultimate features of training examples, computed once each."""
-        return self.train_features.rows(ids)
-
-    def _logits_fn(self, ids: list[int]) -> Callable[[dict[str, Tensor]], Tensor]:
-        """selected parameters → (b, K) logits of these training examples."""
-        if self.head_only:
-            head_fn, f = head_logits_fn(self.task, self.model, self.names), self.features(ids)
-            return lambda p: head_fn(p, f)
-        batch = to_device(self.task.encode(self.train.subset(ids).texts), self.device)
-        _, fixed = split_params(self.model, self.names)
-        return lambda p: self.task.functional_logits(self.model, {**fixed, **p}, batch)
-
-    def _params(self) -> dict[str, Tensor]:
-        """The selected parameters (detached), read from the head alone when they are all the head's."""
-        if not self.head_only:
-            return split_params(self.model, self.names)[0]
-        prefix = self.task.head_name + "."
-        return {prefix + n: p.detach() for n, p in self.task.head(self.model).named_parameters()}
+        """The training set's penultimate features under this model's encoder (what head products read)."""
+        return self.gradients.features.of(self.task, self.model)
 
     def __call__(self, vs: Tensor) -> Tensor:
         ids = self._next_ids()
-        logits_fn = self._logits_fn(ids)
+        batch = self.train.subset(ids)
+        logits_fn = self.gradients.functional_logits(self.model, self.gradients.train_inputs(self.model, batch))
         labels = torch.as_tensor(self.train.labels[ids], device=self.device)
-        params = self._params()
+        params = self.gradients.params(self.model)
         leaves = [params[n].clone().requires_grad_(True) for n in self.names]
         was_training = self.model.training
         if was_training:  # switching modes walks every submodule: only when needed

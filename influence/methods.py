@@ -20,7 +20,7 @@ query's loss for the predicted label, or raised its logit for the representer), 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
@@ -30,13 +30,16 @@ from torch import Tensor, nn
 
 from .data import Examples, Text
 from .errors import DatablameError
-from .features import FeatureCache, same_encoder
-from .grads import head_grads, num_params, only_head, per_example_grads
+from .features import FeatureCache
+from .gradients import HeadGradients, gradient_computer, labels_of
+from .grads import HEAD, num_params, select_params
 from .heads import fit_softmax_head, with_bias
-from .lissa import HessianVectorProducts, LissaConfig, LissaReport, Progress, lissa, top_eigenvalue
+from .curvature import EXACT_MAX_PARAMS, make_curvature
+from .lissa import HessianVectorProducts, LissaConfig, LissaReport, Progress
 from .registry import MethodSpec, register
+from .settings import QuerySettings
 from .sketch import Identity, Projector
-from .task import Task
+from .task import Task, forward
 
 if TYPE_CHECKING:
     from .build import BuildContext
@@ -94,72 +97,12 @@ def gram(vectors: Tensor) -> Tensor:
     return total / vectors.shape[0]
 
 
-@torch.no_grad()
-def predict(task: Task, model: nn.Module, texts: Sequence[Text]) -> tuple[Tensor, Tensor]:
-    """(b,) predicted labels and (b, K) probabilities, on CPU."""
-    model.eval()
-    probs = task.logits(model, task.encode(texts)).float().softmax(-1).cpu()
-    return probs.argmax(-1), probs
-
-
-@torch.no_grad()
-def predict_with_features(task: Task, model: nn.Module, texts: Sequence[Text]) -> tuple[Tensor, Tensor, Tensor]:
-    """(b,) predicted labels and (b, K) probabilities on CPU, and (b, h) penultimate features on the model's
-    device, from one forward pass."""
-    model.eval()
-    logits, f = task.logits_and_features(model, task.encode(texts))
-    probs = logits.float().softmax(-1).cpu()
-    return probs.argmax(-1), probs, f
-
-
-class SharedEncoders:
-    """Checkpoints grouped by equal encoders (everything below the head): queries over head parameters run each
-    distinct encoder once (once in all after frozen-encoder training), not once per checkpoint."""
-
-    def __init__(self, task: Task, models: Sequence[nn.Module]):
-        self.task, self.models = task, list(models)
-        self._groups: list[int] | None = None
-
-    def groups(self) -> list[int]:
-        """For each checkpoint, the index of the first checkpoint whose encoder equals its own."""
-        if self._groups is None:
-            self._groups = [next(j for j in range(i + 1) if same_encoder(self.task, self.models[j], m))
-                            for i, m in enumerate(self.models)]
-        return self._groups
-
-    def features(self, texts: Sequence[Text]) -> tuple[Tensor, Tensor, list[Tensor]]:
-        """(b,) predictions and (b, K) probabilities of the last checkpoint, and for each checkpoint the (b, h)
-        penultimate features of the texts."""
-        groups, feats = self.groups(), {}
-        pred, probs, feats[groups[-1]] = predict_with_features(self.task, self.models[-1], texts)
-        for c, model in enumerate(self.models):
-            if groups[c] not in feats:
-                feats[groups[c]] = predict_with_features(self.task, model, texts)[2]
-        return pred, probs, [feats[g] for g in groups]
-
-
-def _labels(x) -> Tensor:
-    return torch.as_tensor(np.asarray(x), dtype=torch.long)
-
-
-def train_grads(task: Task, model: nn.Module, batch: Examples, names: Sequence[str],
-                features: FeatureCache | None = None) -> Tensor:
-    """(b, p) per-example gradients of training examples for their labels: from cached penultimate features when
-    the parameters are the head's and ``features`` holds this training set, else through the model."""
-    labels = _labels(batch.labels)
-    if features is not None and only_head(task, names):
-        f = features.rows(task, model, batch)
-        if f is not None:
-            return head_grads(task, model, f, labels, names)
-    return per_example_grads(task, model, task.encode(batch.texts), labels, names)
-
-
 class TracIn:
     """TracInCP: score(z, z') = Σ_c lr_c <g_c(z), g_c(z')>, over checkpoints c (models with learning rates).
 
-    ``features``: the training set's penultimate features, shared by checkpoints with equal encoders (used for
-    training vectors over head parameters; see :mod:`.features`). Over head parameters, a query runs the encoder
-    once per distinct encoder (once in all after frozen-encoder training), not once per checkpoint.
+    Gradients come from the checkpoints' :mod:`.gradients` computer: over head parameters, training examples'
+    from ``features`` (the training set's feature cache, shared by checkpoints with equal encoders), and a query
+    runs the encoder once per distinct encoder (once in all after frozen-encoder training).
     """
 
     name = "tracin"
@@ -169,34 +112,27 @@ class TracIn:
         if not checkpoints:
             raise DatablameError("TracIn needs at least one checkpoint", "train with --checkpoints 1 or more")
         self.task, self.checkpoints, self.names, self.projector = task, list(checkpoints), list(names), projector
-        self.features = features
         self.dim = projector.out_dim * len(self.checkpoints)
-        self.encoders = SharedEncoders(task, [m for m, _ in self.checkpoints])
+        self.gradients = gradient_computer(task, [m for m, _ in self.checkpoints], names, features)
 
     def encoder_groups(self) -> list[int]:
         """For each checkpoint, the index of the first checkpoint whose encoder (everything below the head)
         is equal to its own."""
-        return self.encoders.groups()
+        return self.gradients.encoder_groups()
 
-    def _vectors(self, texts: Sequence[Text], labels: Tensor) -> Tensor:
-        batch = self.task.encode(texts)
-        parts = [math.sqrt(lr) * self.projector(per_example_grads(self.task, m, batch, labels, self.names)).cpu()
-                 for m, lr in self.checkpoints]
-        return torch.cat(parts, dim=1)
+    def _weighted(self, grads: Sequence[Tensor]) -> Tensor:
+        """(b, C·k) concat_c sqrt(lr_c) · P g_c from each checkpoint's (b, p) gradients."""
+        return torch.cat([math.sqrt(lr) * self.projector(g).cpu() for (_, lr), g in zip(self.checkpoints, grads)],
+                         dim=1)
 
     def train_vectors(self, batch: Examples) -> Tensor:
-        return torch.cat([math.sqrt(lr) * self.projector(train_grads(self.task, m, batch, self.names,
-                                                                     self.features)).cpu()
-                          for m, lr in self.checkpoints], dim=1)
+        return self._weighted([self.gradients.train_grads(m, batch) for m, _ in self.checkpoints])
 
     def query_vectors(self, texts: Sequence[Text]) -> Queries:
-        if not only_head(self.task, self.names):
-            pred, probs = predict(self.task, self.checkpoints[-1][0], texts)
-            return Queries(self._vectors(texts, pred), pred, probs)
-        pred, probs, feats = self.encoders.features(texts)
-        parts = [math.sqrt(lr) * self.projector(head_grads(self.task, m, f, pred, self.names)).cpu()
-                 for (m, lr), f in zip(self.checkpoints, feats)]
-        return Queries(torch.cat(parts, dim=1), pred, probs)
+        q = self.gradients.queries(texts)
+        return Queries(self._weighted([self.gradients.grads(m, x, q.predictions)
+                                       for (m, _), x in zip(self.checkpoints, q.inputs)]),
+                       q.predictions, q.probabilities)
 
     def self_influence(self, vectors: Tensor, labels: Tensor) -> Tensor:
         """Σ_c lr_c ‖P g_c(z_i)‖², the sketch of Σ_c lr_c ‖g_c(z_i)‖²."""
@@ -207,31 +143,19 @@ class TracIn:
                 "learning_rates": [lr for _, lr in self.checkpoints]}
 
 
-EXACT_MAX_PARAMS = 4096
-"""The most selected parameters the exact curvature takes: a (p, p) float64 Hessian of 128 MB, p HVPs to build;
-also the most for which ``curvature="auto"`` chooses it and an automatic sketch dimension keeps exact gradients."""
-LISSA_AUTO_DAMPING = 0.01
-"""LiSSA's λ under ``damping=None`` (auto): chosen for the convergence of its series, not measured for accuracy."""
-MIN_AUTO_DAMPING = 1e-8
-"""The least automatic λ (a curvature that is all zeros still gets a solvable system)."""
-
-
 class InfluenceFunctions:
     """Koh & Liang influence: score(i, q) = g(z_q)ᵀ (H + λI)^{-1} g(z_i) = −I_up,loss(z_i, z_q).
 
-    H is the Hessian of the mean training loss at ``model`` (the final checkpoint). Query vectors cost one LiSSA
-    run (``lissa.depth × repeats`` Hessian-vector products for the whole batch of queries); the last run's
-    convergence report is kept in ``last_report``.
+    H is the Hessian of the mean training loss at ``model`` (the final checkpoint). Training vectors are the
+    projected gradients P g(z_i); the query side is the :mod:`.curvature` part named by ``curvature``: ``lissa``
+    (per query, ``lissa.depth × repeats`` Hessian-vector products for the whole batch of queries), ``sketch``
+    (u_q = (VᵀV/n + λI)^{-1} P g(z_q), a (k × k) solve) or ``exact`` (the explicit (p, p) Hessian over at most
+    :data:`.curvature.EXACT_MAX_PARAMS` selected parameters, e.g. the head: u_q = P (H + λI)^{-1} g(z_q)). What a
+    curvature computes once is computed when the training vectors are finished (:meth:`finalize`), stored beside
+    them, and handed back to a query process (:meth:`use_finalized`).
 
-    Self-influence g_iᵀ H^{-1} g_i is approximated in sketch space by a damped Gauss-Newton (empirical Fisher)
-    matrix, as TRAK does: v_iᵀ (VᵀV/n + λI)^{-1} v_i with V the (n, k) training sketches. The same matrix can
-    stand in for LiSSA on the query side (``curvature="sketch"``): u_q = (VᵀV/n + λI)^{-1} P g(z_q), a (k × k)
-    solve per query instead of ``depth`` Hessian-vector products. ``curvature="exact"`` (at most
-    :data:`EXACT_MAX_PARAMS` selected parameters, e.g. the head) answers with the explicit Hessian of the mean
-    training loss over the selected parameters, (p, p), built from p Hessian-vector products over the whole
-    training set: u_q = P (H + λI)^{-1} g(z_q), exact up to the damping λ. Both matrices are computed once, when
-    the training vectors are finished (:meth:`finalize`), stored beside them, and handed back to a query process
-    (:meth:`use_finalized`).
+    Self-influence g_iᵀ H^{-1} g_i is approximated in sketch space by the damped Gauss-Newton (empirical Fisher)
+    matrix, as TRAK does: v_iᵀ (VᵀV/n + λI)^{-1} v_i with V the (n, k) training sketches.
     """
 
     name = "influence"
@@ -240,109 +164,69 @@ class InfluenceFunctions:
                  train: Examples, config: LissaConfig = LissaConfig(), features: FeatureCache | None = None,
                  curvature: str = "lissa"):
         self.task, self.model, self.names, self.projector = task, model, list(names), projector
-        self.train, self.config, self.query_curvature = train, config, curvature
-        self.features = features  # the training set's penultimate features (head parameters), see .features
+        self.train, self.config = train, config
+        self.gradients = gradient_computer(task, [model], names, features)  # features: the training set's cache
         self.dim = projector.out_dim
-        self.last_report: LissaReport | None = None
-        self.gram: Tensor | None = None  # (k, k) float64 VᵀV/n of the training sketches, once finalized
-        self.hessian: Tensor | None = None  # (p, p) float64 Hessian (curvature "exact"), once finalized
-        self._factors: dict[str, Tensor] = {}  # Cholesky factors of the damped matrices, made on first use
-        self.hvp: HessianVectorProducts | None = None  # kept between queries (it caches head features)
-        self.scale: float | None = config.scale  # LiSSA's scale: estimated once (power iteration), then kept
+        self.curvature = make_curvature(curvature, config, self._products, num_params(model, self.names))
+
+    def _products(self, batch_size: int | None) -> HessianVectorProducts:
+        return HessianVectorProducts(self.task, self.model, self.names, self.train, batch_size, self.config.seed,
+                                     self.gradients.features)
+
+    # what the curvature part holds, read through
+    @property
+    def query_curvature(self) -> str:
+        return self.curvature.name
+
+    @property
+    def hessian(self) -> Tensor | None:
+        """(p, p) float64 Hessian (curvature ``exact``), once finalized."""
+        return self.curvature.finalized.get("hessian")
+
+    @property
+    def hvp(self) -> HessianVectorProducts | None:
+        """LiSSA's Hessian-vector products, kept between queries (curvature ``lissa``)."""
+        return getattr(self.curvature, "hvp", None)
+
+    @property
+    def last_report(self) -> LissaReport | None:
+        """The convergence of the last LiSSA run (curvature ``lissa``)."""
+        return getattr(self.curvature, "last_report", None)
 
     def damping(self, matrix: Tensor | None = None) -> float:
-        """λ: the configured damping, or with ``damping=None`` (auto) the mean eigenvalue trace(M)/d of the
-        curvature M it damps (:data:`LISSA_AUTO_DAMPING` for LiSSA, which has no M in hand)."""
-        if self.config.damping is not None:
-            return self.config.damping
-        if matrix is None:
-            return LISSA_AUTO_DAMPING
-        return max(float(torch.trace(matrix)) / matrix.shape[0], MIN_AUTO_DAMPING)
+        """λ added to ``matrix`` (see :meth:`.curvature.Curvature.damping`)."""
+        return self.curvature.damping(matrix)
 
-    def sketch_curvature(self, vectors: Tensor) -> Tensor:
-        """(k, k) float64 VᵀV/n + λI from the (n, k) training sketches V."""
-        m = gram(vectors)
-        return m + self.damping(m) * torch.eye(m.shape[0], dtype=m.dtype)
+    def inverse_hvp(self, grads: Tensor) -> Tensor:
+        """(m, p) → (m, p): (H + λI)^{-1} applied to each row by LiSSA (curvature ``lissa``)."""
+        return self.curvature.inverse_hvp(grads)
 
     def finalize(self, vectors: Tensor) -> dict[str, np.ndarray]:
         """What the finished (n, k) training sketches give once for all queries, undamped (the damping λ is a
-        query-side setting): ``gram``, (k, k) float64 VᵀV/n, and with ``curvature="exact"`` the ``hessian``,
-        (p, p) float64."""
-        self.gram, self._factors = gram(vectors), {}
-        arrays = {"gram": self.gram.numpy()}
-        if self.query_curvature == "exact":
-            self.hessian = self.exact_hessian()
-            arrays["hessian"] = self.hessian.numpy()
-        return arrays
+        query-side setting): ``gram``, (k, k) float64 VᵀV/n, and what the curvature adds (``exact``: the
+        ``hessian``, (p, p) float64)."""
+        return self.curvature.finalize(gram(vectors))
 
     def use_finalized(self, arrays: dict[str, np.ndarray]) -> None:
         """Take the arrays :meth:`finalize` made (read back from beside the vectors)."""
-        self.gram, self._factors = torch.from_numpy(arrays["gram"]), {}
-        if "hessian" in arrays:
-            self.hessian = torch.from_numpy(arrays["hessian"])
-
-    def _solve(self, name: str, rows: Tensor) -> Tensor:
-        """(m, d) → (m, d) float64 (M + λI)^{-1} x for each row x, M the finalized ``gram`` or ``hessian``."""
-        matrix = getattr(self, name)
-        if matrix is None:
-            what, flag = ("sketch-space curvature", "") if name == "gram" else ("exact Hessian", " --curvature exact")
-            raise DatablameError(f"the influence vectors' {what} is missing or stale",
-                                 f"rebuild with 'datablame index WORKDIR --method influence{flag}'")
-        if name not in self._factors:
-            damped = matrix + self.damping(matrix) * torch.eye(matrix.shape[0], dtype=torch.float64)
-            self._factors[name] = torch.linalg.cholesky(damped)
-        return torch.cholesky_solve(rows.double().cpu().T, self._factors[name]).T
-
-    def exact_hessian(self, chunk: int = 128) -> Tensor:
-        """(p, p) float64 Hessian of the mean training loss over the selected parameters: p Hessian-vector
-        products over the whole training set (head parameters: on cached features), symmetrised."""
-        p = num_params(self.model, self.names)
-        features = self.features if self.features is not None and self.features.train is self.train else None
-        hvp = HessianVectorProducts(self.task, self.model, self.names, self.train, None, self.config.seed, features)
-        eye = torch.eye(p)
-        h = torch.cat([hvp(eye[i:i + chunk]).double().cpu() for i in range(0, p, chunk)])
-        return (h + h.T) / 2
+        self.curvature.use_finalized(arrays)
 
     def query_like(self, vectors: Tensor) -> Tensor:
-        """(m, k) training vectors as queries see them: through the exact Hessian when queries use it and the
-        vectors are unprojected gradients, else through the sketch-space curvature (finalized first)."""
-        if self.query_curvature == "exact" and isinstance(self.projector, Identity):
-            return self._solve("hessian", vectors).float()
-        return self._solve("gram", vectors).float()
+        """(m, k) training vectors as queries see them (finalized first)."""
+        return self.curvature.query_like(vectors, self.projector)
 
     def train_vectors(self, batch: Examples) -> Tensor:
-        return self.projector(train_grads(self.task, self.model, batch, self.names, self.features)).cpu()
-
-    def inverse_hvp(self, grads: Tensor) -> Tensor:
-        """(m, p) → (m, p): (H + λI)^{-1} applied to each row by LiSSA (the same minibatches and scale for every
-        call, so a query's answer does not depend on the queries before it)."""
-        if self.hvp is None:
-            features = self.features if self.features is not None and self.features.train is self.train else None
-            self.hvp = HessianVectorProducts(self.task, self.model, self.names, self.train, self.config.batch_size,
-                                             self.config.seed, features)
-        config = replace(self.config, damping=self.damping())
-        if self.scale is None:
-            self.hvp.reset()
-            self.scale = 2.0 * (top_eigenvalue(self.hvp, grads.shape[1], seed=config.seed) + config.damping)
-        self.hvp.reset()
-        ihvp, self.last_report = lissa(self.hvp, grads, replace(config, scale=self.scale))
-        return ihvp
+        return self.projector(self.gradients.train_grads(self.model, batch)).cpu()
 
     def query_vectors(self, texts: Sequence[Text]) -> Queries:
-        pred, probs, f = predict_with_features(self.task, self.model, texts)
-        if only_head(self.task, self.names):
-            g = head_grads(self.task, self.model, f, pred, self.names)
-        else:
-            g = per_example_grads(self.task, self.model, self.task.encode(texts), pred, self.names)
-        if self.query_curvature == "sketch":
-            return Queries(self._solve("gram", self.projector(g).cpu()).float(), pred, probs)
-        if self.query_curvature == "exact":
-            return Queries(self.projector(self._solve("hessian", g).float()).cpu(), pred, probs)
-        return Queries(self.projector(self.inverse_hvp(g)).cpu(), pred, probs)
+        q = self.gradients.queries(texts)
+        g = self.gradients.grads(self.model, q.inputs[0], q.predictions)
+        return Queries(self.curvature.query(g, self.projector), q.predictions, q.probabilities)
 
     def self_influence(self, vectors: Tensor, labels: Tensor) -> Tensor:
         """vᵢᵀ (VᵀV/n + λI)⁻¹ vᵢ, block by block (one factorization)."""
-        lu, pivots = torch.linalg.lu_factor(self.sketch_curvature(vectors))
+        m = gram(vectors)
+        lu, pivots = torch.linalg.lu_factor(m + self.damping(m) * torch.eye(m.shape[0], dtype=m.dtype))
         return torch.cat([(b.double() * torch.linalg.lu_solve(lu, pivots, b.double().T).T).sum(1)
                           for b in row_blocks(vectors)]).float()
 
@@ -378,29 +262,22 @@ class Representer:
     def __init__(self, task: Task, model: nn.Module, lam: float = 1e-3, batch_size: int = 64,
                  features: FeatureCache | None = None):
         self.task, self.model, self.lam, self.batch_size = task, model, lam, batch_size
-        self.features_cache = features
+        self.gradients = HeadGradients(task, [model], select_params(model, task, [HEAD]), features)
         self.weight: Tensor | None = None  # (K, h+1) float64, after fit
         self.n = 0
         self.report: RefitReport | None = None
         head = task.head(model)
         self.dim = head.out_features * (head.in_features + 1)
 
-    @torch.no_grad()
     def features(self, texts: Sequence[Text]) -> tuple[Tensor, Tensor]:
         """(b, K) model logits and (b, h+1) float64 features [f, 1], on CPU."""
-        self.model.eval()
-        logits, f = self.task.logits_and_features(self.model, self.task.encode(texts))
+        logits, f = forward(self.task, self.model, self.task.encode(texts))
         return logits.float().cpu(), with_bias(f.double().cpu())
 
-    @torch.no_grad()
     def train_features(self, batch: Examples) -> tuple[Tensor, Tensor]:
         """:meth:`features` of training examples, from the feature cache when it holds this training set."""
-        f = None if self.features_cache is None else self.features_cache.rows(self.task, self.model, batch)
-        if f is None:
-            return self.features(batch.texts)
-        self.model.eval()
-        logits = self.task.head(self.model)(f).float().cpu()
-        return logits, with_bias(f.double().cpu())
+        f = self.gradients.train_inputs(self.model, batch)
+        return self.gradients.logits(self.model, f).float().cpu(), with_bias(f.double().cpu())
 
     def fit(self, train: Examples, progress: Progress | None = None, max_iter: int = 500) -> RefitReport:
         feats, orig_logits = [], []
@@ -411,7 +288,7 @@ class Representer:
             if progress is not None:
                 progress(min((i + 1) * self.batch_size, len(train)), len(train))
         x = torch.cat(feats)
-        y = _labels(train.labels)
+        y = labels_of(train)
         head = self.task.head(self.model)
         w0 = torch.cat([head.weight.detach().double().cpu().reshape(head.out_features, -1),
                         (head.bias.detach().double().cpu() if head.bias is not None
@@ -440,7 +317,7 @@ class Representer:
 
     def train_vectors(self, batch: Examples) -> Tensor:
         _, f = self.train_features(batch)
-        a = self.alphas(f, _labels(batch.labels))
+        a = self.alphas(f, labels_of(batch))
         return (a[:, :, None] * f[:, None, :]).reshape(len(batch), -1).float()
 
     def query_vectors(self, texts: Sequence[Text]) -> Queries:
@@ -459,7 +336,7 @@ class Representer:
         """|α_{i, y_i}|: read from v_i = α_i ⊗ [f_i, 1], whose last feature is the constant 1."""
         k = self._require_fit().shape[0]
         v = vectors.reshape(vectors.shape[0], k, -1)
-        return v[torch.arange(v.shape[0]), _labels(labels), -1].abs().float()
+        return v[torch.arange(v.shape[0]), torch.as_tensor(np.asarray(labels), dtype=torch.long), -1].abs().float()
 
     def describe(self) -> dict:
         return {"method": self.name, "lambda": self.lam}
@@ -486,7 +363,7 @@ def scores(method: Method, train_vectors: np.ndarray | Tensor, texts: Sequence[T
 
 def _build_tracin(ctx: "BuildContext") -> TracIn:
     names = ctx.params()
-    return TracIn(ctx.task, ctx.models, names, ctx.projector(names), ctx.head_features(names))
+    return TracIn(ctx.task, ctx.models, names, ctx.projector(names), ctx.features)
 
 
 def _build_influence(ctx: "BuildContext") -> InfluenceFunctions:
@@ -496,11 +373,8 @@ def _build_influence(ctx: "BuildContext") -> InfluenceFunctions:
     if curvature == "auto":  # measured in bench/faithfulness.py: exact on exact gradients, else the sketch's
         exact = isinstance(projector, Identity) and num_params(ctx.model, names) <= EXACT_MAX_PARAMS
         curvature = "exact" if exact else "sketch"
-    if curvature == "exact" and num_params(ctx.model, names) > EXACT_MAX_PARAMS:
-        raise DatablameError(f"the exact curvature needs at most {EXACT_MAX_PARAMS} selected parameters, not "
-                             f"{num_params(ctx.model, names)}", "use --params head, or --curvature sketch or lissa")
-    return InfluenceFunctions(ctx.task, ctx.model, names, projector, ctx.train, ctx.settings.lissa,
-                              ctx.head_features(names), curvature)
+    return InfluenceFunctions(ctx.task, ctx.model, names, projector, ctx.train, ctx.settings.lissa, ctx.features,
+                              curvature)
 
 
 def _build_representer(ctx: "BuildContext") -> Representer:
@@ -510,18 +384,10 @@ def _build_representer(ctx: "BuildContext") -> Representer:
     return method
 
 
-def _influence_cost(method: InfluenceFunctions) -> str:
-    if method.query_curvature == "exact":
-        return "gradient + exact damped Hessian solve"
-    if method.query_curvature == "sketch":
-        return "gradient + sketch-space curvature solve"
-    return f"gradient + LiSSA ({method.config.depth} Hessian-vector products per query)"
-
-
 register(MethodSpec("tracin", "TracIn: learning-rate-weighted gradient products summed over checkpoints (fastest)",
                     "all", _build_tracin, lambda _: "one gradient per checkpoint"))
 register(MethodSpec("influence", "influence functions: the query's gradient through the inverse Hessian (LiSSA, or "
                     "the sketch-space curvature); names planted causes best in bench/artifacts.py",
-                    "last", _build_influence, _influence_cost, query_fields=("lissa", "curvature")))
+                    "last", _build_influence, lambda m: m.curvature.cost, query=QuerySettings))
 register(MethodSpec("representer", "representer points: the refit head's logit split over training examples",
                     "last", _build_representer, lambda _: "one forward pass"))

@@ -2,9 +2,9 @@
 
 A method is one module that defines its :class:`.methods.Method` and registers a :class:`MethodSpec`: its name,
 a one-line summary (CLI help), which checkpoints it reads, how it is built from a workdir
-(:class:`.build.BuildContext` → Method), which of :class:`.build.MethodSettings`'s fields shape only its query side
-(they stay out of the training vectors' key, as Kronfluence keeps ``ScoreArguments`` apart from
-``FactorArguments``), what a query costs (the timing line) and whether its self-influence can rank a ``scan``.
+(:class:`.build.BuildContext` → Method) with its training-side :class:`.settings.VectorSettings`, the query-side
+settings dataclass it also reads (:class:`.settings.QuerySettings`, or none; they stay out of the training vectors'
+key), what a query costs (the timing line) and whether its self-influence can rank a ``scan``.
 Adding a method = its module, its line in :data:`MODULES`, and its tests.
 """
 
@@ -35,15 +35,16 @@ _REGISTRY: dict[str, "MethodSpec"] = {}
 class MethodSpec:
     """name; summary: one line for help; checkpoints: ``all`` or ``last``; build: the method from a
     :class:`.build.BuildContext`; cost: what one query vector of the built method costs (the timing line);
-    query_fields: the :class:`.build.MethodSettings` fields that shape the query side only; self_influence:
-    whether ``scan --method NAME`` ranks by its self-influence."""
+    query: the query-side settings dataclass the method reads (:class:`.settings.QuerySettings`), None when its
+    query vectors depend on the training side alone; self_influence: whether ``scan --method NAME`` ranks by its
+    self-influence."""
 
     name: str
     summary: str
     checkpoints: str
     build: Callable[["BuildContext"], "Method"]
     cost: Callable[["Method"], str]
-    query_fields: tuple[str, ...] = ()
+    query: type | None = None
     self_influence: bool = True
 
 

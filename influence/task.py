@@ -8,6 +8,7 @@ and only talks to a Task.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import torch
@@ -77,22 +78,47 @@ class Task:
 
 
 @torch.no_grad()
+def forward(task: Task, model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
+    """The one forward pass every method reads: (b, K) logits and (b, h) penultimate features on the model's
+    device, in eval mode (no dropout; the model's mode is restored after), without gradient."""
+    was_training = model.training
+    if was_training:  # switching modes walks every submodule: only when needed
+        model.eval()
+    try:
+        return task.logits_and_features(model, batch)
+    finally:
+        if was_training:
+            model.train()
+
+
+@dataclass
+class Predicted:
+    """A model's predicted labels (b,) int64 and class probabilities (b, K) float32, on CPU, and the (b, h)
+    penultimate features they were computed from, on the model's device."""
+
+    labels: Tensor
+    probabilities: Tensor
+    features: Tensor
+
+
+def predict(task: Task, model: nn.Module, batch: Batch) -> Predicted:
+    """The model's prediction for an encoded batch (one :func:`forward`)."""
+    logits, features = forward(task, model, batch)
+    probs = logits.float().softmax(-1).cpu()
+    return Predicted(probs.argmax(-1), probs, features)
+
+
 def logits_and_features_of(task: Task, model: nn.Module, examples: Examples, batch_size: int = 64,
                            progress: Callable[[int, int], None] | None = None) -> tuple[Tensor, Tensor]:
-    """(n, K) logits and (n, h) penultimate features of every example, in batches, in eval mode (the model's
-    mode is restored after); on the model's device."""
-    was_training = model.training
-    model.eval()
+    """(n, K) logits and (n, h) penultimate features of every example, by :func:`forward` in batches; on the
+    model's device."""
     logits, feats = [], []
-    try:
-        for batch in examples.batches(batch_size):
-            out, f = task.logits_and_features(model, task.encode(batch.texts))
-            logits.append(out)
-            feats.append(f)
-            if progress is not None:
-                progress(sum(map(len, logits)), len(examples))
-    finally:
-        model.train(was_training)
+    for batch in examples.batches(batch_size):
+        out, f = forward(task, model, task.encode(batch.texts))
+        logits.append(out)
+        feats.append(f)
+        if progress is not None:
+            progress(sum(map(len, logits)), len(examples))
     return torch.cat(logits), torch.cat(feats)
 
 

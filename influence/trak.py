@@ -36,8 +36,8 @@ from torch import Tensor, nn
 from .data import Examples, Text
 from .errors import DatablameError
 from .features import FeatureCache
-from .grads import head_grads, only_head, per_example_grads
-from .methods import Queries, SharedEncoders, predict, row_blocks
+from .gradients import Inputs, gradient_computer, labels_of
+from .methods import Queries, row_blocks
 from .registry import MethodSpec, register
 from .sketch import Projector
 from .task import Task
@@ -87,54 +87,28 @@ class TRAK:
             raise DatablameError("TRAK needs at least one checkpoint", "train with --checkpoints 1 or more")
         self.task, self.models, self.names, self.projector = task, list(models), list(names), projector
         self.train, self.damping = train, damping
-        self.features = features
         self.k = projector.out_dim
         self.dim = self.k * len(self.models)
         self.inverse_kernels: Tensor | None = None  # (M, k, k) float64 K_m^{-1}, once finalized
         self.weights: Tensor | None = None  # (n,) float64 Q, once finalized
-        self.encoders = SharedEncoders(task, self.models)
+        self.gradients = gradient_computer(task, self.models, names, features)
 
     # ---- per checkpoint ----
 
-    def _phi(self, model: nn.Module, texts: Sequence[Text], labels: Tensor, features: Tensor | None) -> Tensor:
-        """(b, k) float32 φ_m on CPU: projected margin gradients for ``labels``, from (b, h) penultimate features
-        when given (head parameters), else through the model."""
-        if features is not None:
-            g = head_grads(self.task, model, features, labels, self.names, objective=margin)
-        else:
-            g = per_example_grads(self.task, model, self.task.encode(texts), labels, self.names, objective=margin)
-        return self.projector(g).cpu()
-
-    @torch.no_grad()
-    def _train_features(self, model: nn.Module, batch: Examples) -> Tensor | None:
-        """(b, h) penultimate features of training examples over head parameters (from the cache when it holds
-        them), else None."""
-        if not only_head(self.task, self.names):
-            return None
-        f = self.features.rows(self.task, model, batch) if self.features is not None else None
-        if f is None:
-            model.eval()
-            f = self.task.logits_and_features(model, self.task.encode(batch.texts))[1]
-        return f
-
-    @torch.no_grad()
-    def _logits(self, model: nn.Module, batch: Examples, features: Tensor | None) -> Tensor:
-        """(b, K) logits: the head on the features when given, else a forward pass."""
-        model.eval()
-        if features is not None:
-            return self.task.head(model)(features)
-        return self.task.logits(model, self.task.encode(batch.texts))
+    def _phi(self, model: nn.Module, inputs: Inputs, labels: Tensor) -> Tensor:
+        """(b, k) float32 φ_m on CPU: projected margin gradients for ``labels`` on the model's inputs."""
+        return self.projector(self.gradients.grads(model, inputs, labels, objective=margin)).cpu()
 
     # ---- training side ----
 
     def train_vectors(self, batch: Examples) -> Tensor:
         """(b, M·k) float32 v_i = Q_i · concat_m φ_m(z_i, y_i)."""
-        labels = torch.as_tensor(np.asarray(batch.labels), dtype=torch.long)
+        labels = labels_of(batch)
         parts, q = [], torch.zeros(len(batch), dtype=torch.float64)
         for model in self.models:
-            f = self._train_features(model, batch)
-            parts.append(self._phi(model, batch.texts, labels, f))
-            q += out_to_loss(self._logits(model, batch, f), labels)
+            inputs = self.gradients.train_inputs(model, batch)
+            parts.append(self._phi(model, inputs, labels))
+            q += out_to_loss(self.gradients.logits(model, inputs), labels)
         weights = (q / len(self.models)).clamp_min(Q_FLOOR)
         return (weights[:, None] * torch.cat(parts, dim=1).double()).float()
 
@@ -142,8 +116,8 @@ class TRAK:
         """(n,) float64 Q_i = max(Q_FLOOR, (1/M) Σ_m (1 − p_{y_i}(z_i; θ_m))) of ``examples``, in order."""
         rows = []
         for batch in examples.batches(WEIGHTS_BATCH):
-            labels = torch.as_tensor(np.asarray(batch.labels), dtype=torch.long)
-            rows.append(sum(out_to_loss(self._logits(m, batch, self._train_features(m, batch)), labels)
+            labels = labels_of(batch)
+            rows.append(sum(out_to_loss(self.gradients.logits(m, self.gradients.train_inputs(m, batch)), labels)
                             for m in self.models) / len(self.models))
         return torch.cat(rows).clamp_min(Q_FLOOR)
 
@@ -208,14 +182,9 @@ class TRAK:
     def query_vectors(self, texts: Sequence[Text]) -> Queries:
         """u_q = (1/M) concat_m K_m^{-1} φ_m(z_q, ŷ) for the last checkpoint's prediction ŷ (after finalize)."""
         self._require_finalized()
-        *_, last = self.models
-        if not only_head(self.task, self.names):
-            pred, probs = predict(self.task, last, texts)
-            phis = [self._phi(m, texts, pred, None) for m in self.models]
-        else:
-            pred, probs, feats = self.encoders.features(texts)
-            phis = [self._phi(model, texts, pred, f) for model, f in zip(self.models, feats)]
-        return Queries(self._through_kernels(torch.cat(phis, dim=1)), pred, probs)
+        q = self.gradients.queries(texts)
+        phis = [self._phi(model, x, q.predictions) for model, x in zip(self.models, q.inputs)]
+        return Queries(self._through_kernels(torch.cat(phis, dim=1)), q.predictions, q.probabilities)
 
     def describe(self) -> dict:
         return {"method": self.name, "params": self.names, "projection": self.projector.describe(),
@@ -224,8 +193,7 @@ class TRAK:
 
 def _build_trak(ctx: "BuildContext") -> TRAK:
     names = ctx.params()
-    return TRAK(ctx.task, [m for m, _ in ctx.loaded], names, ctx.projector(names), ctx.train,
-                ctx.head_features(names))
+    return TRAK(ctx.task, [m for m, _ in ctx.loaded], names, ctx.projector(names), ctx.train, ctx.features)
 
 
 register(MethodSpec("trak", "TRAK: margin gradients through each checkpoint's kernel (ΦᵀΦ + λI)⁻¹, weighted by "

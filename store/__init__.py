@@ -5,7 +5,7 @@ from datablame.influence.exports import lazy_exports
 
 _EXPORTS = {
     "Database": "db", "open_db": "db", "default_url": "db",
-    "scan_workdir": "scans", "ScanResult": "scans", "ensure_dataset": "scans", "find_dataset": "scans",
+    "scan_workdir": "scanning", "ScanResult": "scanning", "ensure_dataset": "scans", "find_dataset": "scans",
     "list_flags": "flags", "set_status": "flags", "relabel": "flags", "add_flag": "flags", "flag_examples": "flags",
     "page_flags": "flags", "set_status_matching": "flags", "undo": "flags", "history": "flags", "StaleFlag": "flags",
     "FlagFilter": "flags",

@@ -29,7 +29,7 @@ from datablame.influence.workdir import Workdir
 if TYPE_CHECKING:
     from datablame.index.explain import Explanation, Tally
 
-    from .scans import ScanResult
+    from .scanning import ScanResult
 
 DPI = 120
 SUPPORT_COLOUR = "#2b7bba"

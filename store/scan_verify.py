@@ -26,7 +26,7 @@ from datablame.influence.models import load_classifier
 from datablame.influence.retrain import initial_head, recipe, retrain_heads
 from datablame.influence.workdir import Workdir
 
-from .scans import ScanResult
+from .scanning import ScanResult
 
 DRAWS = 5
 VARIANTS = ("original", "relabeled", "removed")

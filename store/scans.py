@@ -1,7 +1,5 @@
-"""Datasets and scan runs in the store: registering a training set, scanning a workdir, recording a scan.
-
-:func:`scan_workdir` is the whole ``datablame scan``: the last checkpoint's probabilities and features, the
-cross-validated heads and/or self-influence, the ranking, and the record in the store.
+"""Datasets and scan runs in the store: registering a training set, recording a scan (what
+:func:`.scanning.scan_workdir` computed).
 
 One run per (dataset, method). Recording a scan is one transaction: the run's scores are replaced, its open
 ``mislabeled`` flags are replaced by flags on the new top fraction, and reviewed flags are kept; an example
@@ -11,28 +9,22 @@ previous state.
 
 from __future__ import annotations
 
-import logging
 import math
-import os
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from datablame.influence.errors import DatablameError
-from datablame.influence.workdir import Workdir
 
-from .db import Database, default_url, open_db
+from .db import Database
 from .schema import Dataset, Example, Flag, Run, Score, utcnow
-
-log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # importing them loads torch, which the review commands never need
     from datablame.influence.data import Examples
     from datablame.influence.detect import LabelIssues
-    from datablame.influence.workdir import Config
 
 
 @dataclass
@@ -42,94 +34,6 @@ class ScanRecord:
     run_id: int
     scores: int
     flagged: int
-
-
-@dataclass
-class ScanResult:
-    """A finished scan: the ranking (positions = example ids), the examples, the stored record, and the flag
-    threshold (the lowest score among the flagged top fraction; +inf when nothing is flagged)."""
-
-    method: str
-    issues: LabelIssues
-    examples: Examples
-    record: ScanRecord
-    threshold: float
-
-    def rows(self, limit: int | None = None) -> list[dict]:
-        """The most suspicious examples first: id, text, label, score, suggested_label."""
-        names, ex = self.examples.label_names, self.examples
-        return [{"id": int(i), "text": ex.texts[i], "label": names[ex.labels[i]],
-                 "score": round(float(self.issues.score[i]), 6), "suggested_label": names[self.issues.suggested[i]]}
-                for i in self.issues.order[:limit]]
-
-
-def scan_workdir(workdir: str | os.PathLike, method: str = "cv", flag_top: float = 0.05, folds: int = 5,
-                 repeats: int = 3, db: Database | None = None, device: str = "auto",
-                 progress: Callable | None = None) -> ScanResult:
-    """Rank every training example of a workdir by how likely its label is wrong (``method``: a scan method of
-    :data:`datablame.influence.detect.SCAN_METHODS`), store the scores and flag the top ``flag_top`` fraction as
-    open ``mislabeled`` flags. ``db``: the store (default: the workdir's SQLite file)."""
-    from datablame.influence import detect
-    from datablame.influence.features import FeatureCache
-    from datablame.influence.models import load_classifier
-
-    weights = detect.scan_weights(method)
-    wd = Workdir(workdir)
-    config = wd.load()
-    db = db or open_db(default_url(workdir))
-    examples = wd.load_examples(config)
-    wd.verify(config.checkpoints[-1:])
-    model, task = load_classifier(wd.checkpoint_path(config.checkpoints[-1]), config.label_names, device,
-                                  config.max_length)
-    probs, features = detect.probabilities_and_features(task, model, examples, progress=progress,
-                                                        cache=FeatureCache(examples, wd.features_cache))
-    log.info("scan %s: %d examples, %d classes, features %s of checkpoint %s; signals %s", method, len(examples),
-             len(config.label_names), tuple(features.shape), config.checkpoints[-1].path, weights)
-    cv = detect.cross_validated_probabilities(features, examples.labels, len(config.label_names), folds,
-                                              repeats=repeats) if weights.get("cv") else None
-    influence = {m: self_influence(workdir, m, config, device, progress)
-                 for m in detect.self_influence_methods(weights)}
-    aum = training_margins(config, features, examples.labels, device) if weights.get("aum") else None
-    issues = detect.rank_label_issues(examples.labels, probs, cv, influence, weights, aum)
-    log.info("given label's mean probability %.3f; flagging the top %.1f%%", issues.label_probability.mean(),
-             100 * flag_top)
-    record = record_scan(db, ensure_dataset(db, examples), method, issues, next(iter(influence.values()), None),
-                         flag_top, {"weights": weights, "folds": folds, "repeats": repeats, "flag_top": flag_top},
-                         [asdict(c) for c in config.checkpoints])
-    top = math.ceil(flag_top * len(issues.order))
-    threshold = float(issues.score[issues.order[top - 1]]) if top else math.inf
-    return ScanResult(method, issues, examples, record, threshold)
-
-
-def training_margins(config: Config, features: np.ndarray, labels, device: str = "auto") -> np.ndarray:
-    """(n,) AUM of every training example, from the head's training replayed on its features (a workdir trained
-    with --freeze-encoder: the final checkpoint's features are the ones it trained on)."""
-    import torch
-
-    from datablame.influence.retrain import area_under_margin, initial_head, recipe
-
-    settings = recipe(config)  # refuses a workdir whose whole model was fine-tuned
-    init = initial_head(config, device)
-    x = torch.as_tensor(np.asarray(features), dtype=torch.float32, device=init.weight.device)
-    return area_under_margin(init, x, torch.as_tensor(np.asarray(labels), device=x.device), settings)
-
-
-def self_influence(workdir: str | os.PathLike, method: str, config: Config, device: str = "auto",
-                   progress: Callable | None = None) -> np.ndarray:
-    """(n,) self-influence of ``method``, computing the vectors first when they are missing or were computed
-    from other data or other checkpoints (weights compared by digest); stored vectors of other settings of the
-    same model (e.g. another --dim) serve."""
-    from datablame.index.vectors import VectorStore, compute_vectors
-    from datablame.influence.build import MethodSettings, chosen_checkpoints, key_changes
-
-    store = VectorStore(Workdir(workdir).vectors_dir(method))
-    manifest = store.manifest()
-    current = {"data": config.data_fingerprint, "checkpoints": [asdict(c) for c in chosen_checkpoints(method, config)]}
-    if (manifest is None or not manifest.complete or key_changes(manifest.key, current, current)
-            or not (store.folder / "self_influence.npy").is_file()):
-        log.info("computing %s vectors for self-influence (none stored for this data and these checkpoints)", method)
-        compute_vectors(workdir, method, MethodSettings(device=device), progress=progress)
-    return store.self_influence()
 
 
 def ensure_dataset(db: Database, examples: Examples) -> int:

@@ -20,7 +20,8 @@ def review_workdir(trained_workdir, tmp_path_factory):
     from datablame.influence.train import TrainSettings, train
     from datablame.store.db import default_url, open_db
     from datablame.store.flags import add_flag, list_flags
-    from datablame.store.scans import find_dataset, scan_workdir
+    from datablame.store.scanning import scan_workdir
+    from datablame.store.scans import find_dataset
 
     root = tmp_path_factory.mktemp("review")
     rows = make_rows(48) + [{"text": SCRIPT, "label": "food"}, {"text": IMG, "label": "sports"}]

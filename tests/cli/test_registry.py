@@ -11,7 +11,8 @@ from datablame.index.explain import Explainer, default_method, index_workdir
 from datablame.influence import registry
 from datablame.influence.build import MethodSettings, build_method
 from datablame.influence.errors import DatablameError
-from datablame.influence.methods import Queries, predict
+from datablame.influence.methods import Queries
+from datablame.influence.task import predict
 from test_cli import datablame
 
 
@@ -28,8 +29,8 @@ class SameLabel:
         return torch.nn.functional.one_hot(torch.as_tensor(batch.labels), self.dim).float()
 
     def query_vectors(self, texts):
-        pred, probs = predict(self.task, self.model, texts)
-        return Queries(torch.nn.functional.one_hot(pred, self.dim).float(), pred, probs)
+        p = predict(self.task, self.model, self.task.encode(texts))
+        return Queries(torch.nn.functional.one_hot(p.labels, self.dim).float(), p.labels, p.probabilities)
 
     def self_influence(self, vectors, labels):
         return vectors.pow(2).sum(1)

@@ -64,7 +64,7 @@ def test_new_weights_in_a_recorded_folder_are_refused_until_recorded_again(train
 
 def test_scan_self_influence_follows_the_weights(tiny_bert, tiny_examples, tmp_path):
     from datablame.store.db import default_url, open_db
-    from datablame.store.scans import scan_workdir
+    from datablame.store.scanning import scan_workdir
 
     wd = tmp_path / "wd"
     train(tiny_examples, str(tiny_bert), wd, TrainSettings(seed=0, **FAST))

@@ -14,7 +14,7 @@ from datablame.influence.features import FeatureCache
 from datablame.influence.models import load_classifier
 from datablame.influence.retrain import area_under_margin, initial_head, recipe
 from datablame.influence.workdir import Workdir
-from datablame.store.scans import scan_workdir
+from datablame.store.scanning import scan_workdir
 
 
 def test_area_under_margin_is_the_mean_epoch_margin(frozen_workdir):

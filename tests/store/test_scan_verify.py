@@ -15,7 +15,7 @@ from datablame.influence.models import load_classifier
 from datablame.influence.workdir import Workdir
 from datablame.store.db import default_url, open_db
 from datablame.store.scan_verify import verify_scan
-from datablame.store.scans import scan_workdir
+from datablame.store.scanning import scan_workdir
 
 
 @pytest.fixture

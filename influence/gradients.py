@@ -1,0 +1,171 @@
+"""Gradient computers: the one part that decides where per-example gradients come from.
+
+- :class:`HeadGradients`, when every selected parameter is the head's (the default after ``--freeze-encoder``):
+  a model's gradient is taken on (b, h) penultimate features; the layers below run once, frozen, under
+  ``no_grad`` (training examples' features are read from the feature cache), and ``vmap`` differentiates the
+  head alone.
+- :class:`ModelGradients`, for any other selection (``--params last-layer``, globs, everything): on the encoded
+  (b, T) batch, ``vmap`` differentiates the whole model.
+
+:func:`gradient_computer` makes that choice once for a method; every method then asks its computer the same
+questions, never which kind it holds: the model's prediction and each checkpoint's inputs for query texts
+(:meth:`GradientComputer.queries`), the inputs of training examples, the (b, K) logits and the (b, p) float32
+gradients on given inputs (of the cross-entropy in nats, or of any :data:`.grads.Objective`), and the functional
+logits that Hessian-vector products differentiate twice (:class:`.lissa.HessianVectorProducts`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .data import Examples, Text
+from .features import FeatureCache, same_encoder
+from .grads import Objective, head_grads, head_logits_fn, only_head, per_example_grads, split_params
+from .task import Batch, Task, forward, model_device, predict, to_device
+
+Inputs = Tensor | Batch
+"""What one model's gradient is taken on: (b, h) features (:class:`HeadGradients`) or an encoded batch."""
+FunctionalLogits = Callable[[dict[str, Tensor]], Tensor]
+"""selected parameters (full names → tensors) → (b, K) logits on fixed inputs, differentiable."""
+
+
+@dataclass
+class QueryInputs:
+    """The last model's predicted labels (b,) and probabilities (b, K) on CPU, and each model's inputs."""
+
+    predictions: Tensor
+    probabilities: Tensor
+    inputs: list[Inputs]
+
+
+def labels_of(batch: Examples) -> Tensor:
+    """(b,) int64 labels of a batch of examples."""
+    return torch.as_tensor(np.asarray(batch.labels), dtype=torch.long)
+
+
+class GradientComputer(ABC):
+    """Per-example gradients over the selected parameters ``names`` of ``models`` (checkpoints in order; the last
+    one predicts), for a ``task``; ``features``: the training set's penultimate feature cache, if any."""
+
+    def __init__(self, task: Task, models: Sequence[nn.Module], names: Sequence[str],
+                 features: FeatureCache | None = None):
+        self.task, self.models, self.names, self.features = task, list(models), list(names), features
+
+    @abstractmethod
+    def inputs(self, model: nn.Module, batch: Batch) -> Inputs:
+        """A model's inputs for an encoded batch."""
+
+    @abstractmethod
+    def train_inputs(self, model: nn.Module, batch: Examples) -> Inputs:
+        """A model's inputs for training examples (from the feature cache where it serves)."""
+
+    @abstractmethod
+    def logits(self, model: nn.Module, inputs: Inputs) -> Tensor:
+        """(b, K) logits, eval mode, no gradient."""
+
+    @abstractmethod
+    def grads(self, model: nn.Module, inputs: Inputs, labels: Tensor, objective: Objective | None = None) -> Tensor:
+        """(b, p) float32 per-example gradients of the cross-entropy (nats), or of ``objective``, for (b,) labels."""
+
+    @abstractmethod
+    def functional_logits(self, model: nn.Module, inputs: Inputs) -> FunctionalLogits:
+        """The logits on fixed inputs as a function of the selected parameters (for Hessian-vector products)."""
+
+    @abstractmethod
+    def params(self, model: nn.Module) -> dict[str, Tensor]:
+        """The selected parameters of a model, detached, by full name."""
+
+    def encoder_groups(self) -> list[int]:
+        """For each model, the index of the first model whose encoder (everything below the head) equals its own:
+        models of one group share their penultimate features."""
+        if not hasattr(self, "_groups"):
+            self._groups = [next(j for j in range(i + 1) if same_encoder(self.task, self.models[j], m))
+                            for i, m in enumerate(self.models)]
+        return self._groups
+
+    def queries(self, texts: Sequence[Text]) -> QueryInputs:
+        """The last model's prediction for ``texts`` and every model's inputs."""
+        batch = self.task.encode(texts)
+        predicted = predict(self.task, self.models[-1], batch)
+        return QueryInputs(predicted.labels, predicted.probabilities,
+                           [self.inputs(m, batch) for m in self.models])
+
+    def train_grads(self, model: nn.Module, batch: Examples, objective: Objective | None = None) -> Tensor:
+        """(b, p) gradients of training examples for their own labels."""
+        return self.grads(model, self.train_inputs(model, batch), labels_of(batch), objective)
+
+
+class HeadGradients(GradientComputer):
+    """Every selected parameter is the head's: inputs are (b, h) penultimate features, computed once per distinct
+    encoder for queries and read from the feature cache for training examples."""
+
+    def inputs(self, model: nn.Module, batch: Batch) -> Tensor:
+        return forward(self.task, model, batch)[1]
+
+    def train_inputs(self, model: nn.Module, batch: Examples) -> Tensor:
+        f = self.features.rows(self.task, model, batch) if self.features is not None else None
+        return self.inputs(model, self.task.encode(batch.texts)) if f is None else f
+
+    @torch.no_grad()
+    def logits(self, model: nn.Module, inputs: Tensor) -> Tensor:
+        return self.task.head(model).eval()(inputs)
+
+    def grads(self, model: nn.Module, inputs: Tensor, labels: Tensor, objective: Objective | None = None) -> Tensor:
+        return head_grads(self.task, model, inputs, labels, self.names, objective=objective)
+
+    def functional_logits(self, model: nn.Module, inputs: Tensor) -> FunctionalLogits:
+        head_fn = head_logits_fn(self.task, model, self.names)
+        return lambda params: head_fn(params, inputs)
+
+    def params(self, model: nn.Module) -> dict[str, Tensor]:
+        prefix = self.task.head_name + "."
+        return {prefix + n: p.detach() for n, p in self.task.head(model).named_parameters()
+                if prefix + n in self.names}
+
+    def queries(self, texts: Sequence[Text]) -> QueryInputs:
+        """One forward pass per distinct encoder (one in all after frozen-encoder training), not per model."""
+        batch, groups, feats = self.task.encode(texts), self.encoder_groups(), {}
+        predicted = predict(self.task, self.models[-1], batch)
+        feats[groups[-1]] = predicted.features
+        for i, model in enumerate(self.models):
+            if groups[i] not in feats:
+                feats[groups[i]] = self.inputs(model, batch)
+        return QueryInputs(predicted.labels, predicted.probabilities, [feats[g] for g in groups])
+
+
+class ModelGradients(GradientComputer):
+    """Selected parameters below the head: inputs are the encoded batch, differentiated through the model."""
+
+    def inputs(self, model: nn.Module, batch: Batch) -> Batch:
+        return batch
+
+    def train_inputs(self, model: nn.Module, batch: Examples) -> Batch:
+        return self.task.encode(batch.texts)
+
+    def logits(self, model: nn.Module, inputs: Batch) -> Tensor:
+        return forward(self.task, model, inputs)[0]
+
+    def grads(self, model: nn.Module, inputs: Batch, labels: Tensor, objective: Objective | None = None) -> Tensor:
+        return per_example_grads(self.task, model, inputs, labels, self.names, objective=objective)
+
+    def functional_logits(self, model: nn.Module, inputs: Batch) -> FunctionalLogits:
+        batch = to_device(inputs, model_device(model))
+        _, fixed = split_params(model, self.names)
+        return lambda params: self.task.functional_logits(model, {**fixed, **params}, batch)
+
+    def params(self, model: nn.Module) -> dict[str, Tensor]:
+        return split_params(model, self.names)[0]
+
+
+def gradient_computer(task: Task, models: Sequence[nn.Module], names: Sequence[str],
+                      features: FeatureCache | None = None) -> GradientComputer:
+    """The computer for these selected parameters: :class:`HeadGradients` when they are all the head's, else
+    :class:`ModelGradients` (the one place this is decided)."""
+    kind = HeadGradients if only_head(task, names) else ModelGradients
+    return kind(task, models, names, features)
