@@ -391,9 +391,11 @@ def explain(
                                         "for a single input or an --aggregate; --plot on a batch writes one summary "
                                         "chart (the training examples behind most inputs)."),
     plot_each: bool = typer.Option(False, "--plot-each", help="Also write one bar chart per input of a batch."),
-    verify: bool = typer.Option(False, "--verify", help="Check the explanation by retraining the head (frozen-encoder "
-                                "workdirs): without the top --remove supporters, without random same-label "
-                                "examples, without the top opponents; reports the margin of each."),
+    verify: bool = typer.Option(False, "--verify", help="Check the explanation by retraining: without the top "
+                                "--remove supporters, without random same-label examples, without the top "
+                                "opponents; reports the margin of each. The head retrains in seconds after "
+                                "--freeze-encoder; otherwise each is a whole fine-tune (estimated, needs --yes)."),
+    yes: bool = typer.Option(False, "--yes", help="Run a --verify that fine-tunes the whole model."),
     remove: int = typer.Option(10, "--remove", help="Examples each --verify retraining leaves out."),
     draws: int = typer.Option(5, "--draws", help="Random removals --verify compares the supporters' against."),
     stable: bool = typer.Option(False, "--stability", help="Say which supporters are robust: in how many "
@@ -451,7 +453,7 @@ def explain(
             explain_batches(explainers, texts, top, update)
         for per_input in runs:
             if verify:
-                _verify(explainers, per_input, texts, aggregate, remove, draws, device, quiet)
+                _verify(explainers, per_input, texts, aggregate, remove, draws, device, quiet, yes)
             if stable:
                 _stability(explainers, per_input, texts[0], top)
             printer.print(per_input)
@@ -471,17 +473,19 @@ def explain(
 
 
 def _verify(explainers, results, texts: list, aggregate: bool, remove: int, draws: int, device: str,
-            quiet: bool) -> None:
+            quiet: bool, yes: bool) -> None:
     """Attach to each result (one per explainer) the verification of its explanation (of one input, or of the
     slice ``texts`` when ``aggregate``) by retraining."""
-    from datablame.index.verify import verify as verify_one, verify_slice
+    from datablame.index.verify import verify as verify_one, verify_slice, whole_model
 
     if not quiet:
-        console.print(f"verifying: retraining the head {1 + len(explainers) * (draws + 2)} times (without the top "
-                      f"{remove} supporters, {draws} random same-label sets, the top {remove} opponents) on "
-                      f"{len(explainers[0].train)} examples …")
-    checks = verify_slice(explainers, texts, remove, draws, device=device) if aggregate else \
-        verify_one(explainers, texts[0], remove, draws, device=device)
+        what, runs = ("fine-tuning the whole model", len(explainers) * (draws + 2)) \
+            if whole_model(explainers[0].workdir.load()) else ("retraining the head", 1 + len(explainers) * (draws + 2))
+        console.print(f"verifying: {what} {runs} times (without the top {remove} supporters, {draws} random "
+                      f"same-label sets, the top {remove} opponents) on {len(explainers[0].train)} examples …")
+    notice = None if quiet else console.print
+    checks = verify_slice(explainers, texts, remove, draws, device=device, yes=yes, notice=notice) if aggregate \
+        else verify_one(explainers, texts[0], remove, draws, device=device, yes=yes, notice=notice)
     for result, check in zip(results, checks):
         result.verification = check.to_json()
 

@@ -112,7 +112,8 @@ def print_verification(v: dict) -> None:
     rand = np.array(m["without_random"])
     what = f"margin of '{v['label']}'" if v.get("inputs", 1) == 1 else \
         f"mean over the {v['inputs']} inputs of each one's predicted label's margin"
-    out = Text(f"verified by retraining the head ({v['seconds']:.1f} s); {what} in nats (probability):\n",
+    retrained = v.get("retrained", "head")
+    out = Text(f"verified by retraining the {retrained} ({v['seconds']:.1f} s); {what} in nats (probability):\n",
                style="bold")
     rows = [("original", f"{m['original']:+.3f} ({p['original']:.3f})"),
             (f"without the top {k} supporters", f"{m['without_top']:+.3f} ({p['without_top']:.3f})"

@@ -55,14 +55,15 @@ class Heads:
         return head
 
 
-def recipe(config: Config) -> TrainSettings:
-    """The settings a workdir's head was trained with; refused for a workdir whose encoder was not frozen (its
-    retraining is a whole fine-tune) or that ``init`` made (no recipe recorded)."""
+def recipe(config: Config, frozen: bool = True) -> TrainSettings:
+    """The settings a workdir was trained with; refused for a workdir that ``init`` made (no recipe recorded) and,
+    when ``frozen`` (retraining the head alone), for one whose encoder was not frozen (its retraining is a whole
+    fine-tune)."""
     training = dict(config.training or {})
     if not training:
         raise DatablameError("this workdir has no training recipe (made by 'datablame init')",
-                             "retraining the head needs a workdir made by 'datablame train --freeze-encoder'")
-    if not training.get("freeze_encoder"):
+                             "retraining needs a workdir made by 'datablame train'")
+    if frozen and not training.get("freeze_encoder"):
         raise DatablameError("retraining the head needs a frozen encoder; this workdir fine-tuned the whole model",
                              "train with --freeze-encoder (the head then retrains in seconds)")
     return TrainSettings(**training)
@@ -74,12 +75,17 @@ def initial_head(config: Config, device: str = "cpu") -> nn.Linear:
     from .models import load_classifier
 
     settings = recipe(config)
-    if not (Path(config.base_model) / "config.json").is_file():
-        raise DatablameError(f"the base model {config.base_model} is not there any more",
-                             "retraining starts from its head: restore that folder")
-    model, task = load_classifier(config.base_model, config.label_names, device, settings.max_length, settings.seed,
+    model, task = load_classifier(base_model(config), config.label_names, device, settings.max_length, settings.seed,
                                   settings.pooling)
     return task.head(model)
+
+
+def base_model(config: Config) -> str:
+    """The folder of the model training started from, refused when it is gone (retraining starts from it)."""
+    if not (Path(config.base_model) / "config.json").is_file():
+        raise DatablameError(f"the base model {config.base_model} is not there any more",
+                             "retraining starts from it: restore that folder")
+    return config.base_model
 
 
 def _adamw_step(p: Tensor, grad: Tensor, m: Tensor, v: Tensor, lr: Tensor, step: Tensor, live: Tensor | None

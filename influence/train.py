@@ -101,14 +101,19 @@ def _digest(array: torch.Tensor) -> str:
     return hashlib.blake2b(array.detach().float().cpu().contiguous().numpy().tobytes(), digest_size=16).hexdigest()
 
 
-def _run_identity(examples: Examples, base_model: str, settings: TrainSettings, wd: Workdir) -> dict:
+def _run_identity(examples: Examples, base_model: str, settings: TrainSettings, wd: Workdir,
+                  left_out: np.ndarray) -> dict:
     """What decides a run's checkpoints: the data (file fingerprint and a digest of the texts, labels and label
-    names), the base model (resolved path and :func:`weights_digest`) and the settings (the device aside)."""
+    names), the base model (resolved path and :func:`weights_digest`), the settings (the device aside) and the
+    rows left out (a digest, when any are)."""
     content = hashlib.blake2b(json.dumps([examples.texts, list(examples.label_names)]).encode(), digest_size=20)
     content.update(np.asarray(examples.labels, dtype=np.int64).tobytes())
-    return {"data_fingerprint": examples.fingerprint, "examples": content.hexdigest(),
-            "base_model": str(Path(base_model).resolve()),
-            "base_digest": weights_digest(base_model, wd.digest_cache), "settings": _settings_record(settings)}
+    run = {"data_fingerprint": examples.fingerprint, "examples": content.hexdigest(),
+           "base_model": str(Path(base_model).resolve()),
+           "base_digest": weights_digest(base_model, wd.digest_cache), "settings": _settings_record(settings)}
+    if left_out.any():
+        run["left_out"] = hashlib.blake2b(np.flatnonzero(left_out).tobytes(), digest_size=20).hexdigest()
+    return run
 
 
 def _settings_record(settings: TrainSettings) -> dict:
@@ -131,14 +136,16 @@ class _Resume:
     state: dict
 
 
-def _resumable(wd: Workdir, examples: Examples, base_model: str, settings: TrainSettings) -> _Resume | None:
+def _resumable(wd: Workdir, examples: Examples, base_model: str, settings: TrainSettings,
+               left_out: np.ndarray) -> _Resume | None:
     """The interrupted run recorded in ``wd`` when it is this run (:func:`_run_identity`) and its recorded
     checkpoints and training state are intact; None otherwise (no record, a finished run, another run, or
     damaged files), saying why at INFO."""
     path = wd.training_progress
     if wd.exists() or not path.is_file():
         return None
-    run = _run_identity(examples, base_model, settings, wd)  # the record makes it a workdir: its cache may be written
+    # the record makes it a workdir: its cache may be written
+    run = _run_identity(examples, base_model, settings, wd, left_out)
     try:
         record = json.loads(path.read_text())
         checkpoints = [Checkpoint(**c) for c in record["checkpoints"]]
@@ -221,25 +228,34 @@ def clear_for_training(wd: Workdir) -> None:
 
 
 def train(examples: Examples, base_model: str, workdir: str | Path, settings: TrainSettings = TrainSettings(),
-          progress: TrainProgress | None = None) -> Config:
+          progress: TrainProgress | None = None, leave_out: np.ndarray | None = None) -> Config:
     """Fine-tune ``base_model`` on ``examples``, saving checkpoints and config.json into ``workdir``.
 
     Deterministic for a given seed on a given device. Resumes an interrupted run of the same data, base model and
     settings in ``workdir`` at its last checkpoint (see the module's doc), with the same result; any other
     existing workdir is cleared first (:func:`clear_for_training`). ``progress`` sees the true step, also when
-    resumed. Raises DatablameError if the loss becomes NaN or inf.
+    resumed (the loss is NaN for a step whose batch was left empty). Raises DatablameError if the loss becomes NaN
+    or inf.
+
+    ``leave_out``: training ids (positions in ``examples``) to leave out *paired*, the counterfactual of this same
+    run: every step takes the batch the run on all examples takes, with those rows left out of its mean loss, and
+    a batch left empty still takes AdamW's step with a zero gradient (as :func:`.retrain.retrain_heads` with
+    ``paired`` does for heads). They enter the run's identity, so a resumed run never mixes them.
     """
     settings.check()
     wd = Workdir(workdir)
     refuse_foreign(wd)
-    resume = _resumable(wd, examples, base_model, settings)
+    left_out = np.zeros(len(examples), dtype=bool)
+    if leave_out is not None:
+        left_out[np.asarray(leave_out, dtype=np.int64)] = True
+    resume = _resumable(wd, examples, base_model, settings, left_out)
     torch.manual_seed(settings.seed)  # the model loads (and so is checked) before anything of the workdir goes
     model, task = load_classifier(base_model if resume is None else wd.checkpoint_path(resume.checkpoints[-1]),
                                   examples.label_names, settings.device, settings.max_length, settings.seed,
                                   settings.pooling)
     if resume is None:
         clear_for_training(wd)
-        run, checkpoints = _run_identity(examples, base_model, settings, wd), []
+        run, checkpoints = _run_identity(examples, base_model, settings, wd, left_out), []
     else:
         run, checkpoints = resume.run, list(resume.checkpoints)
         _tidy(wd, checkpoints)
@@ -279,24 +295,16 @@ def train(examples: Examples, base_model: str, workdir: str | Path, settings: Tr
         order = torch.randperm(len(examples), generator=gen).numpy()
         for position in range(done_in_epoch if epoch == first_epoch else 0, steps_per_epoch):
             rows = order[position * settings.batch_size:(position + 1) * settings.batch_size]
-            batch = examples.subset(rows)
+            rows = rows[~left_out[rows]]
             lr = learning_rate(step, total, settings.lr)
             for group in opt.param_groups:
                 group["lr"] = lr
-            if features is None:
-                logits = task.logits(model, task.encode(batch.texts))
-            else:
-                logits = task.head(model)(features[rows])
-            loss = task.loss(logits, torch.as_tensor(batch.labels, device=device)).mean()
-            if not torch.isfinite(loss):
-                raise DatablameError(f"the training loss became {loss.item()} at step {step + 1}",
-                                     f"lower --lr (now {settings.lr:g})")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = _backward(task, model, examples.subset(rows), None if features is None else features[rows],
+                             trainable, step, settings)
             opt.step()
             step += 1
             if progress is not None:
-                progress(step, total, loss.item())
+                progress(step, total, loss)
             if step in save_at:
                 rel = wd.checkpoints_dir.relative_to(wd.root) / f"ck-{len(checkpoints):03d}"
                 model.eval()
@@ -314,6 +322,27 @@ def train(examples: Examples, base_model: str, workdir: str | Path, settings: Tr
     (wd.checkpoint_path(checkpoints[-1]) / STATE).unlink(missing_ok=True)
     wd.training_progress.unlink(missing_ok=True)
     return config
+
+
+def _backward(task, model: torch.nn.Module, batch: Examples, features: torch.Tensor | None,
+              trainable: list[torch.Tensor], step: int, settings: TrainSettings) -> float:
+    """Set the gradients of the mean loss (nats) of one batch, returned; a batch left empty (every row left out)
+    gets zero gradients and a NaN loss. ``features``: the batch's frozen-encoder features, else None (a forward
+    pass through the model)."""
+    if not len(batch):
+        for p in trainable:
+            p.grad = torch.zeros_like(p)
+        return math.nan
+    device = next(model.parameters()).device
+    logits = task.logits(model, task.encode(batch.texts)) if features is None else task.head(model)(features)
+    loss = task.loss(logits, torch.as_tensor(batch.labels, device=device)).mean()
+    if not torch.isfinite(loss):
+        raise DatablameError(f"the training loss became {loss.item()} at step {step + 1}",
+                             f"lower --lr (now {settings.lr:g})")
+    for p in trainable:
+        p.grad = None
+    loss.backward()
+    return loss.item()
 
 
 def init_workdir(workdir: str | Path, examples: Examples, checkpoints: list[str | Path],

@@ -1,5 +1,5 @@
 """explain --verify through the console script: the documented JSON shape, both scorings' checks in the table,
-and one-line refusals for a batch and for a workdir whose whole model was fine-tuned."""
+a one-line refusal for a batch, and for a workdir whose whole model was fine-tuned: the estimate and --yes."""
 
 import json
 import shutil
@@ -37,7 +37,13 @@ def test_explain_verify_cli(frozen_workdir, trained_workdir, tmp_path):
     index_workdir(wd, "tracin", MethodSettings(params=["last-layer"], dim=32, device="cpu"), ("cosine",))
     r = datablame("explain", wd, TEXT, "--method", "tracin", "--verify", "--no-plot")
     lines = [line for line in r.stderr.splitlines() if line.strip() and not line.startswith("verifying")]
-    assert r.returncode == 2 and "retraining the head needs a frozen encoder" in lines[-1], r.stderr
+    assert r.returncode == 2 and "fine-tunes the whole model 7 times" in lines[-1] and "--yes" in lines[-1], r.stderr
+    r = datablame("explain", wd, TEXT, "--method", "tracin", "--verify", "--remove", "2", "--draws", "1", "--yes",
+                  "--json", "--no-plot", "-q")
+    assert r.returncode == 0, r.stderr
+    v = json.loads(r.stdout)["verification"]
+    assert v["retrained"] == "whole model" and v["estimated_seconds"] > 0 and len(v["margin"]["without_random"]) == 1
+    assert v["margin"]["original"] != v["margin"]["without_top"]  # the fine-tunes did train, without those two
 
 
 def test_explain_stability_cli(frozen_workdir, tmp_path):

@@ -1,6 +1,8 @@
 """Retraining checks: retrain_heads replays train --freeze-encoder's recipe (all rows: the checkpoint's head; a
 subset: torch's AdamW on just those rows), and verify reports each removal's margin."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from datablame.influence.errors import DatablameError
 from datablame.influence.features import FeatureCache
 from datablame.influence.models import load_classifier
 from datablame.influence.retrain import initial_head, recipe, retrain_heads
+from datablame.influence.train import train
 from datablame.influence.workdir import Workdir
 
 TEXT = "goal team the very"
@@ -95,3 +98,27 @@ def test_verify_slice(frozen_workdir):
     singles = [verify([explainer], t, k=3, draws=2)[0].margin["original"] for t in texts]
     assert check.margin["original"] == pytest.approx(np.mean(singles), abs=1e-5)  # the mean of each input's margin
     assert 0 <= check.flipped_share <= 1
+
+
+def test_training_with_rows_left_out_is_paired(frozen_workdir, trained_workdir, tmp_path):
+    """train(leave_out=…) is the counterfactual that retrain_heads replays paired, also where a batch is left empty
+    (a zero-gradient AdamW step); with nothing left out, a whole fine-tune reproduces the workdir's final weights."""
+    wd = Workdir(frozen_workdir)
+    config, task, _, x, y = features(wd)
+    settings = recipe(config)
+    first_batch = torch.randperm(len(y), generator=torch.Generator().manual_seed(settings.seed))[:settings.batch_size]
+    left_out = np.union1d(first_batch.numpy(), [5, 17])
+    done = train(wd.load_examples(config), config.base_model, tmp_path / "frozen", replace(settings, device="cpu"),
+                 leave_out=left_out)
+    model, _ = load_classifier(Workdir(tmp_path / "frozen").checkpoint_path(done.checkpoints[-1]), config.label_names)
+    paired = retrain_heads(initial_head(config), x, y, [np.setdiff1d(np.arange(len(y)), left_out)], settings,
+                           paired=True)
+    assert torch.allclose(task.head(model).weight, paired.weight[0], atol=1e-5)
+    assert torch.allclose(task.head(model).bias, paired.bias[0], atol=1e-5)
+    whole = Workdir(trained_workdir)
+    config = whole.load()
+    done = train(whole.load_examples(config), config.base_model, tmp_path / "whole",
+                 replace(recipe(config, frozen=False), checkpoints=1, device="cpu"), leave_out=np.zeros(0, np.int64))
+    again = load_classifier(Workdir(tmp_path / "whole").checkpoint_path(done.checkpoints[-1]), config.label_names)[0]
+    final = load_classifier(whole.checkpoint_path(config.checkpoints[-1]), config.label_names)[0]
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), final.state_dict().values()))
