@@ -388,6 +388,19 @@ def run(args, tmp: pathlib.Path) -> dict:
                             "seconds": round(seconds, 2), "build_seconds": round(build_s, 2)})
             log(f"{cfg.name} {scoring}: LDS {value} {ci}, {seconds:.1f} s (+ {build_s:.1f} s build)")
 
+    if args.peers:  # the peer libraries on the same task, raw scores (bench/peers.py; pip install -e '.[peers]')
+        import peers
+        checkpoints = peers.workdir_checkpoints(wd, config, examples.label_names, settings.max_length)
+        for row in peers.peer_scores(x, y, test_x, predictions, task.head(model), settings, checkpoints,
+                                     seed=args.seed):
+            entry = {"config": row["config"], "method": row["library"], "scoring": "raw"}
+            if "scores" in row:
+                value, ci = summary(lds(row["scores"], masks, margins), resamples)
+                entry.update(lds=value, lds_ci95=ci, seconds=row["seconds"], peak_mb=row["peak_mb"])
+                log(f"{row['config']} raw: LDS {value} {ci}, {row['seconds']:.1f} s")
+            results.append({**entry, "library": row["library"], "version": row["version"],
+                            **({"error": row["error"]} if "error" in row else {}), "settings": row["settings"]})
+
     loo = None
     if loo_scores:
         loo = leave_one_out(args, init, x, y, test_x[:loo_tests], predictions[:loo_tests], settings, replay,
@@ -439,6 +452,8 @@ def main() -> None:
                         "measured configurations checked (raw scores)")
     parser.add_argument("--loo-converge", type=int, metavar="EPOCHS", help="leave-one-out: also retrain the full "
                         "head and every leave-one-out head for EPOCHS epochs (e.g. 200), nearer convergence")
+    parser.add_argument("--peers", action="store_true", help="also the peer libraries (Kronfluence, dattri, Captum; "
+                        "bench/peers.py, pip install -e '.[peers]'), raw scores")
     parser.add_argument("--quick", action="store_true", help="smoke run: --n 300 --test 20 --subsets 10")
     parser.add_argument("--out", type=pathlib.Path, help="also write the JSON here (atomically)")
     args = parser.parse_args()
