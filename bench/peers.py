@@ -78,6 +78,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
+from datablame.influence.trak import margin  # noqa: E402  (the margin faithfulness.py's LDS reads)
+
 DAMPING = 0.01  # λ of dattri's influence functions and TRAK's regularization
 TRAK_DIM = 512
 RANDPROJ_DIM = 256
@@ -99,12 +101,6 @@ class HeadModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x)
-
-
-def margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(b,) z_y − logsumexp_{j≠y} z_j = log p_y − log(1 − p_y), the margin faithfulness.py's LDS reads."""
-    own = torch.arange(logits.shape[-1], device=logits.device) == labels[:, None]
-    return (logits * own).sum(-1) - logits.masked_fill(own, float("-inf")).logsumexp(-1)
 
 
 class PeakRSS:

@@ -13,8 +13,10 @@ phase          time                                         peak memory (beside 
 vectors        build + n × (encoder + vector) per example,  models + the feature matrix + one shard /
                divided among ``workers``                    the vectors (n × D × dtype)
 finalize       n × (reduction per row, timed on a block of  the vectors as float32, a block in float64, the
-               2,048 rows); the exact Hessian of            D × D Gram (and Hessian) / self-influence, Gram
-               ``--curvature exact`` is not timed           (and Hessian)
+               2,048 rows); + the exact Hessian of          D × D Gram (and Hessian) / self-influence, Gram
+               ``--curvature exact``: p / 128 passes of     (and Hessian)
+               128 Hessian-vector products, one timed on
+               such a block (the sample's rows repeated)
 index (each)   n × (index build per row)                    the vectors, their unit-length copy (cosine)
                                                             and FAISS's own copy / the index (n × D × 4,
                                                             HNSW's graph besides)
@@ -37,6 +39,11 @@ import numpy as np
 import torch
 
 from datablame.influence.build import MethodSettings, build_method
+from datablame.influence.curvature import HESSIAN_CHUNK, Exact
+from datablame.influence.data import Examples
+from datablame.influence.features import FeatureCache
+from datablame.influence.gradients import HeadGradients
+from datablame.influence.lissa import HessianVectorProducts
 from datablame.influence.methods import ROWS, compute_train_vectors
 from datablame.influence.workdir import Workdir
 
@@ -115,8 +122,7 @@ below the speed of large ones, which a per-row cost must not scale up)."""
 
 def _reduction_seconds(method, vectors: torch.Tensor, labels: torch.Tensor, n: int) -> float:
     """Seconds per row of the reduction: the Gram matrix VᵀV (float64) and the self-influence, timed on a block
-    of min(n, BLOCK) rows (after one warm-up). The exact Hessian of ``--curvature exact`` is not timed: it runs
-    the model over every training example, which a calibration must not."""
+    of min(n, BLOCK) rows (after one warm-up); the exact Hessian is :func:`_hessian_seconds`."""
     rows = torch.arange(min(n, BLOCK)) % len(vectors)
     block, block_labels = vectors[rows], labels[rows]
 
@@ -125,6 +131,28 @@ def _reduction_seconds(method, vectors: torch.Tensor, labels: torch.Tensor, n: i
 
     reduce()
     return reduce() / len(rows)
+
+
+def _hessian_seconds(method, part: Examples, n: int) -> float:
+    """Seconds the exact Hessian takes over n training examples: ⌈p / 128⌉ calls of 128 Hessian-vector products
+    over all of them, one timed (after a warm-up) on a block of min(n, BLOCK) rows, the sample ``part``
+    repeated (head parameters: on its features, computed once; otherwise through the model, on ``part`` alone),
+    and scaled by the rows."""
+    p, chunk = method.curvature.params, min(method.curvature.params, HESSIAN_CHUNK)
+    features = None
+    if isinstance(method.gradients, HeadGradients):
+        reps = np.arange(min(n, BLOCK)) % len(part)
+        block = Examples(texts=[part.texts[i] for i in reps], labels=part.labels[reps], label_names=part.label_names)
+        features = FeatureCache(block)
+        rows = method.gradients.train_inputs(method.model, part)[torch.as_tensor(reps)]
+        features.of(method.task, method.model).put(rows)
+    else:
+        block = part
+    hvp = HessianVectorProducts(method.task, method.model, method.names, block, None, 0, features)
+    basis = torch.eye(p)[:chunk]
+    hvp(basis)
+    seconds, _ = _timed(lambda: hvp(basis))
+    return seconds * n / len(block) * -(-p // chunk)
 
 
 def plan_method(workdir: str | Path, method: str, settings: MethodSettings = MethodSettings(),
@@ -153,13 +181,14 @@ def plan_method(workdir: str | Path, method: str, settings: MethodSettings = Met
                     f"per example: encoder {encoder * 1e3:.2f} ms, vector {per_vector * 1e3:.2f} ms; "
                     f"build {build_s:.1f} s")]
     per_row = _reduction_seconds(built.method, torch.from_numpy(vectors), torch.as_tensor(part.labels), n)
-    exact = getattr(built.method, "query_curvature", None) == "exact"
+    exact = isinstance(getattr(built.method, "curvature", None), Exact)
     stored = dim * dim * 8 * (hasattr(built.method, "finalize") + exact)  # final-gram.npy (+ final-hessian.npy)
+    hessian_s = _hessian_seconds(built.method, part, n) if exact else 0.0
     # the vectors as float32, one block of them in float64 (two copies), the Gram (and Hessian)
-    phases.append(Phase("finalize", n * per_row, base + n * dim * 4 + 2 * min(n, ROWS) * dim * 8
+    phases.append(Phase("finalize", n * per_row + hessian_s, base + n * dim * 4 + 2 * min(n, ROWS) * dim * 8
                         + dim * dim * 8 * (1 + exact), n * 4 + stored,
                         f"{per_row * 1e6:.1f} µs per example"
-                        + ("; plus the exact Hessian, not timed" if exact else "")))
+                        + (f"; the exact Hessian {hessian_s:.1f} s" if exact else "")))
     for scoring in scorings:
         meta = IndexMeta(method=method, scoring=scoring, kind="exact", n=m, dim=dim, key={}, settings={})
         index_s, _ = _timed(lambda: VectorIndex.build(vectors, meta, approximate and m > 1))

@@ -39,6 +39,9 @@ LISSA_AUTO_DAMPING = 0.01
 MIN_AUTO_DAMPING = 1e-8
 """The least automatic λ (a curvature that is all zeros still gets a solvable system)."""
 
+HESSIAN_CHUNK = 128
+"""Basis vectors per Hessian-vector product call when the exact Hessian is built (p / 128 passes over the data)."""
+
 Products = Callable[[int | None], HessianVectorProducts]
 """minibatch size (None: the whole training set) → Hessian-vector products of the mean training loss."""
 
@@ -157,7 +160,7 @@ class Exact(Curvature):
     def computed_once(self) -> dict[str, Tensor]:
         return {"hessian": self.hessian()}
 
-    def hessian(self, chunk: int = 128) -> Tensor:
+    def hessian(self, chunk: int = HESSIAN_CHUNK) -> Tensor:
         """(p, p) float64 Hessian of the mean training loss: p Hessian-vector products over the whole training
         set (head parameters: on cached features), symmetrised."""
         hvp, eye = self.products(None), torch.eye(self.params)

@@ -26,3 +26,12 @@ def test_plan_estimates_the_phases_and_their_sizes(trained_workdir, tmp_path):
     assert abs(index - plan["phases"][2]["disk_bytes"]) < 1024
     r = datablame("plan", wd, "--workers", "0")
     assert r.returncode == 2 and "--workers must be at least 1" in r.stderr
+
+
+def test_plan_times_the_exact_hessian(trained_workdir):
+    r = datablame("plan", trained_workdir, "--method", "influence", "--params", "head", "--curvature", "exact",
+                  "--json", "--sample", "8", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    [plan] = json.loads(r.stdout)
+    finalize = next(p for p in plan["phases"] if p["name"] == "finalize")
+    assert "the exact Hessian" in finalize["note"] and finalize["seconds"] > 0
