@@ -8,8 +8,9 @@ trained like ``datablame train --freeze-encoder`` (AdamW, linear decay to lr/10,
 The attribution methods are datablame's own classes on that head; the scan combines signals with
 ``datablame.influence.detect.rank_label_issues``, as ``datablame scan`` does.
 
-Noise settings: 10% and 20% of labels flipped uniformly at random; systematic: 30% of the positive class
-relabeled negative. Metrics per method: AUROC of the score against "label was flipped", recall after inspecting
+Noise settings: 10% and 20% of labels flipped uniformly at random (each to another class); systematic: 30% of
+the most frequent class (SST-2's positive) relabeled as the second most frequent (negative). ``--data`` reads
+another dataset in SST-2's layout (``bench/datasets.py``: drug reviews, three classes). Metrics per method: AUROC of the score against "label was flipped", recall after inspecting
 the top 10% and 20% of the ranking, and precision of the flagged set (the top ``--flag-top`` for rankings,
 cleanlab's own set for cleanlab). ``default_beats_strongest_baseline`` compares the default scan with the
 baseline of highest AUROC, and its recall@10% with the best baseline recall@10%.
@@ -82,9 +83,15 @@ from datablame.store.plots import detection_curve  # noqa: E402
 SETTINGS = {"uniform-10%": ("uniform", 0.10), "uniform-20%": ("uniform", 0.20), "systematic-30%-pos": ("systematic", 0.30)}
 
 
+def classes(y: np.ndarray) -> int:
+    """K, the number of classes of (n,) labels 0 … K − 1."""
+    return int(np.max(y)) + 1
+
+
 def load_split(data: Path, name: str, n: int | None, seed: int) -> Examples:
-    """SST-2 ``name``.tsv (columns label, sentence), a seeded subset of n rows when n is given."""
-    ex = load_examples(data / f"{name}.tsv", "sentence", label_names=["0", "1"])
+    """``name``.tsv in SST-2's layout (columns label, sentence; labels sorted by name: SST-2's 0, 1; see
+    bench/datasets.py for another dataset), a seeded subset of n rows when n is given."""
+    ex = load_examples(data / f"{name}.tsv", "sentence")
     if n is not None and n < len(ex):
         ex = ex.subset(np.sort(np.random.default_rng(seed).choice(len(ex), n, replace=False)))
     return ex
@@ -122,7 +129,7 @@ def train_head(x: np.ndarray, y: np.ndarray, epochs: int, lr: float, seed: int, 
     """Checkpoints (model, learning rate) of a head trained like ``datablame train --freeze-encoder``;
     ``on_epoch`` is called with the model (in eval mode) at the end of every epoch."""
     xt, yt = torch.as_tensor(x), torch.as_tensor(y)
-    model = Head(x.shape[1], 2, seed)
+    model = Head(x.shape[1], classes(y), seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     total = epochs * math.ceil(len(y) / batch_size)
     save_at, out, step = checkpoint_steps(total, checkpoints), [], 0
@@ -141,7 +148,7 @@ def train_head(x: np.ndarray, y: np.ndarray, epochs: int, lr: float, seed: int, 
             opt.step()
             step += 1
             if step in save_at:
-                copy = Head(x.shape[1], 2, seed)
+                copy = Head(x.shape[1], classes(y), seed)
                 copy.load_state_dict(model.state_dict())
                 out.append((copy.eval(), rate))
         if on_epoch is not None:
@@ -191,7 +198,7 @@ def self_influences(x: np.ndarray, y: np.ndarray, checkpoints, dim: int, lam: fl
     the features (ids index the features; ``checkpoints``: (head, learning rate) in order)."""
     xt = torch.as_tensor(x)
     task = ModuleTask(lambda texts: {"x": xt[[int(t) for t in texts]]}, "classifier")
-    ex = Examples(texts=[str(i) for i in range(len(y))], labels=y, label_names=["0", "1"])
+    ex = Examples(texts=[str(i) for i in range(len(y))], labels=y, label_names=[str(c) for c in range(classes(y))])
     config = Config(data_path="", data_fingerprint="", text_columns=["text"], label_column="label",
                     label_names=ex.label_names, training={"freeze_encoder": True})
     settings = MethodSettings(params=["head"], dim=dim, lam=lam, device="cpu")
@@ -273,7 +280,7 @@ def cleanlab_rankings(x: np.ndarray, y: np.ndarray, in_sample: np.ndarray, args)
 
 def cv_head_loss(x: np.ndarray, y: np.ndarray, in_sample: np.ndarray, args) -> dict[str, Ranking]:
     """(c) The out-of-sample loss of 5-fold cross-validated copies of the head, trained the same way."""
-    probs = np.empty((len(y), 2))
+    probs = np.empty((len(y), classes(y)))
     fold = detect.stratified_folds(y, 5, args.seed)
     for k in range(5):
         fit = fold != k
@@ -326,11 +333,15 @@ def baselines(x: np.ndarray, y: np.ndarray, noisy: np.ndarray, in_sample: np.nda
 
 
 def add_noise(y: np.ndarray, kind: str, rate: float, seed: int) -> np.ndarray:
+    """Labels with a fraction ``rate`` flipped: ``uniform``, of all examples, each to another class drawn at
+    random; ``systematic``, of the most frequent class (SST-2's positive), all to the second most frequent."""
     rng = np.random.default_rng(seed)
-    noisy = y.copy()
-    pool = np.arange(len(y)) if kind == "uniform" else np.flatnonzero(y == 1)
+    noisy, k = y.copy(), classes(y)
+    counts = np.bincount(y, minlength=k)
+    largest, second = np.argsort(-counts, kind="stable")[:2]
+    pool = np.arange(len(y)) if kind == "uniform" else np.flatnonzero(y == largest)
     flip = rng.choice(pool, round(rate * len(pool)), replace=False)
-    noisy[flip] = 1 - noisy[flip]
+    noisy[flip] = (noisy[flip] + rng.integers(1, k, len(flip))) % k if kind == "uniform" else second
     return noisy
 
 
@@ -358,7 +369,7 @@ def run_setting(x: np.ndarray, clean: np.ndarray, kind: str, rate: float, args, 
     start = time.perf_counter()
     checkpoints = train_head(x, y, args.epochs, args.lr, args.seed)
     probs = probabilities(checkpoints[-1][0], x)
-    cv = detect.cross_validated_probabilities(x, y, 2, folds=5, lam=args.cv_lambda, seed=args.seed,
+    cv = detect.cross_validated_probabilities(x, y, classes(y), folds=5, lam=args.cv_lambda, seed=args.seed,
                                               repeats=args.cv_repeats)
     influence = self_influences(x, y, checkpoints, args.dim, args.lam)
     aum = area_under_margin(training_dynamics(x, y, args.epochs, args.lr, args.seed), y)  # the scan head's own
@@ -375,7 +386,8 @@ def run_setting(x: np.ndarray, clean: np.ndarray, kind: str, rate: float, args, 
                 y, probs, cv, influence, {p: w for p, w in weights.items() if p != part}, aum).score,
                 flag_top=args.flag_top) for part in weights}
         result["methods"][method] = entry
-    single = detect.cross_validated_probabilities(x, y, 2, folds=5, lam=args.cv_lambda, seed=args.seed, repeats=1)
+    single = detect.cross_validated_probabilities(x, y, classes(y), folds=5, lam=args.cv_lambda, seed=args.seed,
+                                                  repeats=1)
     result["methods"]["cv, one partition"] = metrics(  # what averaging partitions adds
         noisy, detect.rank_label_issues(y, cv_probabilities=single).score, flag_top=args.flag_top)
     result["default_scan"] = detect.DEFAULT_SCAN
@@ -422,7 +434,8 @@ def main() -> None:
     parser = common_arguments(__doc__.splitlines()[0])
     parser.add_argument("--dim", type=int, default=256, help="sketch dimension, as 'datablame vectors'")
     parser.add_argument("--lam", type=float, default=1e-3, help="representer refit L2 penalty")
-    parser.add_argument("--cv-lambda", type=float, default=1e-3)
+    parser.add_argument("--cv-lambda", type=lambda v: None if v == "auto" else float(v), default=None,
+                        help="the cross-validated heads' L2 penalty, or auto (chosen by the given labels, as scan does)")
     parser.add_argument("--cv-repeats", type=int, default=detect.DEFAULT_REPEATS)
     parser.add_argument("--flag-top", type=float, default=0.05)
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS))

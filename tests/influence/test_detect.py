@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from datablame.influence.detect import (cross_validated_probabilities, fit_softmax_head, rank_label_issues,
-                                        rank_scores, stratified_folds, suggest_labels)
+from datablame.influence.detect import (CV_LAMBDAS, choose_cv_lambda, cross_validated_probabilities, fit_softmax_head,
+                                        rank_label_issues, rank_scores, stratified_folds, suggest_labels)
 from datablame.influence.errors import DatablameError
 
 
@@ -101,3 +101,10 @@ def test_cross_validation_finds_flips_that_in_sample_fit_memorises():
     assert np.allclose(cv, np.mean(single, 0)) and not np.allclose(single[0], single[1])
     with pytest.raises(DatablameError, match="too few"):
         cross_validated_probabilities(x[:6], noisy[:6], 2)
+    lam, first = choose_cv_lambda(x, noisy, 2)  # chosen by the given labels alone: the least out-of-fold loss
+    loss = {c: -np.log(cross_validated_probabilities(x, noisy, 2, lam=c, repeats=1)[np.arange(n), noisy]).mean()
+            for c in CV_LAMBDAS}
+    assert lam == min(loss, key=loss.get) and np.allclose(first, cross_validated_probabilities(x, noisy, 2, lam=lam,
+                                                                                               repeats=1))
+    assert np.allclose(cross_validated_probabilities(x, noisy, 2, repeats=2),
+                       cross_validated_probabilities(x, noisy, 2, lam=lam, repeats=2))
