@@ -4,7 +4,7 @@ parameters, the projector, the shared feature cache."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields as dataclass_fields
 from typing import Sequence
 
 from torch import nn
@@ -119,6 +119,6 @@ def build_method(workdir: str | Workdir, name: str, settings: MethodSettings = M
                                      FeatureCache(train, wd.features_cache), progress, fit))
     key = {**method.describe(), "data": config.data_fingerprint, "checkpoints": [asdict(c) for c in chosen]}
     if spec.query is not None:  # query-side settings shape the query vectors only
-        for f in fields(spec.query):
+        for f in dataclass_fields(spec.query):
             key.pop(f.name, None)
     return Built(method, train, key)
