@@ -14,9 +14,10 @@ vectors        build + n × (encoder + vector) per example,  models + the featur
                divided among ``workers``                    the vectors (n × D × dtype)
 finalize       n × (reduction per row, timed on a block of  the vectors as float32, a block in float64, the
                2,048 rows); + the exact Hessian of          D × D Gram (and Hessian) / self-influence, Gram
-               ``--curvature exact``: p / 128 passes of     (and Hessian)
-               128 Hessian-vector products, one timed on
-               such a block (the sample's rows repeated)
+               ``--curvature exact`` (a linear head's       (and Hessian)
+               closed form, else p / 128 passes of 128
+               Hessian-vector products), timed on such a
+               block (the sample's rows repeated)
 index (each)   n × (index build per row)                    the vectors, their unit-length copy (cosine)
                                                             and FAISS's own copy / the index (n × D × 4,
                                                             HNSW's graph besides)
@@ -134,10 +135,10 @@ def _reduction_seconds(method, vectors: torch.Tensor, labels: torch.Tensor, n: i
 
 
 def _hessian_seconds(method, part: Examples, n: int) -> float:
-    """Seconds the exact Hessian takes over n training examples: ⌈p / 128⌉ calls of 128 Hessian-vector products
-    over all of them, one timed (after a warm-up) on a block of min(n, BLOCK) rows, the sample ``part``
-    repeated (head parameters: on its features, computed once; otherwise through the model, on ``part`` alone),
-    and scaled by the rows."""
+    """Seconds the exact Hessian takes over n training examples: a linear head's closed form timed on a block of
+    min(n, BLOCK) rows (the sample ``part`` repeated, on its features), scaled by the rows; otherwise ⌈p / 128⌉
+    calls of 128 Hessian-vector products over all of them, one timed (after a warm-up) on that block (through
+    the model: on ``part`` alone) and scaled by the rows."""
     p, chunk = method.curvature.params, min(method.curvature.params, HESSIAN_CHUNK)
     features = None
     if isinstance(method.gradients, HeadGradients):
@@ -146,6 +147,10 @@ def _hessian_seconds(method, part: Examples, n: int) -> float:
         features = FeatureCache(block)
         rows = method.gradients.train_inputs(method.model, part)[torch.as_tensor(reps)]
         features.of(method.task, method.model).put(rows)
+        head = HeadGradients(method.task, [method.model], method.names, features)
+        seconds, closed = _timed(lambda: head.loss_hessian(method.model, block))
+        if closed is not None:  # the closed form, linear in the rows
+            return seconds * n / len(block)
     else:
         block = part
     hvp = HessianVectorProducts(method.task, method.model, method.names, block, None, 0, features)

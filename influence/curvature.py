@@ -153,16 +153,21 @@ class Exact(Curvature):
     name = "exact"
     cost = "gradient + exact damped Hessian solve"
 
-    def __init__(self, config: LissaConfig, products: Products, params: int):
+    def __init__(self, config: LissaConfig, products: Products, params: int,
+                 closed_form: Callable[[], Tensor | None] | None = None):
         super().__init__(config, products)
-        self.params = params
+        self.params, self.closed_form = params, closed_form
 
     def computed_once(self) -> dict[str, Tensor]:
         return {"hessian": self.hessian()}
 
     def hessian(self, chunk: int = HESSIAN_CHUNK) -> Tensor:
-        """(p, p) float64 Hessian of the mean training loss: p Hessian-vector products over the whole training
-        set (head parameters: on cached features), symmetrised."""
+        """(p, p) float64 Hessian of the mean training loss: in closed form where ``closed_form`` gives one (a
+        linear head's cross-entropy), else from p Hessian-vector products over the whole training set (head
+        parameters: on cached features), symmetrised."""
+        closed = self.closed_form() if self.closed_form is not None else None
+        if closed is not None:
+            return closed
         hvp, eye = self.products(None), torch.eye(self.params)
         h = torch.cat([hvp(eye[i:i + chunk]).double().cpu() for i in range(0, self.params, chunk)])
         return (h + h.T) / 2
@@ -177,13 +182,15 @@ class Exact(Curvature):
         return super().query_like(vectors, projector)
 
 
-def make_curvature(name: str, config: LissaConfig, products: Products, params: int) -> Curvature:
+def make_curvature(name: str, config: LissaConfig, products: Products, params: int,
+                   closed_form: Callable[[], Tensor | None] | None = None) -> Curvature:
     """The curvature ``name`` (``lissa``, ``sketch`` or ``exact``; ``auto`` is resolved by the method's builder)
-    over ``params`` selected parameters."""
+    over ``params`` selected parameters; ``closed_form``: the exact Hessian without Hessian-vector products, where
+    the gradient computer has one."""
     if name == "exact":
         if params > EXACT_MAX_PARAMS:
             raise DatablameError(f"the exact curvature needs at most {EXACT_MAX_PARAMS} selected parameters, not "
                                  f"{params}", "use --params head, or --curvature sketch or lissa")
-        return Exact(config, products, params)
+        return Exact(config, products, params, closed_form)
     check_choice("curvature", name, ("lissa", "sketch", "exact"))
     return {"lissa": Lissa, "sketch": Sketch}[name](config, products)

@@ -100,6 +100,11 @@ class GradientComputer(ABC):
         """(b, p) gradients of training examples for their own labels."""
         return self.grads(model, self.train_inputs(model, batch), labels_of(batch), objective)
 
+    def loss_hessian(self, model: nn.Module, train: Examples) -> Tensor | None:
+        """(p, p) float64 Hessian of the mean training loss over the selected parameters in closed form, or None
+        where this computer has none (Hessian-vector products then build it)."""
+        return None
+
 
 class HeadGradients(GradientComputer):
     """Every selected parameter is the head's: inputs are (b, h) penultimate features, computed once per distinct
@@ -127,6 +132,35 @@ class HeadGradients(GradientComputer):
         prefix = self.task.head_name + "."
         return {prefix + n: p.detach() for n, p in self.task.head(model).named_parameters()
                 if prefix + n in self.names}
+
+    def loss_hessian(self, model: nn.Module, train: Examples, rows: int = 8192) -> Tensor | None:
+        """The Hessian of the mean cross-entropy of a linear head over its weight and/or bias, in closed form:
+        (1/n) Σ_i (diag p_i − p_i p_iᵀ) ⊗ z_i z_iᵀ with z_i = [f_i, 1], summed ``rows`` examples at a time in
+        float64 and ordered as the gradients are (weight row by row, then bias). None for another head or loss."""
+        head, prefix = self.task.head(model), self.task.head_name + "."
+        if type(self.task).loss is not Task.loss or not isinstance(head, nn.Linear):
+            return None
+        k, h = head.out_features, head.in_features
+        total = torch.zeros(k, k, h + 1, h + 1, dtype=torch.float64)
+        for lo in range(0, len(train), rows):
+            batch = train.subset(np.arange(lo, min(lo + rows, len(train))))
+            f = self.train_inputs(model, batch)
+            p = self.logits(model, f).double().softmax(-1).cpu()
+            z = torch.cat([f.double().cpu(), torch.ones(len(f), 1, dtype=torch.float64)], 1)
+            a = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]  # (b, K, K)
+            for c in range(k):
+                for d in range(c, k):
+                    total[c, d] += z.T @ (a[:, c, d, None] * z)
+        for c in range(k):
+            for d in range(c):
+                total[c, d] = total[d, c]
+        design = (total / len(train)).permute(0, 2, 1, 3).reshape(k * (h + 1), k * (h + 1))  # index c·(h+1) + j
+        blocks = {prefix + "weight": [c * (h + 1) + j for c in range(k) for j in range(h)],
+                  prefix + "bias": [c * (h + 1) + h for c in range(k)]}
+        if any(n not in blocks for n in self.names):
+            return None
+        order = [i for n in self.names for i in blocks[n]]
+        return design[order][:, order]
 
     def queries(self, texts: Sequence[Text]) -> QueryInputs:
         """One forward pass per distinct encoder (one in all after frozen-encoder training), not per model."""

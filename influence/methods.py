@@ -167,7 +167,8 @@ class InfluenceFunctions:
         self.train, self.config = train, config
         self.gradients = gradient_computer(task, [model], names, features)  # features: the training set's cache
         self.dim = projector.out_dim
-        self.curvature = make_curvature(curvature, config, self._products, num_params(model, self.names))
+        self.curvature = make_curvature(curvature, config, self._products, num_params(model, self.names),
+                                        lambda: self.gradients.loss_hessian(self.model, self.train))
 
     def _products(self, batch_size: int | None) -> HessianVectorProducts:
         return HessianVectorProducts(self.task, self.model, self.names, self.train, batch_size, self.config.seed,

@@ -76,3 +76,22 @@ def test_faithful_settings_choose_exact_for_a_head_and_the_sketch_beyond(trained
     sketched = build_method(trained_workdir, "influence", MethodSettings.faithful(params=["head"], dim=32,
                                                                                      device="cpu")).method
     assert sketched.query_curvature == "sketch"  # the exact Hessian does not go with sketched vectors
+
+
+def test_closed_form_head_hessian_equals_the_hessian_vector_products(trained, tiny_examples):
+    """A linear head's closed-form Hessian, (1/n) Σ (diag p − p pᵀ) ⊗ [f, 1][f, 1]ᵀ in the gradients' order, is the
+    one p Hessian-vector products build, for the whole head and for its weight alone."""
+    models, _, task = trained
+    model = models[-1]
+    for patterns in (["head"], ["classifier.weight"]):
+        names = select_params(model, task, patterns)
+        method = InfluenceFunctions(task, model, names, Identity(num_params(model, names)), tiny_examples,
+                                    LissaConfig(damping=DAMPING), curvature="exact")
+        closed = method.gradients.loss_hessian(model, tiny_examples)
+        method.curvature.closed_form = None  # the general route
+        products = method.curvature.hessian()
+        assert closed.shape == products.shape == (num_params(model, names),) * 2
+        assert torch.allclose(closed, products, rtol=1e-5, atol=1e-7)
+    everything = InfluenceFunctions(task, model, select_params(model, task, ["last-layer"]), Identity(1),
+                                    tiny_examples, LissaConfig(damping=DAMPING), curvature="lissa")
+    assert everything.gradients.loss_hessian(model, tiny_examples) is None  # not the head alone: no closed form
