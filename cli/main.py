@@ -316,11 +316,10 @@ def _print_plan(p) -> None:
     """One table per method: each phase's time, peak memory and disk, and the totals."""
     from rich.table import Table
 
+    from datablame.index.plan import duration
+
     def size(b: int) -> str:
         return f"{b / 2**30:.2f} GB" if b >= 2**30 else f"{b / 2**20:.1f} MB"
-
-    def duration(s: float) -> str:
-        return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 60 else f"{s:.1f} s"
 
     table = Table(title=f"{p.method}: {p.n} examples → {p.n} × {p.dim} {p.dtype} vectors, {p.workers} worker(s); "
                         f"calibrated on {p.sample} in {p.calibration_seconds:.1f} s")

@@ -110,6 +110,13 @@ def _resident() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def duration(seconds: float) -> str:
+    """A time for people: seconds, minutes or hours, one decimal."""
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
+
+
 def _timed(fn) -> tuple[float, object]:
     start = time.perf_counter()
     out = fn()

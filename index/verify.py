@@ -44,6 +44,7 @@ from datablame.influence.train import train as train_model
 from datablame.influence.workdir import Workdir
 
 from .explain import QUERY_BATCH, Explanation, Explainer
+from .plan import duration
 
 DRAWS = 5
 """Random removals per verification: the spread a supporters' removal is compared against."""
@@ -186,7 +187,7 @@ def _retrain_without(explainers: Sequence[Explainer], texts: list[Text], explana
     if whole:
         estimate = fine_tune_estimate(config, train, len(removed_sets), device)
         what = (f"verifying fine-tunes the whole model {len(removed_sets)} times here (its encoder was not frozen): "
-                f"about {_duration(estimate)} on this machine")
+                f"about {duration(estimate)} on this machine")
         if not yes:
             raise DatablameError(what, "add --yes to run it (fewer runs: --draws 1, or one --score)")
         if notice is not None:
@@ -236,10 +237,6 @@ def _fine_tuned_logits(config, train: Examples, left_out: np.ndarray, texts: lis
                                       config.max_length)
         return torch.cat([forward(task, model, task.encode(texts[lo:lo + QUERY_BATCH]))[0].cpu()
                           for lo in range(0, len(texts), QUERY_BATCH)])
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def _by_variant(values: np.ndarray) -> dict:

@@ -56,6 +56,7 @@ class GradientComputer(ABC):
     def __init__(self, task: Task, models: Sequence[nn.Module], names: Sequence[str],
                  features: FeatureCache | None = None):
         self.task, self.models, self.names, self.features = task, list(models), list(names), features
+        self._groups: list[int] | None = None  # encoder_groups, on first use
 
     @abstractmethod
     def inputs(self, model: nn.Module, batch: Batch) -> Inputs:
@@ -84,7 +85,7 @@ class GradientComputer(ABC):
     def encoder_groups(self) -> list[int]:
         """For each model, the index of the first model whose encoder (everything below the head) equals its own:
         models of one group share their penultimate features."""
-        if not hasattr(self, "_groups"):
+        if self._groups is None:
             self._groups = [next(j for j in range(i + 1) if same_encoder(self.task, self.models[j], m))
                             for i, m in enumerate(self.models)]
         return self._groups
@@ -141,6 +142,10 @@ class HeadGradients(GradientComputer):
         if type(self.task).loss is not Task.loss or not isinstance(head, nn.Linear):
             return None
         k, h = head.out_features, head.in_features
+        blocks = {prefix + "weight": [c * (h + 1) + j for c in range(k) for j in range(h)],
+                  prefix + "bias": [c * (h + 1) + h for c in range(k)]}  # where each parameter's entries lie
+        if any(n not in blocks for n in self.names):
+            return None
         total = torch.zeros(k, k, h + 1, h + 1, dtype=torch.float64)
         for lo in range(0, len(train), rows):
             batch = train.subset(np.arange(lo, min(lo + rows, len(train))))
@@ -155,10 +160,6 @@ class HeadGradients(GradientComputer):
             for d in range(c):
                 total[c, d] = total[d, c]
         design = (total / len(train)).permute(0, 2, 1, 3).reshape(k * (h + 1), k * (h + 1))  # index c·(h+1) + j
-        blocks = {prefix + "weight": [c * (h + 1) + j for c in range(k) for j in range(h)],
-                  prefix + "bias": [c * (h + 1) + h for c in range(k)]}
-        if any(n not in blocks for n in self.names):
-            return None
         order = [i for n in self.names for i in blocks[n]]
         return design[order][:, order]
 

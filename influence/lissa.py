@@ -68,7 +68,7 @@ class HessianVectorProducts:
 
     def __init__(self, task: Task, model: nn.Module, names: Sequence[str], train: Examples,
                  batch_size: int | None = 8, seed: int = 0, features: FeatureCache | None = None):
-        self.task, self.model, self.names, self.train = task, model, list(names), train
+        self.task, self.model, self.names = task, model, list(names)
         self.batch_size, self.seed = batch_size, seed
         self.device = model_device(model)
         if features is None or features.train is not train:  # a cache of its own, by position in ``train``
