@@ -53,7 +53,8 @@ def cleaned_labels(train, noisy_labels: np.ndarray, x: np.ndarray, folder: Path,
     """(ids, labels) of each reviewer's relabeled and dropped export, through the store."""
     noisy = dataclasses.replace(train, labels=noisy_labels, ids=np.arange(len(train)))  # ids: positions
     cv = detect.cross_validated_probabilities(x, noisy_labels, 2, seed=args.seed)
-    issues = detect.rank_label_issues(noisy_labels, cv_probabilities=cv,
+    cv_mlp = detect.cross_validated_mlp_probabilities(x, noisy_labels, 2, seed=args.seed)
+    issues = detect.rank_label_issues(noisy_labels, cv_probabilities=cv, cv_mlp_probabilities=cv_mlp,
                                       weights=detect.scan_weights(detect.DEFAULT_SCAN))
     out = {}
     for reviewer in ("auto", "oracle"):

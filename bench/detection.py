@@ -371,19 +371,21 @@ def run_setting(x: np.ndarray, clean: np.ndarray, kind: str, rate: float, args, 
     probs = probabilities(checkpoints[-1][0], x)
     cv = detect.cross_validated_probabilities(x, y, classes(y), folds=5, lam=args.cv_lambda, seed=args.seed,
                                               repeats=args.cv_repeats)
+    cv_mlp = detect.cross_validated_mlp_probabilities(x, y, classes(y), folds=5, seed=args.seed,
+                                                      repeats=args.cv_repeats)
     influence = self_influences(x, y, checkpoints, args.dim, args.lam)
     aum = area_under_margin(training_dynamics(x, y, args.epochs, args.lr, args.seed), y)  # the scan head's own
     signals_s = time.perf_counter() - start
     result = {"noisy": int(noisy.sum()), "signals_seconds": round(signals_s, 1), "methods": {}}
     scans = {}
     for method, weights in detect.SCAN_METHODS.items():
-        issues = detect.rank_label_issues(y, probs, cv, influence, weights, aum)
+        issues = detect.rank_label_issues(y, probs, cv, influence, weights, aum, cv_mlp)
         scans[method] = issues.score
         entry = metrics(noisy, issues.score, flag_top=args.flag_top)
         entry["suggested_label_accuracy"] = round(float((issues.suggested[noisy] == clean[noisy]).mean()), 4)
         if len([w for w in weights.values() if w]) > 1:  # what each part adds: the combination without it
             entry["without"] = {part: metrics(noisy, detect.rank_label_issues(
-                y, probs, cv, influence, {p: w for p, w in weights.items() if p != part}, aum).score,
+                y, probs, cv, influence, {p: w for p, w in weights.items() if p != part}, aum, cv_mlp).score,
                 flag_top=args.flag_top) for part in weights}
         result["methods"][method] = entry
     single = detect.cross_validated_probabilities(x, y, classes(y), folds=5, lam=args.cv_lambda, seed=args.seed,

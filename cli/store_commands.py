@@ -48,11 +48,12 @@ def _dataset(workdir: Path, db: Optional[str], write: bool = False):
 @report_errors
 def scan(
     workdir: Path = WORKDIR,
-    method: str = typer.Option("cv", help="cv (cross-validated heads, the default), loss, "
-                               f"{', '.join(method_names())} (by its self-influence), combined (cv + tracin), or aum (the area "
+    method: str = typer.Option("cv", help="cv (cross-validated linear and MLP heads, the default), "
+                               "cv-linear or cv-mlp (one kind alone), loss, "
+                               f"{', '.join(method_names())} (by its self-influence), combined (cv-linear + tracin), or aum (the area "
                                "under the margin of the head's training, replayed; --freeze-encoder workdirs)."),
     flag_top: float = typer.Option(0.05, "--flag-top", help="Fraction of examples to flag as open 'mislabeled'."),
-    folds: int = typer.Option(5, help="Folds of the cross-validated head."),
+    folds: int = typer.Option(5, help="Folds of the cross-validated heads."),
     repeats: int = typer.Option(3, help="Fold partitions the cross-validated probabilities are averaged over."),
     json_out: bool = typer.Option(False, "--json", help="Print every example, most suspicious first, as JSON."),
     verify: bool = typer.Option(False, "--verify", help="Check the scan by retraining the head (frozen-encoder "

@@ -10,6 +10,7 @@ A small functional API in the spirit of cleanlab, over plain arrays:
   ========================= ===================================================================================
   ``probabilities``         1 − p(given label) of the trained model, in-sample (n, K)
   ``cv_probabilities``      1 − p(given label) of copies of the head refit on the other folds (n, K), out of sample
+  ``cv_mlp_probabilities``  the same from one-hidden-layer MLPs fitted on the other folds (n, K)
   ``self_influence``        each method's self-influence (n,): how much an example pulls on its own loss
   ========================= ===================================================================================
 
@@ -17,17 +18,20 @@ A small functional API in the spirit of cleanlab, over plain arrays:
   features, fold by fold (L-BFGS to stationarity), and predicts each example from the folds it was not in,
   averaged over several seeded partitions. Its L2 penalty is chosen from :data:`CV_LAMBDAS` by the given labels
   alone (no clean labels): the one whose out-of-fold probabilities give them the least cross-entropy.
+  :func:`cross_validated_mlp_probabilities` does the same with small MLPs (:func:`.heads.fit_mlp_head`, early
+  stopping on a held-out tenth), the strong simple baseline of Chong, Hong & Manning (2022). The default scan
+  ranks by both: the linear heads find systematic flips best, the MLPs uniform ones (``bench/detection.py``).
 - :func:`probabilities_and_features` runs a model over examples once.
 
 The suggested label is the most probable label other than the given one (out-of-sample probabilities when
-given, else the model's own).
+given, averaged over the linear and MLP heads when both are, else the model's own).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -36,7 +40,7 @@ from torch import nn
 from .data import Examples
 from .errors import DatablameError, check_choice
 from .features import FeatureCache
-from .heads import fit_softmax_head, with_bias
+from .heads import fit_mlp_head, fit_softmax_head, with_bias
 from .registry import method_names, method_spec
 from .lissa import Progress
 from .task import Task, logits_and_features_of
@@ -46,7 +50,9 @@ log = logging.getLogger(__name__)
 
 SCAN_METHODS: dict[str, dict[str, float]] = {
     "loss": {"loss": 1.0},
-    "cv": {"cv": 1.0},
+    "cv": {"cv": 1.0, "cv_mlp": 1.0},
+    "cv-linear": {"cv": 1.0},
+    "cv-mlp": {"cv_mlp": 1.0},
     **{name: {f"self_influence:{name}": 1.0} for name in method_names() if method_spec(name).self_influence},
     "combined": {"cv": 1.0, "self_influence:tracin": 1.0},
     "aum": {"aum": 1.0},
@@ -54,7 +60,8 @@ SCAN_METHODS: dict[str, dict[str, float]] = {
 """Scan methods: the signals each one weighs (see :func:`rank_label_issues`); one per registered attribution
 method that gives self-influence (:mod:`.registry`)."""
 DEFAULT_SCAN = "cv"
-"""The scan method that detects best in ``bench/detection.py`` (cross-validated heads, 3 partitions averaged)."""
+"""The scan method that detects best in ``bench/detection.py``: cross-validated linear and MLP heads, each
+averaged over 3 partitions, their ranks averaged."""
 DEFAULT_REPEATS = 3
 CV_LAMBDAS = (1e-3, 1e-2, 1e-1, 1.0)
 """The L2 penalties (on standardised features; the objective is the mean cross-entropy + λ‖W‖²) that
@@ -116,12 +123,13 @@ def rank_label_issues(labels: Sequence[int], probabilities: np.ndarray | None = 
                       cv_probabilities: np.ndarray | None = None,
                       self_influence: Mapping[str, np.ndarray] | None = None,
                       weights: Mapping[str, float] | None = None,
-                      area_under_margin: np.ndarray | None = None) -> LabelIssues:
+                      area_under_margin: np.ndarray | None = None,
+                      cv_mlp_probabilities: np.ndarray | None = None) -> LabelIssues:
     """Rank examples by how likely their label is wrong, combining the signals given.
 
-    labels: (n,) given labels; probabilities, cv_probabilities: (n, K); self_influence: method name → (n,);
-    area_under_margin: (n,) AUM from training dynamics (:func:`.retrain.area_under_margin`; low = suspicious).
-    Signals are named ``loss``, ``cv``, ``self_influence:<method>`` and ``aum``; the score is their weighted mean rank
+    labels: (n,) given labels; probabilities, cv_probabilities, cv_mlp_probabilities: (n, K); self_influence:
+    method name → (n,); area_under_margin: (n,) AUM from training dynamics (:func:`.retrain.area_under_margin`;
+    low = suspicious). Signals are named ``loss``, ``cv``, ``cv_mlp``, ``self_influence:<method>`` and ``aum``; the score is their weighted mean rank
     score. ``weights`` by name; None weighs every signal given 1, otherwise a signal it does not name weighs 0
     (it is still reported in ``parts``). At least one probability matrix is needed.
     """
@@ -131,6 +139,8 @@ def rank_label_issues(labels: Sequence[int], probabilities: np.ndarray | None = 
         parts["loss"] = rank_scores(-given_label_probability(y, probabilities))
     if cv_probabilities is not None:
         parts["cv"] = rank_scores(-given_label_probability(y, cv_probabilities))
+    if cv_mlp_probabilities is not None:
+        parts["cv_mlp"] = rank_scores(-given_label_probability(y, cv_mlp_probabilities))
     for name, values in (self_influence or {}).items():
         values = np.asarray(values, dtype=np.float64)
         if values.shape != y.shape or not np.isfinite(values).all():
@@ -139,7 +149,8 @@ def rank_label_issues(labels: Sequence[int], probabilities: np.ndarray | None = 
         parts[f"self_influence:{name}"] = rank_scores(values)
     if area_under_margin is not None:
         parts["aum"] = rank_scores(-np.asarray(area_under_margin, dtype=np.float64))
-    reference = cv_probabilities if cv_probabilities is not None else probabilities
+    out_of_sample = [p for p in (cv_probabilities, cv_mlp_probabilities) if p is not None]
+    reference = np.mean(out_of_sample, axis=0) if out_of_sample else probabilities
     if reference is None or not parts:
         raise DatablameError("no probabilities to rank label issues with",
                              "give the model's probabilities or cross-validated ones")
@@ -177,8 +188,20 @@ def cross_validated_probabilities(features: np.ndarray, labels: Sequence[int], n
     if lam is None:
         lam, first = choose_cv_lambda(features, labels, num_classes, folds, seed)
         runs.append(first)
-    runs += [_cross_validated(features, labels, num_classes, folds, lam, seed + r) for r in range(len(runs), repeats)]
+    runs += [_out_of_fold(features, labels, num_classes, folds, seed + r, _softmax_head(num_classes, lam))
+             for r in range(len(runs), repeats)]
     return np.mean(runs, axis=0)
+
+
+def cross_validated_mlp_probabilities(features: np.ndarray, labels: Sequence[int], num_classes: int,
+                                      folds: int = 5, seed: int = 0, repeats: int = DEFAULT_REPEATS,
+                                      device: str | torch.device = "cpu") -> np.ndarray:
+    """(n, K) float64 out-of-sample probabilities, as :func:`cross_validated_probabilities` (same folds, same
+    standardisation, ``repeats`` partitions averaged) but from one-hidden-layer MLPs (:func:`.heads.fit_mlp_head`,
+    seeded by the partition's seed), fitted in float32 on ``device``."""
+    return np.mean([_out_of_fold(features, labels, num_classes, folds, seed + r,
+                                 lambda x, y, s=seed + r: fit_mlp_head(x, y, num_classes, s), torch.float32, device)
+                    for r in range(repeats)], axis=0)
 
 
 def choose_cv_lambda(features: np.ndarray, labels: Sequence[int], num_classes: int, folds: int = 5, seed: int = 0
@@ -189,7 +212,7 @@ def choose_cv_lambda(features: np.ndarray, labels: Sequence[int], num_classes: i
     y = np.asarray(labels, dtype=np.int64)
     best = None
     for lam in CV_LAMBDAS:
-        probs = _cross_validated(features, y, num_classes, folds, lam, seed)
+        probs = _out_of_fold(features, y, num_classes, folds, seed, _softmax_head(num_classes, lam))
         loss = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean())
         log.info("cross-validated heads, λ %g: out-of-fold cross-entropy %.4f nats", lam, loss)
         if best is None or loss < best[0]:
@@ -198,24 +221,35 @@ def choose_cv_lambda(features: np.ndarray, labels: Sequence[int], num_classes: i
     return best[1], best[2]
 
 
-def _cross_validated(features: np.ndarray, labels: Sequence[int], num_classes: int, folds: int, lam: float,
-                     seed: int) -> np.ndarray:
-    x = torch.as_tensor(np.asarray(features), dtype=torch.float64)
+Fitter = Callable[[torch.Tensor, torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
+"""Fits a head on (m, h) standardised features and (m,) labels; returns the map from (r, h) features to (r, K)
+logits."""
+
+
+def _softmax_head(num_classes: int, lam: float) -> Fitter:
+    def fit(x: torch.Tensor, y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        w = fit_softmax_head(with_bias(x), y, num_classes, lam)
+        return lambda rows: with_bias(rows) @ w.T
+    return fit
+
+
+def _out_of_fold(features: np.ndarray, labels: Sequence[int], num_classes: int, folds: int, seed: int,
+                 fit: Fitter, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> np.ndarray:
+    """(n, K) float64: each fold's probabilities from a head ``fit`` on the other folds (seeded stratified
+    partition), features standardised with the fitted folds' mean and deviation."""
+    x = torch.as_tensor(np.asarray(features), dtype=dtype, device=device)
     y = np.asarray(labels, dtype=np.int64)
     if len(y) < 2 * folds:
         raise DatablameError(f"{len(y)} examples are too few for {folds}-fold cross-validation",
                              f"give at least {2 * folds} examples or fewer folds")
-    fold = stratified_folds(y, folds, seed)
+    fold = torch.as_tensor(stratified_folds(y, folds, seed), device=device)
     out = np.empty((len(y), num_classes), dtype=np.float64)
     for k in range(folds):
-        held, fit = fold == k, fold != k
-        mean, std = x[fit].mean(0), x[fit].std(0).clamp_min(1e-8)
-
-        def design(rows: torch.Tensor) -> torch.Tensor:
-            return with_bias((rows - mean) / std)
-
-        w = fit_softmax_head(design(x[fit]), torch.as_tensor(y[fit]), num_classes, lam)
-        out[held] = (design(x[held]) @ w.T).softmax(-1).numpy()
+        held, fitted = fold == k, fold != k
+        mean, std = x[fitted].mean(0), x[fitted].std(0).clamp_min(1e-8)
+        predict = fit((x[fitted] - mean) / std, torch.as_tensor(y, device=device)[fitted])
+        with torch.no_grad():
+            out[held.cpu().numpy()] = predict((x[held] - mean) / std).double().softmax(-1).cpu().numpy()
     return out
 
 

@@ -1,7 +1,7 @@
 """Scanning a workdir: the whole ``datablame scan``, which the CLI, the demo and notebooks call.
 
 :func:`scan_workdir` reads the last checkpoint's probabilities and features, computes the signals of the scan
-method (cross-validated heads, self-influence from a registered method's vectors, the area under the margin),
+method (cross-validated linear and MLP heads, self-influence from a registered method's vectors, the area under the margin),
 ranks every training example by how likely its label is wrong, and records the ranking and the flags in the
 store (:func:`.scans.record_scan`).
 """
@@ -56,7 +56,7 @@ def scan_workdir(workdir: str | os.PathLike, method: str = "cv", flag_top: float
     open ``mislabeled`` flags. ``db``: the store (default: the workdir's SQLite file)."""
     from datablame.influence import detect
     from datablame.influence.features import FeatureCache
-    from datablame.influence.models import load_classifier
+    from datablame.influence.models import load_classifier, resolve_device
 
     weights = detect.scan_weights(method)
     wd = Workdir(workdir)
@@ -72,10 +72,13 @@ def scan_workdir(workdir: str | os.PathLike, method: str = "cv", flag_top: float
              len(config.label_names), tuple(features.shape), config.checkpoints[-1].path, weights)
     cv = detect.cross_validated_probabilities(features, examples.labels, len(config.label_names), folds,
                                               repeats=repeats) if weights.get("cv") else None
+    cv_mlp = detect.cross_validated_mlp_probabilities(
+        features, examples.labels, len(config.label_names), folds, repeats=repeats,
+        device=resolve_device(device)) if weights.get("cv_mlp") else None
     influence = {m: self_influence(workdir, m, config, device, progress)
                  for m in detect.self_influence_methods(weights)}
     aum = training_margins(config, features, examples.labels, device) if weights.get("aum") else None
-    issues = detect.rank_label_issues(examples.labels, probs, cv, influence, weights, aum)
+    issues = detect.rank_label_issues(examples.labels, probs, cv, influence, weights, aum, cv_mlp)
     log.info("given label's mean probability %.3f; flagging the top %.1f%%", issues.label_probability.mean(),
              100 * flag_top)
     record = record_scan(db, ensure_dataset(db, examples), method, issues, next(iter(influence.values()), None),

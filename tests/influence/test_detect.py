@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from datablame.influence.detect import (CV_LAMBDAS, choose_cv_lambda, cross_validated_probabilities, fit_softmax_head,
+from datablame.influence.detect import (CV_LAMBDAS, SCAN_METHODS, choose_cv_lambda, cross_validated_mlp_probabilities,
+                                        cross_validated_probabilities, fit_softmax_head,
                                         rank_label_issues, rank_scores, stratified_folds, suggest_labels)
 from datablame.influence.errors import DatablameError
 
@@ -108,3 +109,25 @@ def test_cross_validation_finds_flips_that_in_sample_fit_memorises():
                                                                                                repeats=1))
     assert np.allclose(cross_validated_probabilities(x, noisy, 2, repeats=2),
                        cross_validated_probabilities(x, noisy, 2, lam=lam, repeats=2))
+
+
+def test_cross_validated_mlps_find_flips_a_linear_head_cannot():
+    """Labels set by the sign of x₀·x₁ (XOR: no linear head does better than chance): the out-of-fold MLPs give
+    the flipped labels low probability and the linear heads do not; the default scan ranks both; seeded."""
+    rng = np.random.default_rng(1)
+    n = 1000
+    x = np.c_[rng.uniform(-1, 1, size=(n, 2)), 0.1 * rng.normal(size=(n, 4))]
+    clean = (x[:, 0] * x[:, 1] > 0).astype(int)
+    flipped = rng.choice(n, 50, replace=False)
+    noisy = clean.copy()
+    noisy[flipped] = 1 - noisy[flipped]
+    mlp = cross_validated_mlp_probabilities(x, noisy, 2, repeats=1)
+    linear = cross_validated_probabilities(x, noisy, 2, repeats=1)
+    assert np.allclose(mlp.sum(1), 1.0) and np.array_equal(mlp, cross_validated_mlp_probabilities(x, noisy, 2,
+                                                                                                  repeats=1))
+    top = lambda issues: len(set(issues.order[:50].tolist()) & set(flipped.tolist()))  # noqa: E731
+    assert top(rank_label_issues(noisy, cv_mlp_probabilities=mlp)) >= 30
+    assert top(rank_label_issues(noisy, cv_probabilities=linear)) <= 10
+    both = rank_label_issues(noisy, cv_probabilities=linear, cv_mlp_probabilities=mlp, weights=SCAN_METHODS["cv"])
+    assert set(both.parts) == {"cv", "cv_mlp"} and np.allclose(both.score, (both.parts["cv"] + both.parts["cv_mlp"]) / 2)
+    assert np.allclose(both.label_probability, ((linear + mlp) / 2)[np.arange(n), noisy])
