@@ -15,6 +15,21 @@ disk) beside ``datablame index WD --method M`` measured in a subprocess on a cop
 and feature cache, no vectors or index): wall seconds, the child's peak resident memory, and the bytes written.
 
     python bench/scale.py --plan-workdir WD [--methods tracin influence] [--out bench/results/scale-plan.json]
+
+With ``--ann N --ann-workdir WD``, instead: an approximate index over N synthetic vectors shaped like real
+sketches (as ``bench/retrieval.py`` makes them: rows of WD's stored ``--ann-method`` vectors resampled, plus
+Gaussian noise of 0.3 × the row's norm), written as .npy shards of ``--ann-shard`` rows under ``--ann-dir`` (kept
+and reused when their count and shape match: 10M × 256 float32 is 10 GB). ``VectorIndex.build`` with
+``approximate=True`` on the stored shards picks the kind for the size (IVF-PQ past ``HNSW_MAX_BYTES``), trains,
+fills and measures it; reported: its meta (kind, nlist, nprobe, recall@10 at build on 200 training-like queries
+and their negations), build seconds, the process's peak resident memory, and for ``--queries`` other
+training-like queries (and their negations) searched one at a time: recall@10 against exact search (streamed
+over the shards) and the median and 95th-percentile latency, re-ranking included. One thread per
+``--threads``.
+
+    python bench/scale.py --ann 10000000 --ann-workdir WD [--ann-method influence] [--ann-dir /tmp/ann] \
+        [--ann-shard 262144] [--ann-kind auto|hnsw|ivfpq] [--queries 200] [--threads 2] \
+        [--out bench/results/scale-ann.json]
 """
 
 from __future__ import annotations
@@ -33,6 +48,9 @@ from pathlib import Path
 import numpy as np
 
 from datablame.index.plan import plan_method
+from datablame.index.rows import StoredRows
+from datablame.index.search import IndexMeta, VectorIndex, exact_top_k, recall_at_k
+from datablame.index.vectors import VectorStore
 from datablame.influence.atomic import atomic_write_json
 from datablame.influence.build import MethodSettings
 from datablame.influence.data import Examples
@@ -119,6 +137,59 @@ def plan_against_run(workdir: Path, method: str) -> dict:
                          "disk_bytes": written}}
 
 
+def synthetic_shards(base: np.ndarray, n: int, folder: Path, shard: int, seed: int = 0) -> StoredRows:
+    """n rows like ``base``'s (resampled, plus N(0, (0.3 ‖row‖)² / D) noise per coordinate), as float32 .npy
+    shards of ``shard`` rows in ``folder``; a shard already there with the right shape is kept."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, lo in enumerate(range(0, n, shard)):
+        path = folder / f"shard-{i:05d}.npy"
+        rows = min(shard, n - lo)
+        if not (path.is_file() and np.load(path, mmap_mode="r").shape == (rows, base.shape[1])):
+            rng = np.random.default_rng([seed, i])
+            x = base[rng.integers(0, len(base), rows)]
+            scale = 0.3 * np.linalg.norm(x, axis=1, keepdims=True) / np.sqrt(base.shape[1])
+            x = (x + scale * rng.standard_normal(x.shape, dtype=np.float32)).astype(np.float32)
+            np.save(folder / f"tmp-{path.name}", x)
+            os.replace(folder / f"tmp-{path.name}", path)
+        paths.append(path)
+    return StoredRows(paths)
+
+
+def approximate_at_scale(args) -> dict:
+    """Build the approximate index over ``--ann`` synthetic vectors from stored shards; measure it."""
+    import resource
+
+    import faiss
+
+    base = np.asarray(VectorStore(args.ann_workdir / "vectors" / args.ann_method).rows(), dtype=np.float32)
+    start = time.perf_counter()
+    rows = synthetic_shards(base, args.ann, args.ann_dir, args.ann_shard)
+    written_s = time.perf_counter() - start
+    meta = IndexMeta(method="bench", scoring="cosine", kind="exact", n=0, dim=base.shape[1], key={})
+    index = VectorIndex.build(rows, meta, approximate=True, kind=None if args.ann_kind == "auto" else args.ann_kind)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rng = np.random.default_rng(1)  # not the build's sample
+    queries = rows[rng.choice(len(rows), args.queries, replace=False)]
+    queries = np.concatenate([queries, -queries])
+    truth = exact_top_k(rows, queries, "cosine", 10)
+    found, seconds = [], []
+    for q in queries:
+        t = time.perf_counter()
+        found.append(index.search(q[None], 10)[1][0])
+        seconds.append(time.perf_counter() - t)
+    return {"n": len(rows), "dim": rows.shape[1], "base": {"workdir": str(args.ann_workdir), "method": args.ann_method,
+                                                          "rows": len(base)},
+            "threads": faiss.omp_get_max_threads(), "shards_seconds": round(written_s, 1),
+            "kind": index.meta.kind, "build_seconds": round(index.meta.build_seconds, 1),
+            "recall_at_10_build": round(index.meta.recall_at_10, 4), "ivf": index.meta.ivf, "hnsw": index.meta.hnsw,
+            "peak_rss_bytes_after_build": peak,
+            "queries": len(queries), "recall_at_10": round(recall_at_k(np.array(found), truth), 4),
+            "latency_ms": {"median": round(1000 * float(np.median(seconds)), 2),
+                           "p95": round(1000 * float(np.percentile(seconds, 95)), 2)},
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -126,7 +197,24 @@ def main() -> None:
     parser.add_argument("--plan-workdir", type=Path)
     parser.add_argument("--methods", nargs="+", default=["tracin", "influence"])
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--ann", type=int, help="build the approximate index over this many synthetic vectors")
+    parser.add_argument("--ann-workdir", type=Path, help="workdir whose stored vectors the synthetic ones imitate")
+    parser.add_argument("--ann-method", default="influence")
+    parser.add_argument("--ann-dir", type=Path, default=Path(tempfile.gettempdir()) / "datablame-ann")
+    parser.add_argument("--ann-shard", type=int, default=262_144)
+    parser.add_argument("--ann-kind", default="auto", choices=["auto", "hnsw", "ivfpq"],
+                        help="the index kind (auto: the one index --approximate picks for the size)")
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if args.ann:
+        import faiss
+
+        faiss.omp_set_num_threads(args.threads)
+        out = approximate_at_scale(args)
+        atomic_write_json(args.out or RESULTS / "scale-ann.json", out)
+        print(json.dumps(out, indent=2))
+        return
     if args.plan_workdir:
         out = {"workdir": str(args.plan_workdir), "methods": {m: plan_against_run(args.plan_workdir, m)
                                                                for m in args.methods}}

@@ -35,7 +35,8 @@ from datablame.influence.registry import DEFAULT_METHOD, method_names, method_sp
 from datablame.influence.atomic import atomic_write_bytes
 from datablame.influence.workdir import Workdir
 
-from .search import DEFAULT_SCORING, RECALL_QUERIES, SCORINGS, IndexMeta, VectorIndex
+from .rows import StoredRows
+from .search import DEFAULT_SCORING, RECALL_QUERIES, SCORINGS, IndexMeta, VectorIndex, approximate_kind
 from .vectors import SHARD_SIZE, Manifest, VectorStore, compute_vectors
 
 QUERY_BATCH = 32
@@ -63,15 +64,17 @@ def build_indexes(workdir: str | Path, method: str, settings: MethodSettings, bu
                   ) -> list[IndexMeta]:
     """One index per scoring over the finished vectors of ``method`` built with ``settings``, saved under
     ``WORKDIR/index/``."""
-    vectors = store.load(manifest)
+    rows = store.rows(manifest)
+    # IVF-PQ reads the shards as it goes; the in-memory kinds get them loaded once for every scoring
+    vectors = rows if approximate and approximate_kind(manifest.n, manifest.dim) == "ivfpq" else np.asarray(rows)
     sample = recall_sample(built.method, vectors, settings.seed) if approximate else None
     metas = []
     for scoring in scorings:
         meta = IndexMeta(method=method, scoring=scoring, kind="exact", n=manifest.n, dim=manifest.dim,
                          key=built.key, settings=settings.to_dict())
         index = VectorIndex.build(vectors, meta, approximate, seed=settings.seed, queries=sample)
-        log.info("%s %s index: %s, %d × %d%s", method, scoring, index.meta.kind, index.meta.n, index.meta.dim,
-                 f"; HNSW {index.meta.hnsw}" if index.meta.hnsw else "")
+        detail = f"; HNSW {index.meta.hnsw}" if index.meta.hnsw else f"; IVF-PQ {index.meta.ivf}" if index.meta.ivf else ""
+        log.info("%s %s index: %s, %d × %d%s", method, scoring, index.meta.kind, index.meta.n, index.meta.dim, detail)
         index.save(Workdir(workdir).index_dir)
         metas.append(index.meta)
     return metas
@@ -85,9 +88,8 @@ def recall_sample(method, vectors: np.ndarray, seed: int = 0, m: int = RECALL_QU
     finalized curvature)."""
     if not hasattr(method, "query_like"):
         return None
-    v = torch.from_numpy(np.asarray(vectors, dtype=np.float32))
-    rows = np.random.default_rng(seed).choice(len(v), min(m, len(v)), replace=False)
-    return method.query_like(v[rows]).numpy()
+    rows = np.random.default_rng(seed).choice(len(vectors), min(m, len(vectors)), replace=False)
+    return method.query_like(torch.from_numpy(np.asarray(vectors[rows], dtype=np.float32))).numpy()
 
 
 @dataclass
@@ -169,7 +171,7 @@ class Explainer:
                  damping: float | str | None = None):
         self.workdir = Workdir(workdir)
         self.workdir.load()  # a folder that is no workdir is refused as such, not for lacking an index
-        self.index = VectorIndex.load(self.workdir.index_dir, method, scoring)
+        self.index = VectorIndex.load(self.workdir.index_dir, method, scoring, self._stored_rows(method, scoring))
         settings = MethodSettings.from_dict(self.index.meta.settings, device)
         if curvature is not None:
             settings.curvature = curvature
@@ -189,9 +191,17 @@ class Explainer:
     def with_scoring(self, scoring: str) -> "Explainer":
         """The same explainer (model, query side, query cache) over the index of another scoring."""
         other = copy.copy(self)
-        other.index = VectorIndex.load(self.workdir.index_dir, self.index.meta.method, scoring)
+        method = self.index.meta.method
+        other.index = VectorIndex.load(self.workdir.index_dir, method, scoring, self._stored_rows(method, scoring))
         other.index.check_fresh(self.key)
         return other
+
+    def _stored_rows(self, method: str, scoring: str) -> StoredRows | None:
+        """The stored vectors an IVF-PQ index of ``method`` re-ranks on (None for the kinds that hold them)."""
+        _, meta_path = VectorIndex.paths(self.workdir.index_dir, method, scoring)
+        if not meta_path.is_file() or json.loads(meta_path.read_text()).get("kind") != "ivfpq":
+            return None
+        return VectorStore(self.workdir.vectors_dir(method)).rows()
 
     def overlong(self, texts: Sequence[Text]) -> dict[int, int]:
         """{position: token count} of the inputs longer than the workdir's max_length (``self.max_length``), which

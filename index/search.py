@@ -7,6 +7,12 @@ One index per (method, scoring) in ``WORKDIR/index/``::
                                checkpoints, parameters, projection and seed), the method settings, and for an
                                approximate index its measured recall@10
 
+Kinds: ``exact`` (``IndexFlatIP``: every vector in memory, searched exhaustively); ``hnsw`` (a graph over the
+vectors, in memory); ``ivfpq`` (``index --approximate`` when HNSW would need more than :data:`HNSW_MAX_BYTES`):
+an inverted file of product-quantised codes, trained once on a sample, filled shard by shard from the stored
+vectors (:class:`.rows.StoredRows`) without loading them whole; each search takes its :data:`IVF_CANDIDATES`
+best candidates by code and re-ranks them exactly on the stored vectors, so the scores it returns are exact.
+
 Scoring ``raw`` searches the method's inner products <v_i, u_q>; ``cosine`` searches unit vectors, i.e.
 <v_i, u_q> / (‖v_i‖ ‖u_q‖), which keeps a few large-gradient examples from topping every list. Supporting
 examples are the top of the search with u_q, opposing ones the top of the search with −u_q.
@@ -27,6 +33,8 @@ from datablame.influence.atomic import atomic_path, atomic_write_json
 from datablame.influence.build import key_changes
 from datablame.influence.errors import DatablameError, check_choice
 
+from .rows import ArrayRows, StoredRows
+
 SCORINGS = ("cosine", "raw")
 DEFAULT_SCORING = "cosine"  # bench/artifacts.py: cosine names planted causes, raw names large-gradient examples
 HNSW_M = 32
@@ -35,6 +43,13 @@ HNSW_EF_SEARCH = (128, 256, 512, 1024)  # the smallest whose measured recall@10 
 RECALL_TARGET = 0.95
 RECALL_MARGIN = 0.97  # on the build-time sample: dev queries recalled up to 0.02 less (bench/retrieval.py)
 RECALL_QUERIES = 200
+HNSW_MAX_BYTES = 4 << 30
+"""An approximate index over vectors whose HNSW (the float32 vectors and the base layer's links) would take more
+memory than this (4 GiB: about 3.3M vectors of dimension 256) is IVF-PQ instead."""
+IVF_NPROBE = (8, 16, 32, 64, 128, 256, 512)  # inverted lists visited: the smallest reaching RECALL_MARGIN is kept
+IVF_CANDIDATES = 300  # candidates per search re-ranked exactly on the stored vectors
+IVF_MIN_N = 10_000  # fewer vectors cannot train 256 centroids per PQ sub-quantiser: HNSW or exact instead
+IVF_TRAIN_PER_LIST = 64  # training sample: this many vectors per inverted list (FAISS asks at least 39)
 
 
 @dataclass
@@ -53,6 +68,7 @@ class IndexMeta:
     recall_at_10: float | None = None
     build_seconds: float = 0.0
     hnsw: dict | None = None
+    ivf: dict | None = None
 
 
 def prepare(vectors: np.ndarray, scoring: str) -> np.ndarray:
@@ -64,6 +80,29 @@ def prepare(vectors: np.ndarray, scoring: str) -> np.ndarray:
         norms = np.linalg.norm(x, axis=1, keepdims=True)
         x = x / np.where(norms > 0, norms, 1.0)
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def approximate_kind(n: int, dim: int) -> str:
+    """The approximate index for n vectors of dimension dim: ``hnsw`` while its graph and float32 vectors fit in
+    :data:`HNSW_MAX_BYTES`, else ``ivfpq`` (from :data:`IVF_MIN_N` vectors on)."""
+    return "ivfpq" if n * (4 * dim + 2 * HNSW_M * 4) > HNSW_MAX_BYTES and n >= IVF_MIN_N else "hnsw"
+
+
+def exact_top_k(rows, queries: np.ndarray, scoring: str, k: int) -> np.ndarray:
+    """(m, k) int64 ids of the exact top-k of each (m, D) query over stored ``rows`` (StoredRows or ArrayRows),
+    streamed chunk by chunk with a running top-k: the truth an IVF-PQ index's recall is measured against."""
+    q = prepare(queries, scoring)
+    best_s = np.full((len(q), k), -np.inf, np.float32)
+    best_i = np.full((len(q), k), -1, np.int64)
+    block = max(k, SCORE_BLOCK // max(1, len(q)))  # rows per matrix product: at most SCORE_BLOCK scores
+    for start, chunk in rows.chunks():
+        for lo in range(0, len(chunk), block):
+            part = prepare(chunk[lo:lo + block], scoring)
+            s, i = top_k(q @ part.T, min(k, len(part)))
+            s, i = np.concatenate([best_s, s], 1), np.concatenate([best_i, i + start + lo], 1)
+            keep = np.argsort(-s, axis=1, kind="stable")[:, :k]
+            best_s, best_i = np.take_along_axis(s, keep, 1), np.take_along_axis(i, keep, 1)
+    return best_i
 
 
 def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
@@ -89,19 +128,27 @@ SCORE_BLOCK = 2 ** 25
 class VectorIndex:
     """A FAISS inner-product index with its :class:`IndexMeta`."""
 
-    def __init__(self, index: faiss.Index, meta: IndexMeta):
-        self.index, self.meta = index, meta
+    def __init__(self, index: faiss.Index, meta: IndexMeta, rows: StoredRows | None = None):
+        self.index, self.meta, self.rows = index, meta, rows  # rows: the stored vectors an IVF-PQ index re-ranks on
 
     @classmethod
-    def build(cls, vectors: np.ndarray, meta: IndexMeta, approximate: bool = False, seed: int = 0,
-              queries: np.ndarray | None = None, fallback: bool = True) -> "VectorIndex":
-        """Index (n, D) training vectors; exact (``IndexFlatIP``) or HNSW, whose recall@10 against exact search is
-        measured on (m, D) sample ``queries`` and their negations (supporting and opposing searches); by default
-        ``RECALL_QUERIES`` training vectors. HNSW keeps the smallest efSearch of ``HNSW_EF_SEARCH`` whose recall
+    def build(cls, vectors: np.ndarray | StoredRows, meta: IndexMeta, approximate: bool = False, seed: int = 0,
+              queries: np.ndarray | None = None, fallback: bool = True, kind: str | None = None) -> "VectorIndex":
+        """Index (n, D) training vectors; exact (``IndexFlatIP``), HNSW, or IVF-PQ (``kind``; None: exact, or when
+        ``approximate`` the kind :func:`approximate_kind` picks for this size; see :meth:`build_ivfpq`).
+
+        HNSW's recall@10 against exact search is measured on (m, D) sample ``queries`` and their negations
+        (supporting and opposing searches); by default ``RECALL_QUERIES`` training vectors. HNSW keeps the smallest efSearch of ``HNSW_EF_SEARCH`` whose recall
         reaches ``RECALL_MARGIN`` (queries unlike the training vectors, such as curvature-corrected influence
         queries, need a wider search), else the largest; if even that stays below ``RECALL_TARGET`` the exact index
         is kept instead (``fallback``; ``meta.hnsw`` records what was measured), since an index that misses
         the causes is no shortcut."""
+        kind = kind or (approximate_kind(*vectors.shape) if approximate else "exact")
+        check_choice("index kind", kind, ("exact", "hnsw", "ivfpq"))
+        if kind == "ivfpq":
+            rows = vectors if isinstance(vectors, StoredRows) else ArrayRows(np.asarray(vectors))
+            return cls.build_ivfpq(rows, meta, seed, queries)
+        approximate = kind == "hnsw"
         start = time.perf_counter()
         x = prepare(vectors, meta.scoring)
         exact = faiss.IndexFlatIP(x.shape[1])
@@ -136,6 +183,45 @@ class VectorIndex:
         meta.build_seconds = time.perf_counter() - start
         return cls(index, meta)
 
+    @classmethod
+    def build_ivfpq(cls, rows: StoredRows | ArrayRows, meta: IndexMeta, seed: int = 0,
+                    queries: np.ndarray | None = None) -> "VectorIndex":
+        """IVF-PQ over stored rows, never holding them whole: nlist = the largest power of two ≤ √n (16 … 4096)
+        inverted lists, codes of one byte per sub-vector of about 4 dimensions (D/4 bytes per vector), trained on
+        ``IVF_TRAIN_PER_LIST`` × nlist rows drawn with ``seed``, then filled chunk by chunk. Recall@10 of the
+        re-ranked search is measured as HNSW's is (sample ``queries`` or training rows, and their negations)
+        against exact top-10s streamed over the rows; the smallest nprobe of :data:`IVF_NPROBE` reaching
+        ``RECALL_MARGIN`` is kept, else the largest (``meta.ivf`` records every measurement)."""
+        start = time.perf_counter()
+        n, dim = rows.shape
+        if n < IVF_MIN_N:
+            raise DatablameError(f"{n} vectors are too few for an IVF-PQ index (it needs {IVF_MIN_N})",
+                                 "build an exact or HNSW index instead")
+        nlist = int(2 ** np.clip(np.floor(np.log2(np.sqrt(n))), 4, 12))
+        m = max(d for d in range(1, max(1, dim // 4) + 1) if dim % d == 0)  # sub-quantisers dividing D
+        rng = np.random.default_rng(seed)
+        train = np.sort(rng.choice(n, min(n, IVF_TRAIN_PER_LIST * nlist), replace=False))
+        index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+        index.train(prepare(rows[train], meta.scoring))
+        for _, chunk in rows.chunks():
+            index.add(prepare(chunk, meta.scoring))
+        built = cls(index, meta, rows)
+        meta.kind, meta.n, meta.dim = "ivfpq", n, dim
+        sample = rows[rng.choice(n, min(RECALL_QUERIES, n), replace=False)] if queries is None else queries
+        sample = np.concatenate([sample, -sample])
+        truth = exact_top_k(rows, sample, meta.scoring, 10)
+        measured = {}
+        for nprobe in IVF_NPROBE:
+            index.nprobe = min(nprobe, nlist)
+            measured[index.nprobe] = recall_at_k(built.search(sample, 10)[1], truth)
+            if measured[index.nprobe] >= RECALL_MARGIN or index.nprobe == nlist:
+                break
+        meta.recall_at_10 = measured[index.nprobe]
+        meta.ivf = {"nlist": nlist, "pq_bytes": m, "nprobe": index.nprobe, "candidates": IVF_CANDIDATES,
+                    "train_rows": len(train), "recall_by_nprobe": {str(p): round(r, 4) for p, r in measured.items()}}
+        meta.build_seconds = time.perf_counter() - start
+        return built
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k of each (b, D) query: (b, k') float32 scores (raw inner products, or cosines) and (b, k') int64 ids,
         best first, k' = min(k, n)."""
@@ -143,7 +229,16 @@ class VectorIndex:
         if k == 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
         self._check_dim(queries)
-        scores, ids = self.index.search(prepare(queries, self.meta.scoring), k)
+        q = prepare(queries, self.meta.scoring)
+        if self.meta.kind != "ivfpq":
+            return self.index.search(q, k)
+        _, candidates = self.index.search(q, max(k, IVF_CANDIDATES))  # then exact scores on the stored rows
+        scores, ids = np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
+        for row, found in enumerate(candidates):
+            found = found[found >= 0]
+            exact = prepare(self.rows[found], self.meta.scoring) @ q[row]
+            best = np.argsort(-exact, kind="stable")[:k]
+            scores[row, :len(best)], ids[row, :len(best)] = exact[best], found[best]
         return scores, ids
 
     def search_both(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -187,7 +282,10 @@ class VectorIndex:
         atomic_write_json(meta_path, asdict(self.meta))
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, method: str, scoring: str) -> "VectorIndex":
+    def load(cls, folder: str | os.PathLike, method: str, scoring: str,
+             rows: StoredRows | None = None) -> "VectorIndex":
+        """The saved index of ``method`` and ``scoring``; an IVF-PQ index re-ranks on ``rows``, the stored
+        vectors it was built from (refused without them, or with another number of them)."""
         check_choice("scoring", scoring, SCORINGS)
         index_path, meta_path = cls.paths(folder, method, scoring)
         if not (index_path.is_file() and meta_path.is_file()):
@@ -197,7 +295,13 @@ class VectorIndex:
         index = faiss.read_index(str(index_path))
         if meta.kind == "hnsw":
             index.hnsw.efSearch = meta.hnsw["efSearch"]
-        return cls(index, meta)
+        if meta.kind == "ivfpq":
+            if rows is None or rows.shape != (meta.n, meta.dim):
+                raise DatablameError(f"the {method} IVF-PQ index needs the {meta.n} × {meta.dim} vectors it was built "
+                                     "from to re-rank on, and they are missing or differ",
+                                     f"run 'datablame index WORKDIR --method {method} --approximate' again")
+            index.nprobe = meta.ivf["nprobe"]
+        return cls(index, meta, rows)
 
     def check_fresh(self, key: dict) -> None:
         """Refuse an index built from other data, checkpoints, parameters or projection than ``key`` names."""

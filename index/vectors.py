@@ -35,6 +35,7 @@ from datablame.influence.methods import Method, compute_train_vectors
 from datablame.influence.atomic import atomic_write_bytes, atomic_write_json
 from datablame.influence.workdir import Workdir
 
+from .rows import StoredRows
 from .shards import Part
 
 DTYPES = ("float32", "float16")
@@ -183,6 +184,14 @@ class VectorStore:
             raise DatablameError(f"the vectors in {self.folder} are missing or unfinished",
                                  "run 'datablame vectors' for this method (it resumes where it stopped)")
         return np.concatenate([np.load(self.shard_path(i)) for i in range(manifest.shards)])
+
+    def rows(self, manifest: Manifest | None = None) -> StoredRows:
+        """The (n, D) vectors in id order, read from their shards as needed (:class:`.rows.StoredRows`)."""
+        manifest = manifest or self.manifest()
+        if manifest is None or not manifest.complete:
+            raise DatablameError(f"the vectors in {self.folder} are missing or unfinished",
+                                 "run 'datablame vectors' for this method (it resumes where it stopped)")
+        return StoredRows([self.shard_path(i) for i in range(manifest.shards)])
 
     def self_influence(self) -> np.ndarray:
         """(n,) float32 self-influence of every training example."""

@@ -129,9 +129,10 @@ def rank_label_issues(labels: Sequence[int], probabilities: np.ndarray | None = 
 
     labels: (n,) given labels; probabilities, cv_probabilities, cv_mlp_probabilities: (n, K); self_influence:
     method name → (n,); area_under_margin: (n,) AUM from training dynamics (:func:`.retrain.area_under_margin`;
-    low = suspicious). Signals are named ``loss``, ``cv``, ``cv_mlp``, ``self_influence:<method>`` and ``aum``; the score is their weighted mean rank
-    score. ``weights`` by name; None weighs every signal given 1, otherwise a signal it does not name weighs 0
-    (it is still reported in ``parts``). At least one probability matrix is needed.
+    low = suspicious). Signals are named ``loss``, ``cv``, ``cv_mlp``, ``self_influence:<method>`` and ``aum``;
+    the score is their weighted mean rank score. ``weights`` by name; None weighs every signal given 1, otherwise a
+    signal it does not name weighs 0 (it is still reported in ``parts``). At least one probability matrix is
+    needed.
     """
     y = np.asarray(labels, dtype=np.int64)
     parts: dict[str, np.ndarray] = {}

@@ -1,8 +1,9 @@
 """Heads fitted on fixed features: the L2-regularised softmax head (the representer refit, detection's
 cross-validated linear heads) and a one-hidden-layer MLP (detection's cross-validated MLP heads).
 
-The softmax head's design ``[f, 1]`` (a constant feature for the bias) makes the head one (K, h+1) matrix W, and the objective
-(1/n) Σ_i CE(W f̃_i, y_i) + λ‖W‖² (nats) is smooth and strictly convex: L-BFGS reaches its unique minimum.
+The softmax head's design ``[f, 1]`` (a constant feature for the bias) makes the head one (K, h+1) matrix W, and
+the objective (1/n) Σ_i CE(W f̃_i, y_i) + λ‖W‖² (nats) is smooth and strictly convex: L-BFGS reaches its unique
+minimum.
 """
 
 from __future__ import annotations

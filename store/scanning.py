@@ -1,9 +1,9 @@
 """Scanning a workdir: the whole ``datablame scan``, which the CLI, the demo and notebooks call.
 
 :func:`scan_workdir` reads the last checkpoint's probabilities and features, computes the signals of the scan
-method (cross-validated linear and MLP heads, self-influence from a registered method's vectors, the area under the margin),
-ranks every training example by how likely its label is wrong, and records the ranking and the flags in the
-store (:func:`.scans.record_scan`).
+method (cross-validated linear and MLP heads, self-influence from a registered method's vectors, the area under
+the margin), ranks every training example by how likely its label is wrong, and records the ranking and the
+flags in the store (:func:`.scans.record_scan`).
 """
 
 from __future__ import annotations

@@ -130,3 +130,32 @@ def test_hnsw_that_cannot_reach_the_target_falls_back_to_exact(monkeypatch, tmp_
     q = sketches(20, seed=4)
     exact = VectorIndex.build(x, meta("cosine")).search(q, 10)[1]
     assert recall_at_k(index.search(q, 10)[1], exact) == 1.0
+
+
+@pytest.mark.parametrize("scoring", ["raw", "cosine"])
+def test_ivfpq_reads_stored_shards_and_reranks_exactly(scoring, tmp_path, monkeypatch):
+    """IVF-PQ over vectors stored as shards: chosen by size, recall measured and high, scores exact inner products
+    of the stored rows, the same after save and load, and refused without the rows it re-ranks on."""
+    import datablame.index.search as search
+    from datablame.index.rows import StoredRows
+
+    x, q = sketches(12_000), sketches(20, seed=1)
+    for i, lo in enumerate(range(0, len(x), 5000)):
+        np.save(tmp_path / f"shard-{i}.npy", x[lo:lo + 5000])
+    rows = StoredRows(sorted(tmp_path.glob("shard-*.npy")))
+    assert rows.shape == x.shape and np.array_equal(rows[np.array([11_999, 0, 5000])], x[[11_999, 0, 5000]])
+    assert search.approximate_kind(*x.shape) == "hnsw"
+    monkeypatch.setattr(search, "HNSW_MAX_BYTES", 1 << 20)  # 1 MiB: these 12,000 vectors are "too many"
+    assert search.approximate_kind(*x.shape) == "ivfpq"
+    index = VectorIndex.build(rows, meta(scoring), approximate=True)
+    assert index.meta.kind == "ivfpq" and index.meta.recall_at_10 >= search.RECALL_MARGIN
+    assert index.meta.ivf["nlist"] == 64 and index.meta.ivf["pq_bytes"] == 8
+    scores, ids = index.search(q, 10)
+    brute = prepare(q, scoring) @ prepare(x, scoring).T
+    np.testing.assert_allclose(scores, np.take_along_axis(brute, ids, 1), rtol=1e-5, atol=1e-6)
+    assert recall_at_k(ids, np.argsort(-brute, axis=1)[:, :10]) >= 0.9
+    index.save(tmp_path)
+    again = VectorIndex.load(tmp_path, "tracin", scoring, rows)
+    assert np.array_equal(again.search(q, 10)[1], ids)
+    with pytest.raises(DatablameError, match="IVF-PQ index needs"):
+        VectorIndex.load(tmp_path, "tracin", scoring)

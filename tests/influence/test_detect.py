@@ -129,5 +129,6 @@ def test_cross_validated_mlps_find_flips_a_linear_head_cannot():
     assert top(rank_label_issues(noisy, cv_mlp_probabilities=mlp)) >= 30
     assert top(rank_label_issues(noisy, cv_probabilities=linear)) <= 10
     both = rank_label_issues(noisy, cv_probabilities=linear, cv_mlp_probabilities=mlp, weights=SCAN_METHODS["cv"])
-    assert set(both.parts) == {"cv", "cv_mlp"} and np.allclose(both.score, (both.parts["cv"] + both.parts["cv_mlp"]) / 2)
+    assert set(both.parts) == {"cv", "cv_mlp"}
+    assert np.allclose(both.score, (both.parts["cv"] + both.parts["cv_mlp"]) / 2)
     assert np.allclose(both.label_probability, ((linear + mlp) / 2)[np.arange(n), noisy])
