@@ -149,7 +149,7 @@ def test_ivfpq_reads_stored_shards_and_reranks_exactly(scoring, tmp_path, monkey
     assert search.approximate_kind(*x.shape) == "ivfpq"
     index = VectorIndex.build(rows, meta(scoring), approximate=True)
     assert index.meta.kind == "ivfpq" and index.meta.recall_at_10 >= search.RECALL_MARGIN
-    assert index.meta.ivf["nlist"] == 64 and index.meta.ivf["pq_bytes"] == 8
+    assert index.meta.ivf["nlist"] == 64 and index.meta.ivf["pq"].startswith("16x4")
     scores, ids = index.search(q, 10)
     brute = prepare(q, scoring) @ prepare(x, scoring).T
     np.testing.assert_allclose(scores, np.take_along_axis(brute, ids, 1), rtol=1e-5, atol=1e-6)
