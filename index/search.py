@@ -48,7 +48,7 @@ HNSW_MAX_BYTES = 4 << 30
 """An approximate index over vectors whose HNSW (the float32 vectors and the base layer's links) would take more
 memory than this (4 GiB: about 3.3M vectors of dimension 256) is IVF-PQ instead."""
 IVF_NPROBE = (8, 16, 32, 64, 128, 256, 512)  # inverted lists visited: the smallest reaching RECALL_MARGIN is kept
-IVF_CANDIDATES = 1000  # candidates per search re-ranked exactly on the stored vectors (bench/scale.py --ann)
+IVF_CANDIDATES = 1000  # candidates per search re-ranked exactly on the stored vectors (measured in bench/scale.py)
 IVF_MIN_N = 10_000  # below this HNSW's memory is no concern: HNSW or exact instead
 IVF_TRAIN_PER_LIST = 64  # training sample: this many vectors per inverted list (FAISS asks at least 39)
 
