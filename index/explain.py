@@ -73,7 +73,8 @@ def build_indexes(workdir: str | Path, method: str, settings: MethodSettings, bu
         meta = IndexMeta(method=method, scoring=scoring, kind="exact", n=manifest.n, dim=manifest.dim,
                          key=built.key, settings=settings.to_dict())
         index = VectorIndex.build(vectors, meta, approximate, seed=settings.seed, queries=sample)
-        detail = f"; HNSW {index.meta.hnsw}" if index.meta.hnsw else f"; IVF-PQ {index.meta.ivf}" if index.meta.ivf else ""
+        detail = (f"; HNSW {index.meta.hnsw}" if index.meta.hnsw
+                  else f"; IVF-PQ {index.meta.ivf}" if index.meta.ivf else "")
         log.info("%s %s index: %s, %d × %d%s", method, scoring, index.meta.kind, index.meta.n, index.meta.dim, detail)
         index.save(Workdir(workdir).index_dir)
         metas.append(index.meta)

@@ -45,8 +45,10 @@ RECALL_TARGET = 0.95
 RECALL_MARGIN = 0.97  # on the build-time sample: dev queries recalled up to 0.02 less (bench/retrieval.py)
 RECALL_QUERIES = 200
 HNSW_MAX_BYTES = 4 << 30
-"""An approximate index over vectors whose HNSW (the float32 vectors and the base layer's links) would take more
-memory than this (4 GiB: about 3.3M vectors of dimension 256) is IVF-PQ instead."""
+"""An approximate index over vectors whose HNSW build would take more memory than this is IVF-PQ instead: the
+build holds three float32 copies of the vectors (as given or scored, the exact index its recall is measured
+against, HNSW's own) and the base layer's links; 4 GiB is about 1.3M vectors of dimension 256 (measured at 1M:
+3.7 GB peak in ``bench/scale.py``)."""
 IVF_NPROBE = (8, 16, 32, 64, 128, 256, 512)  # inverted lists visited: the smallest reaching RECALL_MARGIN is kept
 IVF_CANDIDATES = 1000  # candidates per search re-ranked exactly on the stored vectors (measured in bench/scale.py)
 IVF_MIN_N = 10_000  # below this HNSW's memory is no concern: HNSW or exact instead
@@ -84,9 +86,10 @@ def prepare(vectors: np.ndarray, scoring: str) -> np.ndarray:
 
 
 def approximate_kind(n: int, dim: int) -> str:
-    """The approximate index for n vectors of dimension dim: ``hnsw`` while its graph and float32 vectors fit in
-    :data:`HNSW_MAX_BYTES`, else ``ivfpq`` (from :data:`IVF_MIN_N` vectors on)."""
-    return "ivfpq" if n * (4 * dim + 2 * HNSW_M * 4) > HNSW_MAX_BYTES and n >= IVF_MIN_N else "hnsw"
+    """The approximate index for n vectors of dimension dim: ``hnsw`` while its build (three float32 copies of
+    the vectors and the base layer's links) fits in :data:`HNSW_MAX_BYTES`, else ``ivfpq`` (from
+    :data:`IVF_MIN_N` vectors on)."""
+    return "ivfpq" if n * (3 * 4 * dim + 2 * HNSW_M * 4) > HNSW_MAX_BYTES and n >= IVF_MIN_N else "hnsw"
 
 
 def exact_top_k(rows, queries: np.ndarray, scoring: str, k: int) -> np.ndarray:
