@@ -138,19 +138,18 @@ def plan_against_run(workdir: Path, method: str) -> dict:
 
 
 def synthetic_shards(base: np.ndarray, n: int, folder: Path, shard: int, seed: int = 0) -> StoredRows:
-    """n rows like ``base``'s (resampled, plus N(0, (0.3 ‖row‖)² / D) noise per coordinate), as float32 .npy
-    shards of ``shard`` rows in ``folder``; a shard already there with the right shape is kept."""
+    """n rows like ``base``'s (``bench/retrieval.py``'s ``synthetic``: resampled, plus N(0, (0.3 ‖row‖)² / D)
+    noise per coordinate), as float32 .npy shards of ``shard`` rows in ``folder``; a shard already there with the
+    right shape is kept."""
+    from retrieval import synthetic  # bench/retrieval.py, beside this script
+
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, lo in enumerate(range(0, n, shard)):
         path = folder / f"shard-{i:05d}.npy"
         rows = min(shard, n - lo)
         if not (path.is_file() and np.load(path, mmap_mode="r").shape == (rows, base.shape[1])):
-            rng = np.random.default_rng([seed, i])
-            x = base[rng.integers(0, len(base), rows)]
-            scale = 0.3 * np.linalg.norm(x, axis=1, keepdims=True) / np.sqrt(base.shape[1])
-            x = (x + scale * rng.standard_normal(x.shape, dtype=np.float32)).astype(np.float32)
-            np.save(folder / f"tmp-{path.name}", x)
+            np.save(folder / f"tmp-{path.name}", synthetic(base, rows, seed=[seed, i]))
             os.replace(folder / f"tmp-{path.name}", path)
         paths.append(path)
     return StoredRows(paths)

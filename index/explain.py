@@ -35,7 +35,6 @@ from datablame.influence.registry import DEFAULT_METHOD, method_names, method_sp
 from datablame.influence.atomic import atomic_write_bytes
 from datablame.influence.workdir import Workdir
 
-from .rows import StoredRows
 from .search import DEFAULT_SCORING, RECALL_QUERIES, SCORINGS, IndexMeta, VectorIndex, approximate_kind
 from .vectors import SHARD_SIZE, Manifest, VectorStore, compute_vectors
 
@@ -172,7 +171,8 @@ class Explainer:
                  damping: float | str | None = None):
         self.workdir = Workdir(workdir)
         self.workdir.load()  # a folder that is no workdir is refused as such, not for lacking an index
-        self.index = VectorIndex.load(self.workdir.index_dir, method, scoring, self._stored_rows(method, scoring))
+        self.index = VectorIndex.load(self.workdir.index_dir, method, scoring,
+                                      VectorStore(self.workdir.vectors_dir(method)).rows)
         settings = MethodSettings.from_dict(self.index.meta.settings, device)
         if curvature is not None:
             settings.curvature = curvature
@@ -193,16 +193,10 @@ class Explainer:
         """The same explainer (model, query side, query cache) over the index of another scoring."""
         other = copy.copy(self)
         method = self.index.meta.method
-        other.index = VectorIndex.load(self.workdir.index_dir, method, scoring, self._stored_rows(method, scoring))
+        other.index = VectorIndex.load(self.workdir.index_dir, method, scoring,
+                                       VectorStore(self.workdir.vectors_dir(method)).rows)
         other.index.check_fresh(self.key)
         return other
-
-    def _stored_rows(self, method: str, scoring: str) -> StoredRows | None:
-        """The stored vectors an IVF-PQ index of ``method`` re-ranks on (None for the kinds that hold them)."""
-        _, meta_path = VectorIndex.paths(self.workdir.index_dir, method, scoring)
-        if not meta_path.is_file() or json.loads(meta_path.read_text()).get("kind") != "ivfpq":
-            return None
-        return VectorStore(self.workdir.vectors_dir(method)).rows()
 
     def overlong(self, texts: Sequence[Text]) -> dict[int, int]:
         """{position: token count} of the inputs longer than the workdir's max_length (``self.max_length``), which

@@ -53,7 +53,7 @@ class StoredRows:
         return self.shape[0]
 
     def __getitem__(self, ids: np.ndarray | slice) -> np.ndarray:
-        ids = np.arange(len(self))[ids] if isinstance(ids, slice) else np.asarray(ids, dtype=np.int64)
+        ids = np.arange(*ids.indices(len(self))) if isinstance(ids, slice) else np.asarray(ids, dtype=np.int64)
         shard = np.searchsorted(self.offsets, ids, side="right") - 1
         size = self.shape[1] * self.dtype.itemsize  # bytes per row (every shard has the first one's dtype)
         starts = self._starts[shard] + (ids - self.offsets[shard]) * size

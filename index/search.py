@@ -26,6 +26,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable, Sequence
 
 import faiss
 import numpy as np
@@ -109,6 +110,19 @@ def exact_top_k(rows, queries: np.ndarray, scoring: str, k: int) -> np.ndarray:
     return best_i
 
 
+def _smallest_reaching_margin(settings: Sequence[int], recall_of: Callable[[int], float]
+                              ) -> tuple[int, dict[int, float]]:
+    """The first of increasingly wide search ``settings`` (HNSW's efSearch, IVF's nprobe) whose recall (measured by
+    ``recall_of``, which also leaves the index searching at that setting) reaches ``RECALL_MARGIN``, else the last;
+    and the recall measured at each setting tried."""
+    measured = {}
+    for setting in settings:
+        measured[setting] = recall_of(setting)
+        if measured[setting] >= RECALL_MARGIN:
+            break
+    return setting, measured
+
+
 def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
     """Mean over queries of |found_q ∩ exact_q| / |exact_q|, for (m, k) id arrays (−1 = no result)."""
     hits = [len(set(f[f >= 0]) & set(e[e >= 0])) / max(1, int((e >= 0).sum())) for f, e in zip(found, exact)]
@@ -172,12 +186,12 @@ class VectorIndex:
             sample = np.concatenate([sample, -sample])
             k = min(10, len(x))
             truth = exact.search(sample, k)[1]
-            measured = {}
-            for ef in HNSW_EF_SEARCH:
+
+            def recall_at(ef: int) -> float:
                 index.hnsw.efSearch = ef
-                measured[ef] = recall_at_k(index.search(sample, k)[1], truth)
-                if measured[ef] >= RECALL_MARGIN:
-                    break
+                return recall_at_k(index.search(sample, k)[1], truth)
+
+            ef, measured = _smallest_reaching_margin(HNSW_EF_SEARCH, recall_at)
             meta.recall_at_10 = measured[ef]
             meta.hnsw = {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": ef,
                          "recall_by_efSearch": {str(e): round(r, 4) for e, r in measured.items()}}
@@ -215,14 +229,14 @@ class VectorIndex:
         sample = rows[rng.choice(n, min(RECALL_QUERIES, n), replace=False)] if queries is None else queries
         sample = np.concatenate([sample, -sample])
         truth = exact_top_k(rows, sample, meta.scoring, 10)
-        measured = {}
-        for nprobe in IVF_NPROBE:
-            index.nprobe = min(nprobe, nlist)
-            measured[index.nprobe] = recall_at_k(built.search(sample, 10)[1], truth)
-            if measured[index.nprobe] >= RECALL_MARGIN or index.nprobe == nlist:
-                break
-        meta.recall_at_10 = measured[index.nprobe]
-        meta.ivf = {"nlist": nlist, "pq": f"{m}x4 (fast scan)", "nprobe": index.nprobe, "candidates": IVF_CANDIDATES,
+
+        def recall_at(nprobe: int) -> float:
+            index.nprobe = nprobe
+            return recall_at_k(built.search(sample, 10)[1], truth)
+
+        nprobe, measured = _smallest_reaching_margin(sorted({min(p, nlist) for p in IVF_NPROBE}), recall_at)
+        meta.recall_at_10 = measured[nprobe]
+        meta.ivf = {"nlist": nlist, "pq": f"{m}x4 (fast scan)", "nprobe": nprobe, "candidates": IVF_CANDIDATES,
                     "train_rows": len(train), "recall_by_nprobe": {str(p): round(r, 4) for p, r in measured.items()}}
         meta.build_seconds = time.perf_counter() - start
         return built
@@ -288,9 +302,10 @@ class VectorIndex:
 
     @classmethod
     def load(cls, folder: str | os.PathLike, method: str, scoring: str,
-             rows: StoredRows | None = None) -> "VectorIndex":
-        """The saved index of ``method`` and ``scoring``; an IVF-PQ index re-ranks on ``rows``, the stored
-        vectors it was built from (refused without them, or with another number of them)."""
+             rows: Callable[[], StoredRows] | None = None) -> "VectorIndex":
+        """The saved index of ``method`` and ``scoring``; an IVF-PQ index re-ranks on the stored vectors it was
+        built from, which ``rows()`` opens (called for that kind only; refused without them, or with another
+        shape)."""
         check_choice("scoring", scoring, SCORINGS)
         index_path, meta_path = cls.paths(folder, method, scoring)
         if not (index_path.is_file() and meta_path.is_file()):
@@ -300,13 +315,14 @@ class VectorIndex:
         index = faiss.read_index(str(index_path))
         if meta.kind == "hnsw":
             index.hnsw.efSearch = meta.hnsw["efSearch"]
+        stored = rows() if meta.kind == "ivfpq" and rows is not None else None
         if meta.kind == "ivfpq":
-            if rows is None or rows.shape != (meta.n, meta.dim):
+            if stored is None or stored.shape != (meta.n, meta.dim):
                 raise DatablameError(f"the {method} IVF-PQ index needs the {meta.n} × {meta.dim} vectors it was built "
                                      "from to re-rank on, and they are missing or differ",
                                      f"run 'datablame index WORKDIR --method {method} --approximate' again")
             index.nprobe = meta.ivf["nprobe"]
-        return cls(index, meta, rows)
+        return cls(index, meta, stored)
 
     def check_fresh(self, key: dict) -> None:
         """Refuse an index built from other data, checkpoints, parameters or projection than ``key`` names."""

@@ -178,12 +178,8 @@ class VectorStore:
         return {p.stem[len("final-"):]: np.load(p) for p in sorted(self.folder.glob("final-*.npy"))}
 
     def load(self, manifest: Manifest | None = None) -> np.ndarray:
-        """(n, D) vectors in id order, in their stored dtype."""
-        manifest = manifest or self.manifest()
-        if manifest is None or not manifest.complete:
-            raise DatablameError(f"the vectors in {self.folder} are missing or unfinished",
-                                 "run 'datablame vectors' for this method (it resumes where it stopped)")
-        return np.concatenate([np.load(self.shard_path(i)) for i in range(manifest.shards)])
+        """(n, D) vectors in id order, in their stored dtype, loaded whole."""
+        return np.asarray(self.rows(manifest))
 
     def rows(self, manifest: Manifest | None = None) -> StoredRows:
         """The (n, D) vectors in id order, read from their shards as needed (:class:`.rows.StoredRows`)."""
