@@ -29,8 +29,8 @@ any of its shell patterns. ``seconds``: training vectors + finalize + query vect
 
 Leave-one-out check (Koh & Liang 2017, their Fig. 2), in ``"leave_one_out"``: for the first --loo-tests test
 points and each configuration matching a --loo-configs pattern (its ``raw`` scores), the --loo-k training
-examples of largest |score| per test point; each is left out and the head retrained by the same replayed recipe on
-all the other examples, same seed (one retrain per removed example, shared by test points and configurations).
+examples of largest |score| per test point; each is left out and the head retrained on all the other examples,
+three ways (below; one retrain per removed example, shared by test points and configurations).
 Actual: the change of the test point's loss, the cross-entropy (nats) of the label ŷ the full model predicts,
 from the full-data head to the leave-one-out head. Predicted: +s(i, q)/n. Why: raw influence scores are
 s(i, q) = g_qᵀ(H + λI)⁻¹g_i with H the Hessian of the *mean* training loss, and s > 0 means i supports ŷ;
@@ -46,13 +46,19 @@ at the head the actual changes are measured from (at the recipe's head it must r
 ``max_rel_diff_vs_datablame``), and ``rescored_undamped`` the same with λ = 0 (what the slope is without the
 damping's shrinkage).
 
-Datablame's recipe trains for a fixed number of epochs (--epochs, 20), not to convergence, and the leave-one-out
-retrains replay that recipe; influence functions assume the optimum. ``--loo-converge E`` repeats the check with
-E epochs (e.g. 200; the same schedule, lr → lr/10) for the full head and every leave-one-out head, reported beside
-the recipe's under ``"converged"`` (predictions still from datablame's scores at the 20-epoch head; ``rescored``
-at the converged head). At --n 2000 (bench/results/faithfulness-loo.json) the batch-order noise of one removal
-(``noise_rms``) is about the size of the top-k removals' actual changes at either epoch count: it, more than
-convergence, bounds the correlations; at --quick's n = 300 (one example weighs 1/300) a 15-pair smoke run gave 0.82–0.98.
+Three ways of retraining, each its own section:
+- ``recipe``: datablame's recipe (--epochs, 20, not to convergence), replayed, each leave-one-out head shuffled by
+  its own seeded permutation. Leaving an example out reshuffles every later batch, so ``noise_rms`` (random
+  examples left out) is batch-order noise.
+- ``paired``: the same recipe with the run's randomness held fixed (``retrain_heads(paired=True)``, as
+  ``explain --verify`` retrains): every head takes the full run's batches with its left-out example dropped.
+- ``optimum`` (:func:`optimum_leave_one_out`): what influence functions assume, as in Koh & Liang's logistic
+  regression: the exact minimiser of the mean loss plus (λ/2)‖θ‖², λ the configuration's damping, with and without
+  each example (Newton's method, deterministic), and predictions from datablame's own scores at that optimum.
+``--loo-converge E`` adds ``converged``: the recipe for E epochs (e.g. 200; the same schedule, lr → lr/10), the
+predictions still from datablame's scores at the 20-epoch head (``rescored`` at the converged head).
+At --n 2000 with mean pooling (bench/results/faithfulness-loo-mean.json) the default's Pearson is 0.91 (recipe),
+0.98 (paired) and 0.995 (optimum).
 
     PYTHONPATH=/tmp/minilm OMP_NUM_THREADS=2 python bench/faithfulness.py [--data ../shared/data/sst2] \\
         [--n 2000] [--test 100] [--subsets 50] [--fraction 0.5] [--seed 0] [--dims exact 256 1024] \\
@@ -73,6 +79,7 @@ import pathlib
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -210,23 +217,28 @@ def score_matrices(built: Built, texts: list[str], predictions: torch.Tensor) ->
     return out, seconds
 
 
-def head_gradients(head: torch.nn.Linear, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(m, K(h+1)) float64 per-example cross-entropy gradients w.r.t. [W | b] of a linear head at features ``x``
-    (m, h) for ``labels``, (p − e_y) ⊗ [x, 1]; and the (m, K) probabilities."""
+def theta_of(head: torch.nn.Linear) -> torch.Tensor:
+    """(K, h+1) float64 [W | b] of a linear head."""
+    return torch.cat([head.weight.detach(), head.bias.detach()[:, None]], 1).double()
+
+
+def head_gradients(theta: torch.Tensor, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(m, K(h+1)) float64 per-example cross-entropy gradients w.r.t. the head [W | b] = ``theta`` (K, h+1) at
+    features ``x`` (m, h) for ``labels``, (p − e_y) ⊗ [x, 1]; and the (m, K) probabilities."""
     with torch.no_grad():
         z = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], 1)
-        probs = torch.softmax(head(x).double(), -1)
+        probs = torch.softmax(z @ theta.T, -1)
         r = probs - F.one_hot(labels, probs.shape[1]).double()
     return (r[:, :, None] * z[:, None, :]).reshape(len(x), -1), probs
 
 
-def exact_influence(head: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor, xq: torch.Tensor, yq: torch.Tensor,
+def exact_influence(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, xq: torch.Tensor, yq: torch.Tensor,
                     damping: float | str) -> tuple[np.ndarray, float]:
-    """(q, n) float64 g_qᵀ(H + λI)⁻¹g_i at ``head``, H the Hessian of the mean training cross-entropy over the
+    """(q, n) float64 g_qᵀ(H + λI)⁻¹g_i at the head [W | b] = ``theta`` (K, h+1), H the Hessian of the mean training cross-entropy over the
     head's K(h+1) parameters, Σ_i (diag p_i − p_i p_iᵀ) ⊗ z_i z_iᵀ / n with z = [x, 1]; λ a number or ``auto``
     (trace(H)/p, as datablame's exact curvature takes it). Also λ."""
-    g, probs = head_gradients(head, x, y)
-    gq, _ = head_gradients(head, xq, yq)
+    g, probs = head_gradients(theta, x, y)
+    gq, _ = head_gradients(theta, xq, yq)
     z = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], 1)
     a = torch.diag_embed(probs) - probs[:, :, None] * probs[:, None, :]  # (n, K, K)
     k, d = probs.shape[1], z.shape[1]
@@ -259,7 +271,8 @@ def test_losses(head: torch.nn.Linear, xq: torch.Tensor, yq: torch.Tensor) -> np
 
 def leave_one_out(args, init: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor, xq: torch.Tensor,
                   yq: torch.Tensor, settings: TrainSettings, recipe_head: torch.nn.Linear,
-                  scores: dict[str, tuple[Config, np.ndarray]], rng: np.random.Generator) -> dict:
+                  scores: dict[str, tuple[Config, np.ndarray]], rng: np.random.Generator,
+                  score_at: Callable[[Config, torch.Tensor, float], tuple[np.ndarray, torch.Tensor]]) -> dict:
     """The leave-one-out check (see the module docstring) of the (q, n) raw ``scores`` of each configuration
     for the test points at features ``xq`` with predicted labels ``yq``; ``recipe_head``: the full-data head."""
     n = len(y)
@@ -267,23 +280,25 @@ def leave_one_out(args, init: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor,
     union = sorted({int(i) for t in top.values() for i in t.ravel()})
     others = np.setdiff1d(np.arange(n), union)
     random = sorted(int(i) for i in rng.choice(others, min(args.loo_random, len(others)), replace=False))
-    modes = [("recipe", settings.epochs)] + ([("converged", args.loo_converge)] if args.loo_converge else [])
+    modes = [("recipe", settings.epochs, False), ("paired", settings.epochs, True)] + (
+        [("converged", args.loo_converge, False)] if args.loo_converge else [])
     out = {"tests": len(yq), "k": args.loo_k, "removed": len(union), "random": len(random),
            "predicted": "+score/n", "n": n, "configs": list(scores)}
-    for mode, epochs in modes:
+    for mode, epochs, paired in modes:
         mode_settings = replace(settings, epochs=epochs)
         start = time.perf_counter()
-        full = recipe_head if epochs == settings.epochs else retrain_head(init, x, y, np.arange(n), mode_settings)
+        full = recipe_head if mode == "recipe" else retrain_heads(init, x, y, [np.arange(n)], mode_settings,
+                                                                  paired).linear(0)
         base = test_losses(full, xq, yq)
-        g, _ = head_gradients(full, x, y)
+        g, _ = head_gradients(theta_of(full), x, y)
         with torch.no_grad():
             train_loss = float(F.cross_entropy(full(x).double(), y).item())
         left_out = union + random
-        heads = retrain_heads(init, x, y, [np.delete(np.arange(n), i) for i in left_out], mode_settings)
+        heads = retrain_heads(init, x, y, [np.delete(np.arange(n), i) for i in left_out], mode_settings, paired)
         actual = {i: test_losses(heads.linear(j), xq, yq) - base for j, i in enumerate(left_out)}
         log(f"leave-one-out ({mode}, {epochs} epochs): {len(left_out)} retrains")
         noise = np.concatenate([actual[i] for i in random]) if random else np.zeros(0)
-        section = {"epochs": epochs, "retrain_seconds_each": round((time.perf_counter() - start)
+        section = {"epochs": epochs, "paired": paired, "retrain_seconds_each": round((time.perf_counter() - start)
                                                                    / max(1, len(union) + len(random)), 2),
                    "full_head": {"train_loss": round(train_loss, 5),
                                  "train_grad_norm": float(f"{float(g.mean(0).norm()):.3g}"),
@@ -295,11 +310,11 @@ def leave_one_out(args, init: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor,
             act = np.array([actual[i][t] for t, i in pairs])
             entry = {"config": name, **agreement(act, np.array([s[t, i] for t, i in pairs]) / n)}
             if cfg.method == "influence":
-                exact, lam = exact_influence(full, x, y, xq, yq, cfg.damping if cfg.damping is not None else
+                exact, lam = exact_influence(theta_of(full), x, y, xq, yq, cfg.damping if cfg.damping is not None else
                                              LissaConfig().damping)
                 entry["damping_value"] = float(f"{lam:.4g}")
                 entry["rescored"] = agreement(act, np.array([exact[t, i] for t, i in pairs]) / n)
-                undamped, _ = exact_influence(full, x, y, xq, yq, 0.0)
+                undamped, _ = exact_influence(theta_of(full), x, y, xq, yq, 0.0)
                 entry["rescored_undamped"] = agreement(act, np.array([undamped[t, i] for t, i in pairs]) / n)
                 if mode == "recipe":
                     entry["max_rel_diff_vs_datablame"] = float(f"{float(np.abs(exact - s).max() / np.abs(s).max()):.3g}")
@@ -309,7 +324,90 @@ def leave_one_out(args, init: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor,
                 f"slope {entry['rescored']['slope']}; undamped slope {entry['rescored_undamped']['slope']}"
                 if "rescored" in entry else ""))
         out[mode] = section
+    out["optimum"] = optimum_leave_one_out(args, x, y, xq, recipe_head, scores, random, score_at)
     return out
+
+
+def regularized_optimum(start: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lam: float,
+                        drop: int | None = None) -> torch.Tensor:
+    """(K, h+1) float64 [W | b] minimising (1/n) Σ_{j ≠ drop} CE_j + (λ/2)‖[W | b]‖² over the features ``x`` (n,
+    h) and labels ``y``: the convex head whose Hessian is exactly H + λI (datablame's damped exact curvature), with
+    example ``drop``'s weight 1/n removed (Koh & Liang's perturbation ε = −1/n). Newton's method with the
+    closed-form Hessian, from ``start`` (K, h+1), halving steps that do not lower the objective, until the largest
+    gradient entry is below 1e-11."""
+    n = len(y)
+    z = torch.cat([x.double(), torch.ones(n, 1, dtype=torch.float64)], 1)
+    w = torch.ones(n, dtype=torch.float64)
+    if drop is not None:
+        w[drop] = 0.0
+    onehot = F.one_hot(y, start.shape[0]).double()
+
+    def objective(theta: torch.Tensor) -> float:
+        losses = -(torch.log_softmax(z @ theta.T, -1) * onehot).sum(1)
+        return float((w * losses).sum() / n + lam / 2 * (theta * theta).sum())
+
+    theta = start.double().clone()
+    k, d = theta.shape
+    for _ in range(100):
+        probs = torch.softmax(z @ theta.T, -1)
+        grad = ((probs - onehot) * w[:, None]).T @ z / n + lam * theta  # (K, d)
+        if float(grad.abs().max()) < 1e-11:
+            return theta
+        a = (torch.diag_embed(probs) - probs[:, :, None] * probs[:, None, :]) * w[:, None, None]
+        hessian = torch.stack([torch.stack([(z * a[:, r, c, None]).T @ z / n for c in range(k)], 1)
+                               for r in range(k)]).reshape(k * d, k * d) + lam * torch.eye(k * d, dtype=torch.float64)
+        step, before = torch.linalg.solve(hessian, grad.reshape(-1)).reshape(k, d), objective(theta)
+        t = 1.0
+        while objective(theta - t * step) > before and t > 1e-8:
+            t /= 2
+        theta = theta - t * step
+    raise RuntimeError(f"Newton did not converge: largest gradient entry {float(grad.abs().max()):.3g}")
+
+
+def optimum_leave_one_out(args, x: torch.Tensor, y: torch.Tensor, xq: torch.Tensor, recipe_head: torch.nn.Linear,
+                          scores: dict[str, tuple[Config, np.ndarray]], random: list[int],
+                          score_at: Callable[[Config, torch.Tensor, float], tuple[np.ndarray, torch.Tensor]]) -> dict:
+    """The leave-one-out check at the exact optimum of the convex problem influence functions assume (Koh & Liang
+    2017, their logistic regression): for each influence configuration, the head of
+    :func:`regularized_optimum` with its damping λ as the L2 penalty (``auto``: λ at the recipe head), fitted on
+    all examples (from the recipe head) and again without each left-out example (from the full optimum).
+    Predicted: +s(i, q)/n with s datablame's own raw scores at the full optimum (``score_at``), damping λ; actual:
+    the change of the test loss of the label the optimum head predicts. Deterministic: no batch order, so
+    ``noise_rms`` (random examples left out) is what the scores should predict too, not noise."""
+    n, section = len(y), {"fit": "Newton on (1/n)·Σ CE + (λ/2)‖θ‖², largest gradient entry < 1e-11",
+                          "results": []}
+    for name, (cfg, recipe_scores) in scores.items():
+        if cfg.method != "influence":
+            continue
+        recipe = theta_of(recipe_head)
+        lam = exact_influence(recipe, x, y, xq, recipe_head(xq).argmax(-1), cfg.damping)[1]
+        start = time.perf_counter()
+        full = regularized_optimum(recipe, x, y, lam)
+        s, predictions = score_at(cfg, full, lam)
+        zq = torch.cat([xq.double(), torch.ones(len(xq), 1, dtype=torch.float64)], 1)
+
+        def losses(theta: torch.Tensor) -> np.ndarray:
+            return F.cross_entropy(zq @ theta.T, predictions, reduction="none").numpy()
+
+        top = np.argsort(-np.abs(s), axis=1, kind="stable")[:, :args.loo_k]
+        left_out = sorted({int(i) for i in top.ravel()} | set(random))
+        base = losses(full)
+        actual = {i: losses(regularized_optimum(full, x, y, lam, drop=i)) - base for i in left_out}
+        pairs = [(t, int(i)) for t in range(len(xq)) for i in top[t]]
+        act = np.array([actual[i][t] for t, i in pairs])
+        exact, _ = exact_influence(full, x, y, xq, predictions, lam)
+        noise = [(t, i) for t in range(len(xq)) for i in random]
+        entry = {"config": name, "damping_value": float(f"{lam:.4g}"), "removed": len(left_out),
+                 "seconds": round(time.perf_counter() - start, 1),
+                 "predictions_changed": int((predictions.numpy() != recipe_head(xq).argmax(-1).numpy()).sum()),
+                 **agreement(act, np.array([s[t, i] for t, i in pairs]) / n),
+                 "max_rel_diff_vs_float64": float(f"{float(np.abs(exact - s).max() / np.abs(s).max()):.3g}"),
+                 "random": agreement(np.array([actual[i][t] for t, i in noise]),
+                                     np.array([s[t, i] for t, i in noise]) / n) if noise else None}
+        section["results"].append(entry)
+        log(f"leave-one-out optimum {name} (λ {lam:.3g}): Pearson {entry['pearson']}, Spearman {entry['spearman']}, "
+            f"slope {entry['slope']} over {entry['pairs']} pairs, {entry['seconds']} s")
+    return section
 
 
 def dim_label(built: Built) -> str | int:
@@ -403,8 +501,22 @@ def run(args, tmp: pathlib.Path) -> dict:
 
     loo = None
     if loo_scores:
+
+        def score_at(cfg: Config, theta: torch.Tensor, lam: float) -> tuple[np.ndarray, torch.Tensor]:
+            """datablame's raw scores (T, N) float64 and predictions of the first T test points with the final
+            checkpoint's head replaced by [W | b] = ``theta``, damping ``lam``."""
+            built = build_method(wd, cfg.method, replace(cfg, damping=lam).settings(params, args.seed))
+            head = built.method.task.head(built.method.model)
+            with torch.no_grad():
+                head.weight.copy_(theta[:, :-1])
+                head.bias.copy_(theta[:, -1])
+            vectors = compute_train_vectors(built.method, built.train)
+            built.method.finalize(torch.from_numpy(vectors))
+            queries = built.method.query_vectors(list(test.texts)[:loo_tests])
+            return (queries.vectors.double() @ torch.from_numpy(vectors).double().T).numpy(), queries.predictions
+
         loo = leave_one_out(args, init, x, y, test_x[:loo_tests], predictions[:loo_tests], settings, replay,
-                            loo_scores, np.random.default_rng([args.seed, 1]))
+                            loo_scores, np.random.default_rng([args.seed, 1]), score_at)
     elif args.loo_tests > 0:
         log(f"leave-one-out: no measured configuration matches {args.loo_configs}")
 

@@ -470,7 +470,7 @@ def ekfac_sweep(x, y, xq, yq, head, seed, masks, margins, resamples, fb) -> list
         for name, _, run in kronfluence_configs(data, ("ekfac",), [(d, f"-d{d:g}") for d in SWEEP], double):
             damping = float(name.rsplit("-d", 1)[1])
             scores = run()
-            exact, _ = fb.exact_influence(head, x, y, xq, yq, damping)
+            exact, _ = fb.exact_influence(fb.theta_of(head), x, y, xq, yq, damping)
             exact = exact * margin_scale(head, xq, yq)  # Kronfluence differentiates −margin
             value, ci = fb.summary(fb.lds(scores, masks, margins), resamples)
             out.append({"damping": damping, "dtypes": "float64" if double else "float32", "lds": value,
@@ -542,7 +542,7 @@ def main() -> None:
             results.append({"config": cfg.name, "library": "datablame", "scoring": scoring, "lds": value,
                             "lds_ci95": ci, "seconds": round(seconds, 2)})
         head = task.head(model)
-        exact_auto, lam_auto = fb.exact_influence(head, x, y, test_x, predictions, "auto")
+        exact_auto, lam_auto = fb.exact_influence(fb.theta_of(head), x, y, test_x, predictions, "auto")
         scale_margin = margin_scale(head, test_x, predictions) if head.out_features == 2 else 1.0
         sign = {"reference": f"exact influence, λ auto = {lam_auto:.4g} (times 1/(1 − p_ŷ) for peers that "
                              "differentiate the margin)",
@@ -562,7 +562,7 @@ def main() -> None:
             check = {"vs_exact_auto": pair_agreement(row["scores"], exact_auto * scale, fb.spearman)}
             lam = row["settings"].get("damping_value", row["settings"].get("regularization"))
             if lam is not None:
-                exact, _ = fb.exact_influence(head, x, y, test_x, predictions, float(lam))
+                exact, _ = fb.exact_influence(fb.theta_of(head), x, y, test_x, predictions, float(lam))
                 check[f"vs_exact_at_own_damping_{float(lam):.3g}"] = pair_agreement(row["scores"], exact * scale,
                                                                                     fb.spearman)
             sign[row["config"]] = check
