@@ -34,7 +34,7 @@ class StoredRows:
     """(n, D) rows held in ``paths``, .npy files of (n_s, D) rows each, concatenated in order (ids 0 … n − 1).
 
     ``len``, ``shape`` and ``dtype`` as an array's; ``rows[ids]`` for an int array or a slice gives (m, D) float32
-    rows; :meth:`chunks` yields the shards in order; ``np.asarray(rows)`` loads them all."""
+    rows (a range of ids in one read per shard it spans); :meth:`chunks` yields the shards in order; ``np.asarray(rows)`` loads them all."""
 
     def __init__(self, paths: Sequence[str | os.PathLike]):
         self.paths = [os.fspath(p) for p in paths]
@@ -53,12 +53,21 @@ class StoredRows:
         return self.shape[0]
 
     def __getitem__(self, ids: np.ndarray | slice) -> np.ndarray:
-        ids = np.arange(*ids.indices(len(self))) if isinstance(ids, slice) else np.asarray(ids, dtype=np.int64)
-        shard = np.searchsorted(self.offsets, ids, side="right") - 1
         size = self.shape[1] * self.dtype.itemsize  # bytes per row (every shard has the first one's dtype)
-        starts = self._starts[shard] + (ids - self.offsets[shard]) * size
-        data = b"".join([os.pread(self._file(s), size, at) for s, at in zip(shard.tolist(), starts.tolist())])
-        return np.frombuffer(data, dtype=self.dtype).reshape(len(ids), self.shape[1]).astype(np.float32)
+        if isinstance(ids, slice) and ids.indices(len(self))[2] == 1:  # a range: one read per shard it spans
+            lo, hi, _ = ids.indices(len(self))
+            spans = [(s, max(lo, int(a)), min(hi, int(b))) for s, (a, b) in
+                     enumerate(zip(self.offsets[:-1], self.offsets[1:])) if a < hi and b > lo]
+            data = b"".join(os.pread(self._file(s), (b - a) * size, int(self._starts[s]) + (a - int(self.offsets[s]))
+                                     * size) for s, a, b in spans)
+            count = max(0, hi - lo)
+        else:
+            ids = np.arange(*ids.indices(len(self))) if isinstance(ids, slice) else np.asarray(ids, dtype=np.int64)
+            shard = np.searchsorted(self.offsets, ids, side="right") - 1
+            starts = self._starts[shard] + (ids - self.offsets[shard]) * size
+            data = b"".join([os.pread(self._file(s), size, at) for s, at in zip(shard.tolist(), starts.tolist())])
+            count = len(ids)
+        return np.frombuffer(data, dtype=self.dtype).reshape(count, self.shape[1]).astype(np.float32)
 
     def _file(self, shard: int) -> int:
         if shard in self._files:

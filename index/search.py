@@ -26,7 +26,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import faiss
 import numpy as np
@@ -93,21 +93,36 @@ def approximate_kind(n: int, dim: int) -> str:
     return "ivfpq" if n * (3 * 4 * dim + 2 * HNSW_M * 4) > HNSW_MAX_BYTES and n >= IVF_MIN_N else "hnsw"
 
 
+def running_top_k(queries: np.ndarray, blocks: Iterable[tuple[int, np.ndarray]], k: int,
+                  signs: Sequence[float] = (1.0,)) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The top-k of each (m, D) prepared query over training rows that come as ``blocks`` (first id, (b, D)
+    prepared rows), merged as they come: for each sign s of ``signs``, (m, k) float32 scores and (m, k) int64 ids
+    of the k rows with the largest s · score, best first (scores given back unsigned; ties: the lower id first).
+    Queries go :data:`SCORE_QUERIES` at a time and rows in slices of at most :data:`SCORE_BLOCK` scores per
+    product, so it never holds a queries × training matrix, however many rows come."""
+    out = [(np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64))
+           for _ in signs]
+    for start, block in blocks:
+        step = max(k, SCORE_BLOCK // max(1, min(len(queries), SCORE_QUERIES)))  # rows per product
+        for lo in range(0, len(block), step):
+            part = block[lo:lo + step]
+            for qlo in range(0, len(queries), SCORE_QUERIES):
+                scores = queries[qlo:qlo + SCORE_QUERIES] @ part.T
+                for sign, (best_s, best_i) in zip(signs, out):
+                    s, i = top_k(sign * scores, min(k, len(part)))
+                    s = np.concatenate([best_s[qlo:qlo + SCORE_QUERIES], s], 1)
+                    i = np.concatenate([best_i[qlo:qlo + SCORE_QUERIES], i + start + lo], 1)
+                    keep = np.argsort(-s, axis=1, kind="stable")[:, :k]
+                    best_s[qlo:qlo + SCORE_QUERIES] = np.take_along_axis(s, keep, 1)
+                    best_i[qlo:qlo + SCORE_QUERIES] = np.take_along_axis(i, keep, 1)
+    return [(sign * best_s, best_i) for sign, (best_s, best_i) in zip(signs, out)]
+
+
 def exact_top_k(rows, queries: np.ndarray, scoring: str, k: int) -> np.ndarray:
     """(m, k) int64 ids of the exact top-k of each (m, D) query over stored ``rows`` (StoredRows or ArrayRows),
     streamed chunk by chunk with a running top-k: the truth an IVF-PQ index's recall is measured against."""
-    q = prepare(queries, scoring)
-    best_s = np.full((len(q), k), -np.inf, np.float32)
-    best_i = np.full((len(q), k), -1, np.int64)
-    block = max(k, SCORE_BLOCK // max(1, len(q)))  # rows per matrix product: at most SCORE_BLOCK scores
-    for start, chunk in rows.chunks():
-        for lo in range(0, len(chunk), block):
-            part = prepare(chunk[lo:lo + block], scoring)
-            s, i = top_k(q @ part.T, min(k, len(part)))
-            s, i = np.concatenate([best_s, s], 1), np.concatenate([best_i, i + start + lo], 1)
-            keep = np.argsort(-s, axis=1, kind="stable")[:, :k]
-            best_s, best_i = np.take_along_axis(s, keep, 1), np.take_along_axis(i, keep, 1)
-    return best_i
+    prepared = ((start, prepare(chunk, scoring)) for start, chunk in rows.chunks())
+    return running_top_k(prepare(queries, scoring), prepared, k)[0][1]
 
 
 def _smallest_reaching_margin(settings: Sequence[int], recall_of: Callable[[int], float]
@@ -140,7 +155,10 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 SCORE_BLOCK = 2 ** 25
-"""Scores (float32: 128 MiB) one matrix product of :meth:`VectorIndex.search_both` computes at most."""
+"""Scores (float32: 128 MiB) one matrix product of :func:`running_top_k` computes at most."""
+
+SCORE_QUERIES = 4096
+"""Queries :func:`running_top_k` scores together (a training slice then has at least SCORE_BLOCK / 4096 rows)."""
 
 
 class VectorIndex:
@@ -273,15 +291,8 @@ class VectorIndex:
         self._check_dim(queries)
         q = prepare(queries, self.meta.scoring)
         x = faiss.rev_swig_ptr(self.index.get_xb(), self.meta.n * self.meta.dim).reshape(self.meta.n, self.meta.dim)
-        out = [np.zeros((len(q), k), np.float32), np.zeros((len(q), k), np.int64),
-               np.zeros((len(q), k), np.float32), np.zeros((len(q), k), np.int64)]
-        block = max(1, SCORE_BLOCK // self.meta.n)  # queries per matrix product: at most SCORE_BLOCK scores
-        for lo in range(0, len(q), block):
-            scores = q[lo:lo + block] @ x.T  # (b, n)
-            for sign, (s_out, i_out) in ((1.0, out[:2]), (-1.0, out[2:])):
-                best, ids = top_k(sign * scores, k)
-                s_out[lo:lo + block], i_out[lo:lo + block] = sign * best, ids
-        return tuple(out)
+        (s, i), (o, j) = running_top_k(q, [(0, x)], k, signs=(1.0, -1.0))
+        return s, i, o, j
 
     def _check_dim(self, queries: np.ndarray) -> None:
         if queries.shape[1] != self.meta.dim:

@@ -141,7 +141,9 @@ class VectorStore:
 
     def finalize(self, method: Method, train: Examples, manifest: Manifest) -> Manifest:
         """Reduce the finished shards: the manifest lists them all, the method's ``finalize`` arrays (influence:
-        the curvature) and the self-influence are written. Refuses, changing nothing, while a shard is missing."""
+        the curvature) and the self-influence are written. The reductions read the shards a block of rows at a
+        time (:class:`.rows.StoredRows`), so memory does not grow with n beyond the (n,) self-influence. Refuses,
+        changing nothing, while a shard is missing."""
         missing = [i for i in range(manifest.shards) if not self.shard_path(i).is_file()]
         if missing:
             shown = ", ".join(map(str, missing[:10])) + (", …" if len(missing) > 10 else "")
@@ -150,7 +152,7 @@ class VectorStore:
                                  "lacks), or the command without --shard, then finalize")
         manifest.done = list(range(manifest.shards))
         atomic_write_json(self.manifest_path, asdict(manifest))
-        vectors = torch.from_numpy(np.asarray(self.load(manifest), dtype=np.float32))  # no copy of float32 vectors
+        vectors = self.rows(manifest)
         if hasattr(method, "finalize"):
             for name, array in method.finalize(vectors).items():
                 _save_npy(self.folder / f"final-{name}.npy", array)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -71,7 +71,7 @@ class Method(Protocol):
     def query_vectors(self, texts: Sequence[Text]) -> Queries:
         """Query vectors u_q for the model's predicted labels."""
 
-    def self_influence(self, vectors: Tensor, labels: Tensor) -> Tensor:
+    def self_influence(self, vectors: Rows, labels: Tensor) -> Tensor:
         """(n,) self-influence of training examples from their (n, D) vectors and (n,) labels."""
 
     def describe(self) -> dict:
@@ -83,12 +83,25 @@ ROWS = 8192
 not the whole (n, D) set."""
 
 
-def row_blocks(vectors: Tensor) -> list[Tensor]:
-    """Consecutive views of at most :data:`ROWS` rows of an (n, D) tensor."""
-    return [vectors[i:i + ROWS] for i in range(0, vectors.shape[0], ROWS)]
+class Rows(Protocol):
+    """(n, D) training vectors read a block of rows at a time: a Tensor in memory, or the finished shards on disk
+    (:class:`datablame.index.rows.StoredRows`, whose ranges are read as float32 arrays), so that a reduction over
+    millions of vectors never holds them all."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def __getitem__(self, rows: slice) -> Tensor | np.ndarray: ...
 
 
-def gram(vectors: Tensor) -> Tensor:
+def row_blocks(vectors: Rows) -> Iterator[Tensor]:
+    """Consecutive blocks of at most :data:`ROWS` rows of (n, D) vectors, each read when it is reached (views of a
+    tensor)."""
+    for i in range(0, vectors.shape[0], ROWS):
+        yield torch.as_tensor(vectors[i:i + ROWS])
+
+
+def gram(vectors: Rows) -> Tensor:
     """(D, D) float64 VᵀV/n of (n, D) vectors, summed block by block."""
     total = torch.zeros(vectors.shape[1], vectors.shape[1], dtype=torch.float64)
     for block in row_blocks(vectors):
@@ -134,7 +147,7 @@ class TracIn:
                                        for (m, _), x in zip(self.checkpoints, q.inputs)]),
                        q.predictions, q.probabilities)
 
-    def self_influence(self, vectors: Tensor, labels: Tensor) -> Tensor:
+    def self_influence(self, vectors: Rows, labels: Tensor) -> Tensor:
         """Σ_c lr_c ‖P g_c(z_i)‖², the sketch of Σ_c lr_c ‖g_c(z_i)‖²."""
         return torch.cat([b.float().pow(2).sum(1) for b in row_blocks(vectors)])
 
@@ -202,7 +215,7 @@ class InfluenceFunctions:
         """(m, p) → (m, p): (H + λI)^{-1} applied to each row by LiSSA (curvature ``lissa``)."""
         return self.curvature.inverse_hvp(grads)
 
-    def finalize(self, vectors: Tensor) -> dict[str, np.ndarray]:
+    def finalize(self, vectors: Rows) -> dict[str, np.ndarray]:
         """What the finished (n, k) training sketches give once for all queries, undamped (the damping λ is a
         query-side setting): ``gram``, (k, k) float64 VᵀV/n, and what the curvature adds (``exact``: the
         ``hessian``, (p, p) float64)."""
@@ -224,7 +237,7 @@ class InfluenceFunctions:
         g = self.gradients.grads(self.model, q.inputs[0], q.predictions)
         return Queries(self.curvature.query(g, self.projector), q.predictions, q.probabilities)
 
-    def self_influence(self, vectors: Tensor, labels: Tensor) -> Tensor:
+    def self_influence(self, vectors: Rows, labels: Tensor) -> Tensor:
         """vᵢᵀ (VᵀV/n + λI)⁻¹ vᵢ, block by block (one factorization)."""
         m = gram(vectors)
         lu, pivots = torch.linalg.lu_factor(m + self.damping(m) * torch.eye(m.shape[0], dtype=m.dtype))
@@ -333,11 +346,15 @@ class Representer:
         """(b, K) float64 logits of the refit head."""
         return self.features(texts)[1] @ self._require_fit().T
 
-    def self_influence(self, vectors: Tensor, labels: Tensor) -> Tensor:
+    def self_influence(self, vectors: Rows, labels: Tensor) -> Tensor:
         """|α_{i, y_i}|: read from v_i = α_i ⊗ [f_i, 1], whose last feature is the constant 1."""
-        k = self._require_fit().shape[0]
-        v = vectors.reshape(vectors.shape[0], k, -1)
-        return v[torch.arange(v.shape[0]), torch.as_tensor(np.asarray(labels), dtype=torch.long), -1].abs().float()
+        k, labels = self._require_fit().shape[0], torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        out, lo = [], 0
+        for block in row_blocks(vectors):
+            v = block.reshape(len(block), k, -1)
+            out.append(v[torch.arange(len(block)), labels[lo:lo + len(block)], -1].abs().float())
+            lo += len(block)
+        return torch.cat(out)
 
     def describe(self) -> dict:
         return {"method": self.name, "lambda": self.lam}

@@ -37,7 +37,7 @@ from .data import Examples, Text
 from .errors import DatablameError
 from .features import FeatureCache
 from .gradients import Inputs, gradient_computer, labels_of
-from .methods import Queries, row_blocks
+from .methods import Queries, Rows, row_blocks
 from .registry import MethodSpec, register
 from .sketch import Projector
 from .task import Task
@@ -125,7 +125,7 @@ class TRAK:
         """(n, M·k) → (M, n, k) float64."""
         return vectors.double().reshape(vectors.shape[0], len(self.models), self.k).transpose(0, 1)
 
-    def finalize(self, vectors: Tensor) -> dict[str, np.ndarray]:
+    def finalize(self, vectors: Rows) -> dict[str, np.ndarray]:
         """From the finished (n, M·k) training vectors (in id order): ``weights``, (n,) float64 Q (recomputed
         from the training set), and ``inverse_kernels``, (M, k, k) float64 K_m^{-1} = (Φ_mᵀΦ_m + λI)^{-1} with
         Φ_m = V_m / Q, from the eigendecomposition of Φ_mᵀΦ_m (never fails, however ill-conditioned)."""
@@ -169,7 +169,7 @@ class TRAK:
         neighbours (raw or cosine), which is all an approximate index's recall is measured on."""
         return self._through_kernels(vectors)
 
-    def self_influence(self, vectors: Tensor, labels: Tensor) -> Tensor:
+    def self_influence(self, vectors: Rows, labels: Tensor) -> Tensor:
         """(n,) τ(i, i) = Q_i · (1/M) Σ_m φ_m(i)ᵀ K_m^{-1} φ_m(i) = (1/(M Q_i)) Σ_m v_mᵀ K_m^{-1} v_m, from
         the (n, M·k) training vectors (after :meth:`finalize`)."""
         inverses, weights = self._require_finalized()

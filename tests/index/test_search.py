@@ -37,7 +37,9 @@ def test_exact_search_is_brute_force(scoring):
 def test_search_both_is_two_searches(scoring, k, monkeypatch):
     import datablame.index.search as search
 
-    monkeypatch.setattr(search, "SCORE_BLOCK", 2000 * 7)  # blocks of 7 queries: the block loop is exercised
+    # slices of 467 training rows and blocks of 7 queries: the running top-k merges many partial lists
+    monkeypatch.setattr(search, "SCORE_BLOCK", 467 * 7)
+    monkeypatch.setattr(search, "SCORE_QUERIES", 7)
     x, q = sketches(), sketches(30, seed=1)
     index = VectorIndex.build(x, meta(scoring))
     s, i, o, j = index.search_both(q, k)

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from datablame.index.rows import StoredRows
 from datablame.index.vectors import VectorStore
+from datablame.influence import methods
 from datablame.influence.data import Examples
 
 
@@ -24,12 +26,27 @@ class FakeMethod:
         ids = torch.as_tensor(batch.ids, dtype=torch.float32)
         return torch.stack([ids, ids**2, torch.ones_like(ids)], 1)
 
+    def finalize(self, vectors):
+        return {"gram": methods.gram(vectors).numpy()}
+
     def self_influence(self, vectors, labels):
-        return vectors.pow(2).sum(1)
+        return torch.cat([b.pow(2).sum(1) for b in methods.row_blocks(vectors)])
 
 
 def examples(n=10):
     return Examples(texts=[f"t{i}" for i in range(n)], labels=np.zeros(n), label_names=["a"])
+
+
+def test_finalize_streams_the_shards_block_by_block(tmp_path, monkeypatch):
+    """finalize never loads the vectors whole: the reductions read blocks of rows across shard boundaries."""
+    monkeypatch.setattr(methods, "ROWS", 4)
+    monkeypatch.setattr(StoredRows, "__array__", lambda *a, **k: pytest.fail("the vectors were loaded whole"))
+    store = VectorStore(tmp_path / "v")
+    store.compute(FakeMethod(), examples(), {"k": 1}, shard_size=3)
+    ids = np.arange(10, dtype=np.float64)
+    v = np.stack([ids, ids**2, np.ones(10)], 1)
+    np.testing.assert_allclose(np.load(store.folder / "final-gram.npy"), v.T @ v / 10)
+    np.testing.assert_allclose(store.self_influence(), (v**2).sum(1))
 
 
 def test_resume_after_interruption(tmp_path):
