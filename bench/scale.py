@@ -24,11 +24,14 @@ and reused when their count and shape match: 10M × 256 float32 is 10 GB). ``Vec
 fills and measures it; reported: its meta (kind, nlist, nprobe, recall@10 at build on 200 training-like queries
 and their negations), build seconds, the process's peak resident memory, and for ``--queries`` other
 training-like queries (and their negations) searched one at a time: recall@10 against exact search (streamed
-over the shards) and the median and 95th-percentile latency, re-ranking included. One thread per
+over the shards) and the median and 95th-percentile latency, re-ranking included; beside them ``datablame plan``'s
+estimate of the IVF-PQ build (``plan.ivfpq_phase``, calibrated on 64 of WD's vectors) and the saved index's size.
+``--ann-finalize`` first times ``finalize``'s reductions over the N vectors (WD's method with its stored settings:
+its ``finalize`` and self-influence, reading the shards a block at a time) and the memory they take. One thread per
 ``--threads``.
 
     python bench/scale.py --ann 10000000 --ann-workdir WD [--ann-method influence] [--ann-dir /tmp/ann] \
-        [--ann-shard 262144] [--ann-kind auto|hnsw|ivfpq] [--queries 200] [--threads 2] \
+        [--ann-shard 262144] [--ann-kind auto|hnsw|ivfpq] [--ann-finalize] [--queries 200] [--threads 2] \
         [--out bench/results/scale-ann.json]
 """
 
@@ -47,12 +50,12 @@ from pathlib import Path
 
 import numpy as np
 
-from datablame.index.plan import plan_method
+from datablame.index.plan import _resident, ivfpq_phase, plan_method
 from datablame.index.rows import StoredRows
 from datablame.index.search import IndexMeta, VectorIndex, exact_top_k, recall_at_k
 from datablame.index.vectors import VectorStore
 from datablame.influence.atomic import atomic_write_json
-from datablame.influence.build import MethodSettings
+from datablame.influence.build import MethodSettings, build_method
 from datablame.influence.data import Examples
 from datablame.influence.detect import LabelIssues
 from datablame.store.db import default_url, open_db
@@ -161,10 +164,15 @@ def approximate_at_scale(args) -> dict:
 
     import faiss
 
-    base = np.asarray(VectorStore(args.ann_workdir / "vectors" / args.ann_method).rows(), dtype=np.float32)
+    store = VectorStore(args.ann_workdir / "vectors" / args.ann_method)
+    base = np.asarray(store.rows(), dtype=np.float32)
     start = time.perf_counter()
     rows = synthetic_shards(base, args.ann, args.ann_dir, args.ann_shard)
     written_s = time.perf_counter() - start
+    resident = _resident()
+    finalize = finalize_at_scale(args.ann_workdir, args.ann_method, store, rows) if args.ann_finalize else None
+    sample = base[np.unique(np.linspace(0, len(base) - 1, 64).astype(int))]  # as plan's calibration samples
+    estimate = ivfpq_phase(sample, len(rows), "cosine", resident)
     meta = IndexMeta(method="bench", scoring="cosine", kind="exact", n=0, dim=base.shape[1], key={})
     index = VectorIndex.build(rows, meta, approximate=True, kind=None if args.ann_kind == "auto" else args.ann_kind)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -183,9 +191,36 @@ def approximate_at_scale(args) -> dict:
             "kind": index.meta.kind, "build_seconds": round(index.meta.build_seconds, 1),
             "recall_at_10_build": round(index.meta.recall_at_10, 4), "ivf": index.meta.ivf, "hnsw": index.meta.hnsw,
             "peak_rss_bytes_after_build": peak,
+            "plan_estimate": {"seconds": round(estimate.seconds, 1), "peak_bytes": estimate.peak_bytes,
+                              "disk_bytes": estimate.disk_bytes, "note": estimate.note},
+            "index_file_bytes": index_bytes(index), "finalize": finalize,
             "queries": len(queries), "recall_at_10": round(recall_at_k(np.array(found), truth), 4),
             "latency_ms": {"median": round(1000 * float(np.median(seconds)), 2),
                            "p95": round(1000 * float(np.percentile(seconds, 95)), 2)},
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def index_bytes(index: VectorIndex) -> int:
+    """Bytes of the index as ``datablame index`` saves it."""
+    with tempfile.TemporaryDirectory() as folder:
+        index.save(folder)
+        return sum(p.stat().st_size for p in Path(folder).glob("*.faiss"))
+
+
+def finalize_at_scale(workdir: Path, method: str, store: VectorStore, rows: StoredRows) -> dict:
+    """``VectorStore.finalize``'s reductions (the method's ``finalize`` and self-influence, read from the shards
+    a block at a time) over the synthetic rows, with the workdir's method built as its stored vectors were:
+    seconds, and the process's resident memory before and at its peak (measured before the index is built)."""
+    import resource
+
+    settings = MethodSettings.from_dict(store.manifest().settings, "cpu")
+    built = build_method(workdir, method, settings)
+    before, start = _resident(), time.perf_counter()
+    if hasattr(built.method, "finalize"):
+        built.method.finalize(rows)
+    influence = built.method.self_influence(rows, np.zeros(len(rows), dtype=np.int64))
+    return {"seconds": round(time.perf_counter() - start, 1), "rows": len(rows), "self_influence": len(influence),
+            "resident_bytes_before": before,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
@@ -203,6 +238,8 @@ def main() -> None:
     parser.add_argument("--ann-shard", type=int, default=262_144)
     parser.add_argument("--ann-kind", default="auto", choices=["auto", "hnsw", "ivfpq"],
                         help="the index kind (auto: the one index --approximate picks for the size)")
+    parser.add_argument("--ann-finalize", action="store_true", help="also time finalize's reductions over the "
+                        "synthetic vectors (the workdir's method, read from the shards a block at a time)")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()

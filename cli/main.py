@@ -14,6 +14,7 @@ import typer
 from datablame.influence.registry import DEFAULT_METHOD, method_names
 
 from . import report, serve, store_commands
+from .sharding import SHARD_ROWS, part_of
 from .errors import report_errors
 from .progress import QUIET, VERBOSE, console, log_verbosely, progress_bar
 
@@ -118,8 +119,6 @@ SHARD = typer.Option(None, "--shard", metavar="I/N", help="Compute only part I o
                      "mod N = I; jobs of a SLURM array, machines sharing the workdir) and stop; when every part is "
                      "done, 'datablame finalize WORKDIR' builds the rest. Under torchrun each rank takes its part "
                      "by itself.")
-SHARD_ROWS = typer.Option(4096, "--shard-size", help="Training examples per shard: the unit of work, of resuming "
-                          "and of --shard parts.")
 
 
 def _choose(what: str, option: str, value: Optional[str], choices: tuple[str, ...]) -> None:
@@ -182,7 +181,7 @@ def vectors(
     from datablame.index.vectors import DTYPES
 
     _choose("dtype", "--dtype", dtype, DTYPES)
-    settings, part = _settings(params, dim, projection, seed, lam, device), _part(shard, shard_size)
+    settings, part = _settings(params, dim, projection, seed, lam, device), part_of(shard, shard_size)
     for name in _methods(method):
         start = time.perf_counter()
         with progress_bar(name, quiet) as update:
@@ -190,17 +189,6 @@ def vectors(
         if not quiet:
             _print_job(workdir, name, job, f"{job.manifest.n} × {job.manifest.dim} {job.manifest.dtype} vectors in "
                        f"{time.perf_counter() - start:.1f} s → {job.folder}")
-
-
-def _part(shard: Optional[str], shard_size: int):
-    """The --shard part (None without it), and --shard-size checked, before anything loads."""
-    from datablame.index.shards import Part
-    from datablame.influence.errors import DatablameError
-
-    if shard_size < 1:
-        raise DatablameError(f"--shard-size {shard_size} is not a positive number of examples",
-                             "e.g. --shard-size 4096")
-    return Part.parse(shard) if shard else None
 
 
 def _print_job(workdir: Path, name: str, job, done: str) -> None:
@@ -242,7 +230,7 @@ def index(
     scorings = _scorings(score)
     _choose("dtype", "--dtype", dtype, DTYPES)
     settings = _settings(params, dim, projection, seed, lam, device, curvature, damping)
-    part = _part(shard, shard_size)
+    part = part_of(shard, shard_size)
     for name in _methods(method):
         start = time.perf_counter()
         with progress_bar(name, quiet) as update:

@@ -16,6 +16,7 @@ from datablame.influence.registry import method_names
 
 from .errors import report_errors
 from .progress import QUIET, VERBOSE, console, log_verbosely, progress_bar
+from .sharding import SHARD_ROWS, part_of
 
 DB = typer.Option(None, "--db", help="SQLAlchemy URL of the store (default: SQLite file WORKDIR/datablame.db).")
 WORKDIR = typer.Argument(..., help="Workdir made by 'datablame train' or 'datablame init'.")
@@ -63,12 +64,17 @@ def scan(
                                        "data's columns and labels)."),
     db: Optional[str] = DB,
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    shard: Optional[str] = typer.Option(None, "--shard", metavar="I/N", help="Compute only part I of N of what the "
+                                        "scan reads (the training features; for a scan by self-influence, also the "
+                                        "vectors) and stop; when every part is done, the scan without --shard "
+                                        "reads them. Under torchrun each rank takes its part and rank 0 scans."),
+    shard_size: int = SHARD_ROWS,
     quiet: bool = QUIET, verbose: bool = VERBOSE,
 ) -> None:
     """Rank every training example by how likely its label is wrong; store the scores, flag the top fraction.
 
     Writes the distribution of suspicion scores per class, with the flag threshold, to WORKDIR/plots/."""
-    from datablame.store.scanning import scan_workdir
+    from datablame.store.scanning import run_scan
 
     from datablame.store.plots import scan_plot
 
@@ -78,10 +84,16 @@ def scan(
 
         raise DatablameError("--verify measures the scan on labelled held-out data",
                              "give --dev FILE, with the training data's columns and labels")
+    part = part_of(shard, shard_size)
     start = time.perf_counter()
     _, database = _open(workdir, db)
     with progress_bar("scan", quiet) as update:
-        result = scan_workdir(workdir, method, flag_top, folds, repeats, database, device, update)
+        result = run_scan(workdir, method, flag_top, folds, repeats, database, device, update, part, shard_size)
+    if result is None:  # a part's shards only
+        if part is not None and not quiet:
+            console.print(f"scan: part {part} of the training features done; when every part is, run 'datablame "
+                          f"scan {workdir}'")
+        return
     plot = scan_plot(workdir, result)
     check = None
     if verify:

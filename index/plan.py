@@ -12,15 +12,18 @@ phase          time                                         peak memory (beside 
 =============  ===========================================  =============================================
 vectors        build + n × (encoder + vector) per example,  models + the feature matrix + one shard /
                divided among ``workers``                    the vectors (n × D × dtype)
-finalize       n × (reduction per row, timed on a block of  the vectors as float32, a block in float64, the
-               2,048 rows); + the exact Hessian of          D × D Gram (and Hessian) / self-influence, Gram
-               ``--curvature exact`` (a linear head's       (and Hessian)
-               closed form, else p / 128 passes of 128
+finalize       n × (reduction per row, timed on a block of  one block of rows read from the shards (float32
+               2,048 rows); + the exact Hessian of          and float64), the D × D Gram (and Hessian), the
+               ``--curvature exact`` (a linear head's       self-influence / self-influence, Gram (and
+               closed form, else p / 128 passes of 128      Hessian)
                Hessian-vector products), timed on such a
                block (the sample's rows repeated)
 index (each)   n × (index build per row)                    the vectors, their unit-length copy (cosine)
                                                             and FAISS's own copy / the index (n × D × 4,
                                                             HNSW's graph besides)
+index, IVF-PQ  a real build on 10,000 calibration rows,     codes and ids, the training rows, one shard, one
+(past HNSW's   each part scaled to n (``ivfpq_phase``)     block of exact scores / codes, ids, centroids
+memory)
 =============  ===========================================  =============================================
 
 Peak memory counts the libraries already loaded by the calibrating process (torch, numpy; the CLI's own); times
@@ -48,7 +51,9 @@ from datablame.influence.lissa import HessianVectorProducts
 from datablame.influence.methods import ROWS, compute_train_vectors
 from datablame.influence.workdir import Workdir
 
-from .search import SCORINGS, IndexMeta, VectorIndex
+from .rows import ArrayRows
+from .search import (IVF_MIN_N, IVF_TRAIN_PER_LIST, SCORE_BLOCK, SCORINGS, IndexMeta, VectorIndex,
+                     approximate_kind, ivfpq_shape)
 from .vectors import SHARD_SIZE
 
 GB = 2**30
@@ -167,6 +172,32 @@ def _hessian_seconds(method, part: Examples, n: int) -> float:
     return seconds * n / len(block) * -(-p // chunk)
 
 
+def ivfpq_phase(vectors: np.ndarray, n: int, scoring: str, base: int, seed: int = 0) -> Phase:
+    """The IVF-PQ index of n vectors, from a real build (:meth:`.search.VectorIndex.build_ivfpq`) over
+    ``IVF_MIN_N`` calibration rows: the sample's (m, D) vectors resampled with noise of 0.3 × their norm (as
+    ``bench/retrieval.py`` makes synthetic sketches). Its measured parts are scaled to n: k-means training by
+    (nlist_n / nlist_c)² (its rows and centroids both grow with nlist), filling and the exact top-10s by n / C,
+    the nprobe sweep by the codes one probe scans, n / nlist_n against C / nlist_c. Memory: the codes and ids,
+    the training rows (and their prepared copy), one shard of rows and one block of exact scores; disk: the codes,
+    ids and centroids."""
+    rng = np.random.default_rng(seed)
+    picked = vectors[rng.integers(0, len(vectors), IVF_MIN_N)].astype(np.float32)
+    noise = rng.standard_normal(picked.shape).astype(np.float32)
+    noise *= 0.3 * np.linalg.norm(picked, axis=1, keepdims=True) / np.sqrt(picked.shape[1])
+    meta = IndexMeta(method="plan", scoring=scoring, kind="ivfpq", n=IVF_MIN_N, dim=picked.shape[1], key={},
+                     settings={})
+    calibration = VectorIndex.build_ivfpq(ArrayRows(picked + noise), meta, seed).meta.ivf
+    parts, dim = calibration["seconds"], picked.shape[1]
+    (nlist, m), nlist_c = ivfpq_shape(n, dim), calibration["nlist"]
+    seconds = (parts["train"] * (nlist / nlist_c) ** 2 + (parts["fill"] + parts["truth"]) * n / IVF_MIN_N
+               + parts["sweep"] * (n / nlist) / (IVF_MIN_N / nlist_c))
+    codes = n * (m // 2 + 8)  # 4-bit codes and an int64 id per vector
+    peak = base + codes + 2 * IVF_TRAIN_PER_LIST * nlist * dim * 4 + 2 * SHARD_SIZE * dim * 4 + SCORE_BLOCK * 4
+    return Phase(f"index ({scoring})", seconds, peak, codes + nlist * dim * 4,
+                 f"IVF-PQ, {nlist} lists, {m}×4-bit codes; calibrated on {IVF_MIN_N} rows in "
+                 f"{sum(parts.values()):.1f} s")
+
+
 def plan_method(workdir: str | Path, method: str, settings: MethodSettings = MethodSettings(),
                 dtype: str = "float32", scorings: Sequence[str] = SCORINGS, approximate: bool = False,
                 sample: int = 64, batch_size: int = 32, workers: int = 1) -> Plan:
@@ -196,12 +227,16 @@ def plan_method(workdir: str | Path, method: str, settings: MethodSettings = Met
     exact = isinstance(getattr(built.method, "curvature", None), Exact)
     stored = dim * dim * 8 * (hasattr(built.method, "finalize") + exact)  # final-gram.npy (+ final-hessian.npy)
     hessian_s = _hessian_seconds(built.method, part, n) if exact else 0.0
-    # the vectors as float32, one block of them in float64 (two copies), the Gram (and Hessian)
-    phases.append(Phase("finalize", n * per_row + hessian_s, base + n * dim * 4 + 2 * min(n, ROWS) * dim * 8
-                        + dim * dim * 8 * (1 + exact), n * 4 + stored,
+    # read from the shards a block at a time: one block as float32 and float64 (two copies), the Gram (and
+    # Hessian), the (n,) self-influence
+    phases.append(Phase("finalize", n * per_row + hessian_s, base + min(n, ROWS) * dim * (4 + 2 * 8)
+                        + dim * dim * 8 * (1 + exact) + n * 8, n * 4 + stored,
                         f"{per_row * 1e6:.1f} µs per example"
                         + (f"; the exact Hessian {hessian_s:.1f} s" if exact else "")))
     for scoring in scorings:
+        if approximate and approximate_kind(n, dim) == "ivfpq":
+            phases.append(ivfpq_phase(vectors, n, scoring, base, settings.seed))
+            continue
         meta = IndexMeta(method=method, scoring=scoring, kind="exact", n=m, dim=dim, key={}, settings={})
         index_s, _ = _timed(lambda: VectorIndex.build(vectors, meta, approximate and m > 1))
         graph = n * HNSW_LINKS * 2 * 4 if approximate else 0

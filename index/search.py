@@ -118,6 +118,13 @@ def running_top_k(queries: np.ndarray, blocks: Iterable[tuple[int, np.ndarray]],
     return [(sign * best_s, best_i) for sign, (best_s, best_i) in zip(signs, out)]
 
 
+def ivfpq_shape(n: int, dim: int) -> tuple[int, int]:
+    """(nlist, m) of an IVF-PQ index over n vectors of dimension ``dim``: the largest power of two ≤ √n
+    inverted lists (16 … 4096), and the most sub-quantisers (4 bits each) dividing D into parts of 2+ dimensions."""
+    nlist = int(2 ** np.clip(np.floor(np.log2(np.sqrt(n))), 4, 12))
+    return nlist, max(d for d in range(1, max(1, dim // 2) + 1) if dim % d == 0)
+
+
 def exact_top_k(rows, queries: np.ndarray, scoring: str, k: int) -> np.ndarray:
     """(m, k) int64 ids of the exact top-k of each (m, D) query over stored ``rows`` (StoredRows or ArrayRows),
     streamed chunk by chunk with a running top-k: the truth an IVF-PQ index's recall is measured against."""
@@ -228,25 +235,28 @@ class VectorIndex:
         ``IVF_TRAIN_PER_LIST`` × nlist rows drawn with ``seed``, then filled chunk by chunk. Recall@10 of the
         re-ranked search is measured as HNSW's is (sample ``queries`` or training rows, and their negations)
         against exact top-10s streamed over the rows; the smallest nprobe of :data:`IVF_NPROBE` reaching
-        ``RECALL_MARGIN`` is kept, else the largest (``meta.ivf`` records every measurement)."""
+        ``RECALL_MARGIN`` is kept, else the largest (``meta.ivf`` records every measurement, and the seconds of
+        training, filling, the exact top-10s and the nprobe sweep, which ``datablame plan`` scales)."""
         start = time.perf_counter()
         n, dim = rows.shape
         if n < IVF_MIN_N:
             raise DatablameError(f"{n} vectors are too few for an IVF-PQ index (it needs {IVF_MIN_N})",
                                  "build an exact or HNSW index instead")
-        nlist = int(2 ** np.clip(np.floor(np.log2(np.sqrt(n))), 4, 12))
-        m = max(d for d in range(1, max(1, dim // 2) + 1) if dim % d == 0)  # sub-quantisers dividing D
+        nlist, m = ivfpq_shape(n, dim)
         rng = np.random.default_rng(seed)
         train = np.sort(rng.choice(n, min(n, IVF_TRAIN_PER_LIST * nlist), replace=False))
         index = faiss.IndexIVFPQFastScan(faiss.IndexFlatIP(dim), dim, nlist, m, 4, faiss.METRIC_INNER_PRODUCT)
         index.train(prepare(rows[train], meta.scoring))
+        seconds = {"train": time.perf_counter() - start}
         for _, chunk in rows.chunks():
             index.add(prepare(chunk, meta.scoring))
+        seconds["fill"] = time.perf_counter() - start - sum(seconds.values())
         built = cls(index, meta, rows)
         meta.kind, meta.n, meta.dim = "ivfpq", n, dim
         sample = rows[rng.choice(n, min(RECALL_QUERIES, n), replace=False)] if queries is None else queries
         sample = np.concatenate([sample, -sample])
         truth = exact_top_k(rows, sample, meta.scoring, 10)
+        seconds["truth"] = time.perf_counter() - start - sum(seconds.values())
 
         def recall_at(nprobe: int) -> float:
             index.nprobe = nprobe
@@ -254,8 +264,10 @@ class VectorIndex:
 
         nprobe, measured = _smallest_reaching_margin(sorted({min(p, nlist) for p in IVF_NPROBE}), recall_at)
         meta.recall_at_10 = measured[nprobe]
+        seconds["sweep"] = time.perf_counter() - start - sum(seconds.values())
         meta.ivf = {"nlist": nlist, "pq": f"{m}x4 (fast scan)", "nprobe": nprobe, "candidates": IVF_CANDIDATES,
-                    "train_rows": len(train), "recall_by_nprobe": {str(p): round(r, 4) for p, r in measured.items()}}
+                    "train_rows": len(train), "recall_by_nprobe": {str(p): round(r, 4) for p, r in measured.items()},
+                    "seconds": {k: round(v, 3) for k, v in seconds.items()}}
         meta.build_seconds = time.perf_counter() - start
         return built
 

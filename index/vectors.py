@@ -141,8 +141,9 @@ class VectorStore:
 
     def finalize(self, method: Method, train: Examples, manifest: Manifest) -> Manifest:
         """Reduce the finished shards: the manifest lists them all, the method's ``finalize`` arrays (influence:
-        the curvature) and the self-influence are written. The reductions read the shards a block of rows at a
-        time (:class:`.rows.StoredRows`), so memory does not grow with n beyond the (n,) self-influence. Refuses,
+        the curvature) and the self-influence are written. A method that ``reads_rows`` (every built-in one) reads
+        the shards a block of rows at a time (:class:`.rows.StoredRows`), so memory does not grow with n beyond
+        the (n,) self-influence. Refuses,
         changing nothing, while a shard is missing."""
         missing = [i for i in range(manifest.shards) if not self.shard_path(i).is_file()]
         if missing:
@@ -153,6 +154,8 @@ class VectorStore:
         manifest.done = list(range(manifest.shards))
         atomic_write_json(self.manifest_path, asdict(manifest))
         vectors = self.rows(manifest)
+        if not getattr(method, "reads_rows", False):  # a method that wants one tensor (see Method)
+            vectors = torch.from_numpy(np.asarray(vectors, dtype=np.float32))
         if hasattr(method, "finalize"):
             for name, array in method.finalize(vectors).items():
                 _save_npy(self.folder / f"final-{name}.npy", array)

@@ -8,11 +8,18 @@ checkpoints, the influence vectors and LiSSA's minibatches run the encoder over 
 all, and a later process (``explain``) reads the matrix from disk instead of running the encoder again.
 
     WORKDIR/cache/features/<key>.npy     (n, h) float32, row i = f_i of training example i
+    WORKDIR/cache/features/<key>.shards/rows-<lo>-<hi>.npy    (hi − lo, h) rows lo … hi − 1, from parts
 
 ``key`` hashes the training texts, the task (its class, ``max_length`` and pooling) and every parameter and buffer outside
 the head (names, shapes, dtypes, bytes), so a changed encoder, tokenization length or dataset never reads stale
 features, while checkpoints whose encoders are equal find each other's. Rows live in memory, filled as they are
-asked for; the file is written (temporary name, then rename) once every row is known.
+asked for; the file is written (temporary name, then rename) once every row is known, and read back as a memory
+map (copy on write), so a reader of some rows never loads all of them.
+
+Parts of a sharded run (``scan --shard I/N``, torchrun) write a range of rows each
+(:meth:`TrainFeatures.compute_range`), atomically, into ``<key>.shards/``. Whoever opens the features next reads
+the ranges there: when they cover every row it assembles the file on disk (never all rows in memory) and removes
+them; otherwise it holds the rows they give and computes only the others.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import hashlib
 import io
 import json
 import logging
+import re
+import shutil
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -30,7 +39,7 @@ from torch import Tensor, nn
 
 from .data import Examples
 from .task import Task, logits_and_features_of, model_device
-from .atomic import atomic_write_bytes
+from .atomic import atomic_path, atomic_write_bytes
 from .workdir import Workdir
 
 Progress = Callable[[int, int], None]
@@ -79,11 +88,67 @@ class TrainFeatures:
         self.encoded = 0  # training rows run through the encoder by this object
         self._rows: Tensor | None = None  # (n, h) float32 on CPU, once the width is known
         self._known = np.zeros(len(train), dtype=bool)
+        if path is not None and not path.is_file():
+            self._read_ranges()
         if path is not None and path.is_file():
-            rows = torch.from_numpy(np.load(path))
+            rows = torch.from_numpy(np.load(path, mmap_mode="c"))  # pages read as rows are asked for
             if rows.shape[0] == len(train):
                 self._rows, self._known[:] = rows, True
                 log.info("training features %s read from %s", tuple(rows.shape), path)
+
+    @property
+    def ranges_folder(self) -> Path | None:
+        """Where the parts of a sharded run write their ranges of rows (None without a file)."""
+        return None if self.path is None else self.path.with_name(self.path.stem + ".shards")
+
+    def compute_range(self, lo: int, hi: int, progress: Progress | None = None) -> bool:
+        """Compute rows lo … hi − 1 and write them to their own file, unless the whole matrix or that range is
+        on disk already; whether it computed. Holds these rows only (a part of a sharded run)."""
+        if self.path is None:
+            raise ValueError("ranges of rows need a cache folder")
+        target = self.ranges_folder / f"rows-{lo:010d}-{hi:010d}.npy"
+        if self.path.is_file() or target.is_file():
+            return False
+        _, f = logits_and_features_of(self.task, self.model, self.train.subset(np.arange(lo, hi)),
+                                      self.batch_size, progress)
+        buf = io.BytesIO()
+        np.save(buf, f.float().cpu().numpy(), allow_pickle=False)
+        atomic_write_bytes(target, buf.getvalue())
+        self.encoded += hi - lo
+        return True
+
+    def _read_ranges(self) -> None:
+        """Take the ranges of rows that parts wrote: assembled into the file when they cover every row, else held
+        in memory as known rows."""
+        folder = self.ranges_folder
+        if folder is None or not folder.is_dir():
+            return
+        found = []
+        for path in sorted(folder.glob("rows-*.npy")):
+            match = re.fullmatch(r"rows-(\d+)-(\d+)\.npy", path.name)
+            rows = np.load(path, mmap_mode="r")
+            lo, hi = (int(match.group(1)), int(match.group(2))) if match else (0, -1)
+            if 0 <= lo < hi <= len(self.train) and rows.ndim == 2 and rows.shape[0] == hi - lo:
+                found.append((lo, hi, rows))
+        covered = np.zeros(len(self.train), dtype=bool)
+        for lo, hi, _ in found:
+            covered[lo:hi] = True
+        if found and covered.all():
+            with atomic_path(self.path) as tmp:
+                whole = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                                  shape=(len(self.train), found[0][2].shape[1]))
+                for lo, hi, rows in found:
+                    whole[lo:hi] = rows
+                whole.flush()
+                del whole
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("training features assembled from %d ranges into %s", len(found), self.path)
+            return
+        for lo, hi, rows in found:
+            if self._rows is None:
+                self._rows = torch.zeros(len(self.train), rows.shape[1])
+            self._rows[lo:hi] = torch.from_numpy(np.array(rows, dtype=np.float32))
+            self._known[lo:hi] = True
 
     @property
     def complete(self) -> bool:
@@ -123,6 +188,7 @@ class TrainFeatures:
         buf = io.BytesIO()
         np.save(buf, self._rows.numpy(), allow_pickle=False)
         atomic_write_bytes(self.path, buf.getvalue())
+        shutil.rmtree(self.ranges_folder, ignore_errors=True)  # the parts' ranges it took
 
 
 class FeatureCache:

@@ -60,6 +60,10 @@ class Method(Protocol):
     (a curvature): ``finalize(vectors) -> dict[str, ndarray]`` once the (n, D) vectors are finished (stored
     beside them), ``use_finalized(arrays)`` in a query process, and ``query_like(vectors)``, training vectors
     mapped as queries are (where an approximate index measures its recall).
+
+    ``finalize`` and ``self_influence`` get the (n, D) vectors as one tensor, unless the method sets
+    ``reads_rows = True``: then they get :class:`Rows`, read a block at a time with :func:`row_blocks` (the
+    stored shards, so that memory does not grow with n), as every built-in method does.
     """
 
     name: str
@@ -119,6 +123,7 @@ class TracIn:
     """
 
     name = "tracin"
+    reads_rows = True  # finalize and self_influence read blocks of rows (row_blocks)
 
     def __init__(self, task: Task, checkpoints: Sequence[tuple[nn.Module, float]], names: Sequence[str],
                  projector: Projector, features: FeatureCache | None = None):
@@ -172,6 +177,7 @@ class InfluenceFunctions:
     """
 
     name = "influence"
+    reads_rows = True  # finalize and self_influence read blocks of rows (row_blocks)
 
     def __init__(self, task: Task, model: nn.Module, names: Sequence[str], projector: Projector,
                  train: Examples, config: LissaConfig = LissaConfig(), features: FeatureCache | None = None,
@@ -272,6 +278,7 @@ class Representer:
     """
 
     name = "representer"
+    reads_rows = True  # finalize and self_influence read blocks of rows (row_blocks)
 
     def __init__(self, task: Task, model: nn.Module, lam: float = 1e-3, batch_size: int = 64,
                  features: FeatureCache | None = None):

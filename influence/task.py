@@ -137,7 +137,8 @@ def find_head(model: nn.Module, num_labels: int) -> str:
 class HFSequenceClassificationTask(Task):
     """Adapter for any ``AutoModelForSequenceClassification``.
 
-    Passes a ready 4-D additive attention mask, shape (b, 1, 1, T) of 0 / dtype-min, so that the model's own
+    Passes a ready 4-D additive attention mask, shape (b, 1, 1, T) of 0 / the minimum of the model's dtype
+    (float32, or a half-precision model's own, where float32's would overflow to -inf), so that the model's own
     mask builder (which branches on tensor values in transformers 5) is skipped and ``torch.func.vmap`` works.
     Load models with ``attn_implementation="eager"`` for the same reason.
     """
@@ -147,6 +148,8 @@ class HFSequenceClassificationTask(Task):
         self.max_length = max_length
         self.pooling = pooling  # what the head reads (:mod:`.pooling`); the model's forward is made to match
         self.head_name = find_head(model, model.config.num_labels)
+        dtype = getattr(model, "dtype", torch.float32)
+        self.mask_dtype = dtype if dtype.is_floating_point else torch.float32  # fp16/bf16 models: their own min
 
     def encode(self, texts: Sequence[Text]) -> Batch:
         if texts and isinstance(texts[0], tuple):
@@ -156,8 +159,9 @@ class HFSequenceClassificationTask(Task):
         else:
             enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
                                  return_tensors="pt")
-        mask = enc["attention_mask"].to(torch.float32)
-        batch = {"input_ids": enc["input_ids"], "attention_mask": (1.0 - mask[:, None, None, :]) * torch.finfo(torch.float32).min}
+        mask = enc["attention_mask"].to(self.mask_dtype)
+        batch = {"input_ids": enc["input_ids"],
+                 "attention_mask": (1.0 - mask[:, None, None, :]) * torch.finfo(self.mask_dtype).min}
         if "token_type_ids" in enc:
             batch["token_type_ids"] = enc["token_type_ids"]
         return batch

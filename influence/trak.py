@@ -80,6 +80,7 @@ class TRAK:
     """
 
     name = "trak"
+    reads_rows = True  # finalize and self_influence read blocks of rows (row_blocks)
 
     def __init__(self, task: Task, models: Sequence[nn.Module], names: Sequence[str], projector: Projector,
                  train: Examples, features: FeatureCache | None = None, damping: float = DAMPING):

@@ -4,6 +4,12 @@
 method (cross-validated linear and MLP heads, self-influence from a registered method's vectors, the area under
 the margin), ranks every training example by how likely its label is wrong, and records the ranking and the
 flags in the store (:func:`.scans.record_scan`).
+
+What costs the encoder's time, the training features (and the vectors of a scan by self-influence), splits into
+shards of rows, as ``vectors`` does (:mod:`datablame.index.shards`): :func:`scan_part` computes one part's shards
+(``scan --shard I/N``), and :func:`run_scan` runs a whole scan alone, as such a part, or as one rank of torchrun
+(each rank its part; rank 0 scans once all are written). A scan without a part reads what the parts wrote and
+computes only what is missing: it is their finalize step.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from datablame.influence.errors import DatablameError
 from datablame.influence.workdir import Workdir
 
 from .db import Database, default_url, open_db
@@ -25,6 +32,7 @@ log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # importing them loads torch
     from datablame.influence.data import Examples
+    from datablame.index.shards import Part
     from datablame.influence.detect import LabelIssues
     from datablame.influence.workdir import Config
 
@@ -89,6 +97,61 @@ def scan_workdir(workdir: str | os.PathLike, method: str = "cv", flag_top: float
     return ScanResult(method, issues, examples, record, threshold)
 
 
+def run_scan(workdir: str | os.PathLike, method: str = "cv", flag_top: float = 0.05, folds: int = 5,
+             repeats: int = 3, db: Database | None = None, device: str = "auto", progress: Callable | None = None,
+             part: Part | None = None, shard_size: int | None = None) -> ScanResult | None:
+    """The scan, alone (``part`` None: :func:`scan_workdir`), as the part ``part`` of a sharded run (its shards
+    only; None returned), or as one rank of torchrun (each rank its part; rank 0 then scans; None elsewhere)."""
+    from datablame.index.shards import local_device, process_group, torchrun_part
+
+    launched = torchrun_part()
+    if launched is not None and part is not None:
+        raise DatablameError(f"--shard {part} under torchrun", "torchrun gives each rank its part; drop --shard")
+    if launched is None:
+        if part is None:
+            return scan_workdir(workdir, method, flag_top, folds, repeats, db, device, progress)
+        scan_part(workdir, part, method, shard_size, device, progress)
+        return None
+    with process_group(device) as barrier:
+        scan_part(workdir, launched, method, shard_size, local_device(device), progress, barrier)
+        barrier()  # every rank's shards are written
+    if launched.index == 0:
+        return scan_workdir(workdir, method, flag_top, folds, repeats, db, device, progress)
+    return None
+
+
+def scan_part(workdir: str | os.PathLike, part: Part, method: str = "cv", shard_size: int | None = None,
+              device: str = "auto", progress: Callable | None = None,
+              planned: Callable[[], None] | None = None) -> list[int]:
+    """Compute the part ``part`` of what a scan by ``method`` reads: the final checkpoint's training features, in
+    shards of ``shard_size`` rows (the shards s with s mod N = I, each written whole), and for a scan by
+    self-influence that method's vector shards (``planned``: torchrun's barrier, see
+    :func:`datablame.index.vectors.compute_vectors`). Returns the feature shards it computed (those on disk
+    already are skipped)."""
+    from datablame.index.vectors import SHARD_SIZE, compute_vectors
+    from datablame.influence import detect
+    from datablame.influence.build import MethodSettings
+    from datablame.influence.features import FeatureCache
+    from datablame.influence.models import load_classifier
+
+    weights = detect.scan_weights(method)
+    size = shard_size or SHARD_SIZE
+    wd = Workdir(workdir)
+    config = wd.load()
+    examples = wd.load_examples(config)
+    wd.verify(config.checkpoints[-1:])
+    model, task = load_classifier(wd.checkpoint_path(config.checkpoints[-1]), config.label_names, device,
+                                  config.max_length)
+    features = FeatureCache(examples, wd.features_cache).of(task, model)
+    mine = [s for s in range(math.ceil(len(examples) / size)) if part.mine(s)]
+    done = [s for s in mine if features.compute_range(s * size, min((s + 1) * size, len(examples)), progress)]
+    log.info("scan part %s: %d of its %d feature shards computed", part, len(done), len(mine))
+    for name in detect.self_influence_methods(weights):
+        compute_vectors(workdir, name, MethodSettings(device=device), progress=progress, shard_size=size, part=part,
+                        planned=planned)
+    return done
+
+
 def training_margins(config: Config, features: np.ndarray, labels, device: str = "auto") -> np.ndarray:
     """(n,) AUM of every training example, from the head's training replayed on its features (a workdir trained
     with --freeze-encoder: the final checkpoint's features are the ones it trained on)."""
@@ -113,8 +176,10 @@ def self_influence(workdir: str | os.PathLike, method: str, config: Config, devi
     store = VectorStore(Workdir(workdir).vectors_dir(method))
     manifest = store.manifest()
     current = {"data": config.data_fingerprint, "checkpoints": [asdict(c) for c in chosen_checkpoints(method, config)]}
-    if (manifest is None or not manifest.complete or key_changes(manifest.key, current, current)
-            or not (store.folder / "self_influence.npy").is_file()):
-        log.info("computing %s vectors for self-influence (none stored for this data and these checkpoints)", method)
-        compute_vectors(workdir, method, MethodSettings(device=device), progress=progress)
+    stale = manifest is None or bool(key_changes(manifest.key, current, current))
+    if stale or not manifest.complete or not (store.folder / "self_influence.npy").is_file():
+        log.info("computing %s vectors for self-influence (none finished for this data and these checkpoints)",
+                 method)
+        compute_vectors(workdir, method, MethodSettings(device=device), progress=progress,
+                        **({} if stale else {"shard_size": manifest.shard_size}))  # parts' shards resumed
     return store.self_influence()

@@ -35,3 +35,27 @@ def test_plan_times_the_exact_hessian(trained_workdir):
     [plan] = json.loads(r.stdout)
     finalize = next(p for p in plan["phases"] if p["name"] == "finalize")
     assert "the exact Hessian" in finalize["note"] and finalize["seconds"] > 0
+
+
+def test_plan_of_an_ivfpq_index_scales_a_real_calibration_build(tmp_path):
+    """Past HNSW's memory, ``--approximate`` plans IVF-PQ: a real build on 10,000 calibration rows, each part
+    scaled to n; its disk is the codes, ids and centroids the index at n would hold."""
+    import faiss
+    import numpy as np
+
+    from datablame.index.plan import ivfpq_phase
+    from datablame.index.rows import ArrayRows
+    from datablame.index.search import IndexMeta, VectorIndex, ivfpq_shape
+
+    vectors = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    small, large = (ivfpq_phase(vectors, n, "raw", base=0) for n in (10_000, 10_000_000))
+    nlist, m = ivfpq_shape(10_000_000, 32)
+    assert (nlist, m) == (2048, 16) and f"{nlist} lists" in large.note
+    assert large.disk_bytes == 10_000_000 * (m // 2 + 8) + nlist * 32 * 4
+    assert large.seconds > 100 * small.seconds > 0 and large.peak_bytes > small.peak_bytes
+    meta = IndexMeta(method="m", scoring="raw", kind="ivfpq", n=0, dim=32, key={}, settings={})
+    built = VectorIndex.build_ivfpq(ArrayRows(np.resize(vectors, (10_000, 32))), meta)
+    assert set(built.meta.ivf["seconds"]) == {"train", "fill", "truth", "sweep"}
+    index = tmp_path / "i.faiss"
+    faiss.write_index(built.index, str(index))
+    assert abs(index.stat().st_size - small.disk_bytes) < 0.05 * small.disk_bytes

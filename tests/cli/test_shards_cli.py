@@ -47,3 +47,32 @@ def test_torchrun_and_shard_jobs_write_the_files_of_one_process(trained_workdir,
     r = datablame("finalize", ranks, "--method", "tracin", "--device", "cpu", "-q")
     assert r.returncode == 0, r.stderr
     assert outputs(ranks) == expected
+
+
+def test_scan_in_parts_then_one_scan_equals_one_scan(trained_workdir, tmp_path):
+    """Two ``scan --shard I/N`` parts write the training features in ranges (and the vectors of a scan by
+    self-influence); the scan after them reads those, runs no encoder pass, and equals a scan alone."""
+    import numpy as np
+
+    one, parts = (shutil.copytree(trained_workdir, tmp_path / name) for name in ("one", "parts"))
+    scan = ["--method", "combined", "--device", "cpu"]
+    r = datablame("scan", one, *scan, "--json")
+    assert r.returncode == 0, r.stderr
+    expected = {row["id"]: row["score"] for row in json.loads(r.stdout)["examples"]}
+    for i in range(2):
+        r = datablame("scan", parts, *scan, "--shard", f"{i}/2", "--shard-size", "16")
+        assert r.returncode == 0, r.stderr
+        assert f"part {i}/2 of the training features done" in " ".join(r.stderr.split())
+    cache = parts / "cache" / "features"
+    assert sorted(p.name for p in cache.rglob("rows-*.npy")) == [
+        "rows-0000000000-0000000016.npy", "rows-0000000016-0000000032.npy", "rows-0000000032-0000000048.npy"]
+    assert sorted(p.name for p in (parts / "vectors" / "tracin").glob("shard-*.npy")) == [
+        f"shard-0000{i}.npy" for i in range(3)]
+    r = datablame("scan", parts, *scan, "--json", "-v")
+    assert r.returncode == 0, r.stderr
+    assert "assembled from 3 ranges" in r.stderr and not list(cache.glob("*.shards"))
+    got = {row["id"]: row["score"] for row in json.loads(r.stdout)["examples"]}
+    assert got.keys() == expected.keys()
+    np.testing.assert_allclose([got[i] for i in expected], list(expected.values()), atol=1e-4)
+    [a], [b] = (list((wd / "cache" / "features").glob("*.npy")) for wd in (one, parts))
+    np.testing.assert_allclose(np.load(a), np.load(b), atol=1e-5)

@@ -15,6 +15,7 @@ class FakeMethod:
 
     name = "fake"
     dim = 3
+    reads_rows = True
 
     def __init__(self, fail_after: int | None = None):
         self.calls, self.fail_after = 0, fail_after

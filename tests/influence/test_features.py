@@ -155,3 +155,21 @@ def test_tracin_query_runs_a_shared_encoder_once(frozen_workdir, trained_workdir
     torch.testing.assert_close(q.vectors, through_each_checkpoint(built.method, QUERIES, q.predictions), rtol=1e-4, atol=1e-6)
     fine_tuned = build_method(trained_workdir, "tracin", MethodSettings(params=["head"], dim=64, device="cpu"))
     assert fine_tuned.method.encoder_groups() == [0, 1, 2]
+
+
+def test_ranges_from_parts_are_read_and_only_the_rest_encoded(frozen_workdir, tmp_path, tiny_examples):
+    """Rows that parts wrote in ranges are taken as known; the rows no range covers are the only ones encoded,
+    and the whole matrix equals one computed at once."""
+    wd = fresh_copy(frozen_workdir, tmp_path, cache=False)
+    config = Workdir(wd).load()
+    model, task = load_classifier(Workdir(wd).checkpoint_path(config.checkpoints[-1]), config.label_names, "cpu")
+    part = FeatureCache(tiny_examples, features_folder(wd)).of(task, model)
+    assert part.compute_range(0, 16) and part.compute_range(32, 48) and not part.compute_range(0, 16)
+    later = FeatureCache(tiny_examples, features_folder(wd)).of(task, model)  # a later process
+    counter = EncoderRows([model])
+    rows = later.rows(np.arange(len(tiny_examples)))
+    counter.close()
+    assert counter.rows == 16  # rows 16 … 31 only
+    whole = FeatureCache(tiny_examples).of(task, model).rows(np.arange(len(tiny_examples)))
+    torch.testing.assert_close(rows, whole, atol=1e-5, rtol=1e-5)
+    assert [p.name for p in features_folder(wd).iterdir()] == [f"{later.key}.npy"]  # the ranges taken, removed
