@@ -74,6 +74,12 @@ def texts_digest(train: Examples) -> str:
     return hashlib.blake2b(json.dumps(train.texts).encode(), digest_size=20).hexdigest()
 
 
+def _unwritten(n: int, h: int) -> Tensor:
+    """(n, h) float32 zeros whose memory is taken only as rows are written (calloc'd pages; ``torch.zeros`` would
+    touch all n × h × 4 bytes at once): a part that computes its share of rows holds that share."""
+    return torch.from_numpy(np.zeros((n, h), dtype=np.float32))
+
+
 class TrainFeatures:
     """(n, h) float32 penultimate features of one training set under one encoder (any model that has it).
 
@@ -146,7 +152,7 @@ class TrainFeatures:
             return
         for lo, hi, rows in found:
             if self._rows is None:
-                self._rows = torch.zeros(len(self.train), rows.shape[1])
+                self._rows = _unwritten(len(self.train), rows.shape[1])
             self._rows[lo:hi] = torch.from_numpy(np.array(rows, dtype=np.float32))
             self._known[lo:hi] = True
 
@@ -168,7 +174,7 @@ class TrainFeatures:
                                           progress)
             f = f.float().cpu()
             if self._rows is None:
-                self._rows = torch.zeros(len(self.train), f.shape[1])
+                self._rows = _unwritten(len(self.train), f.shape[1])
             self._rows[torch.from_numpy(missing)] = f
             self._known[missing] = True
             self.encoded += len(missing)

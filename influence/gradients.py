@@ -153,12 +153,17 @@ class HeadGradients(GradientComputer):
             p = self.logits(model, f).double().softmax(-1).cpu()
             z = torch.cat([f.double().cpu(), torch.ones(len(f), 1, dtype=torch.float64)], 1)
             a = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]  # (b, K, K)
-            for c in range(k):
-                for d in range(c, k):
+            for c in range(k - 1):
+                for d in range(c, k - 1):
                     total[c, d] += z.T @ (a[:, c, d, None] * z)
-        for c in range(k):
+        for c in range(k - 1):
             for d in range(c):
                 total[c, d] = total[d, c]
+        # each row of diag p − p pᵀ sums to 0, so the last class's blocks are minus the sum of the others': (K − 1)K/2
+        # products instead of K(K + 1)/2 (one instead of three for two classes)
+        total[:k - 1, k - 1] = -total[:k - 1, :k - 1].sum(1)
+        total[k - 1, :k - 1] = total[:k - 1, k - 1]
+        total[k - 1, k - 1] = -total[k - 1, :k - 1].sum(0)
         design = (total / len(train)).permute(0, 2, 1, 3).reshape(k * (h + 1), k * (h + 1))  # index c·(h+1) + j
         order = [i for n in self.names for i in blocks[n]]
         return design[order][:, order]
