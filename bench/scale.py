@@ -172,7 +172,7 @@ def approximate_at_scale(args) -> dict:
     resident = _resident()
     finalize = finalize_at_scale(args.ann_workdir, args.ann_method, store, rows) if args.ann_finalize else None
     sample = base[np.unique(np.linspace(0, len(base) - 1, 64).astype(int))]  # as plan's calibration samples
-    estimate = ivfpq_phase(sample, len(rows), "cosine", resident)
+    estimate = ivfpq_phase(sample, len(rows), "cosine", resident, chunk=args.ann_shard)
     meta = IndexMeta(method="bench", scoring="cosine", kind="exact", n=0, dim=base.shape[1], key={})
     index = VectorIndex.build(rows, meta, approximate=True, kind=None if args.ann_kind == "auto" else args.ann_kind)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

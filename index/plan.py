@@ -21,7 +21,7 @@ finalize       n × (reduction per row, timed on a block of  one block of rows r
 index (each)   n × (index build per row)                    the vectors, their unit-length copy (cosine)
                                                             and FAISS's own copy / the index (n × D × 4,
                                                             HNSW's graph besides)
-index, IVF-PQ  a real build on 10,000 calibration rows,     codes and ids, the training rows, one shard, one
+index, IVF-PQ  real builds on 10,000 and 160,000 rows,      codes and ids, the training rows, one shard, one
 (past HNSW's   each part scaled to n (``ivfpq_phase``)     block of exact scores / codes, ids, centroids
 memory)
 =============  ===========================================  =============================================
@@ -172,30 +172,42 @@ def _hessian_seconds(method, part: Examples, n: int) -> float:
     return seconds * n / len(block) * -(-p // chunk)
 
 
-def ivfpq_phase(vectors: np.ndarray, n: int, scoring: str, base: int, seed: int = 0) -> Phase:
-    """The IVF-PQ index of n vectors, from a real build (:meth:`.search.VectorIndex.build_ivfpq`) over
-    ``IVF_MIN_N`` calibration rows: the sample's (m, D) vectors resampled with noise of 0.3 × their norm (as
-    ``bench/retrieval.py`` makes synthetic sketches). Its measured parts are scaled to n: k-means training by
-    (nlist_n / nlist_c)² (its rows and centroids both grow with nlist), filling and the exact top-10s by n / C,
-    the nprobe sweep by the codes one probe scans, n / nlist_n against C / nlist_c. Memory: the codes and ids,
-    the training rows (and their prepared copy), one shard of rows and one block of exact scores; disk: the codes,
-    ids and centroids."""
-    rng = np.random.default_rng(seed)
-    picked = vectors[rng.integers(0, len(vectors), IVF_MIN_N)].astype(np.float32)
-    noise = rng.standard_normal(picked.shape).astype(np.float32)
-    noise *= 0.3 * np.linalg.norm(picked, axis=1, keepdims=True) / np.sqrt(picked.shape[1])
-    meta = IndexMeta(method="plan", scoring=scoring, kind="ivfpq", n=IVF_MIN_N, dim=picked.shape[1], key={},
-                     settings={})
-    calibration = VectorIndex.build_ivfpq(ArrayRows(picked + noise), meta, seed).meta.ivf
-    parts, dim = calibration["seconds"], picked.shape[1]
-    (nlist, m), nlist_c = ivfpq_shape(n, dim), calibration["nlist"]
-    seconds = (parts["train"] * (nlist / nlist_c) ** 2 + (parts["fill"] + parts["truth"]) * n / IVF_MIN_N
-               + parts["sweep"] * (n / nlist) / (IVF_MIN_N / nlist_c))
+CALIBRATION_ROWS = (IVF_MIN_N, 16 * IVF_MIN_N)
+"""The two IVF-PQ calibration builds (64 and 256 inverted lists): two sizes tell the training's part that grows
+with nlist (product quantisers, trained on 64 rows per list) from the part that grows with nlist² (k-means)."""
+
+
+def ivfpq_phase(vectors: np.ndarray, n: int, scoring: str, base: int, seed: int = 0,
+                chunk: int = SHARD_SIZE) -> Phase:
+    """The IVF-PQ index of n vectors, from real builds (:meth:`.search.VectorIndex.build_ivfpq`) over
+    :data:`CALIBRATION_ROWS` rows: the sample's (m, D) vectors resampled with noise of 0.3 × their norm (as
+    ``bench/retrieval.py`` makes synthetic sketches). Their measured parts are scaled to n: training as
+    a·nlist + b·nlist² fitted to the two builds (a, b ≥ 0), filling and the exact top-10s by n / C, the nprobe
+    sweep by the codes one probe scans, n / nlist_n against C / nlist_c (the larger build's). Memory: see below;
+    disk: the codes, ids and centroids."""
+    rng, dim = np.random.default_rng(seed), vectors.shape[1]
+    measured = []
+    for rows in CALIBRATION_ROWS:
+        picked = vectors[rng.integers(0, len(vectors), rows)].astype(np.float32)
+        noise = rng.standard_normal(picked.shape).astype(np.float32)
+        noise *= 0.3 * np.linalg.norm(picked, axis=1, keepdims=True) / np.sqrt(dim)
+        meta = IndexMeta(method="plan", scoring=scoring, kind="ivfpq", n=rows, dim=dim, key={}, settings={})
+        measured.append((rows, VectorIndex.build_ivfpq(ArrayRows(picked + noise), meta, seed).meta.ivf))
+    (small, first), (rows, last) = measured
+    (x1, t1), (x2, t2) = ((m["nlist"], m["seconds"]["train"]) for m in (first, last))
+    quadratic = max(0.0, (t2 * x1 - t1 * x2) / (x1 * x2 * (x2 - x1)))  # a·x + b·x² through both points
+    linear = max(0.0, (t2 - quadratic * x2 * x2) / x2)
+    (nlist, m), parts = ivfpq_shape(n, dim), last["seconds"]
+    seconds = (linear * nlist + quadratic * nlist ** 2 + (parts["fill"] + parts["truth"]) * n / rows
+               + parts["sweep"] * (n / nlist) / (rows / last["nlist"]))
     codes = n * (m // 2 + 8)  # 4-bit codes and an int64 id per vector
-    peak = base + codes + 2 * IVF_TRAIN_PER_LIST * nlist * dim * 4 + 2 * SHARD_SIZE * dim * 4 + SCORE_BLOCK * 4
+    # the codes twice (a growing inverted list is copied when it is reallocated), the training rows and a chunk
+    # of stored rows with their prepared copies (and FAISS's residuals of the chunk), one block of exact scores
+    peak = base + 2 * codes + (2 * IVF_TRAIN_PER_LIST * nlist + 3 * chunk) * dim * 4 + SCORE_BLOCK * 4
+    calibration_s = sum(sum(m["seconds"].values()) for _, m in measured)
     return Phase(f"index ({scoring})", seconds, peak, codes + nlist * dim * 4,
-                 f"IVF-PQ, {nlist} lists, {m}×4-bit codes; calibrated on {IVF_MIN_N} rows in "
-                 f"{sum(parts.values()):.1f} s")
+                 f"IVF-PQ, {nlist} lists, {m}×4-bit codes; calibrated on {small} and {rows} rows in "
+                 f"{calibration_s:.1f} s")
 
 
 def plan_method(workdir: str | Path, method: str, settings: MethodSettings = MethodSettings(),

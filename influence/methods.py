@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -105,6 +105,17 @@ def row_blocks(vectors: Rows) -> Iterator[Tensor]:
         yield torch.as_tensor(vectors[i:i + ROWS])
 
 
+def per_row(vectors: Rows, fn: Callable[[Tensor, int], Tensor]) -> Tensor:
+    """(n,) float32: ``fn(block, lo)`` → (b,) for each block of rows (``lo``: its first row id), written into one
+    array made up front. A small tensor kept per block instead sits between the blocks' large freed temporaries,
+    and glibc then never returns those: 3 GB held after 10M rows of dimension 256 (measured), against none."""
+    out, lo = torch.empty(vectors.shape[0], dtype=torch.float32), 0
+    for block in row_blocks(vectors):
+        out[lo:lo + len(block)] = fn(block, lo)
+        lo += len(block)
+    return out
+
+
 def gram(vectors: Rows) -> Tensor:
     """(D, D) float64 VᵀV/n of (n, D) vectors, summed block by block."""
     total = torch.zeros(vectors.shape[1], vectors.shape[1], dtype=torch.float64)
@@ -154,7 +165,7 @@ class TracIn:
 
     def self_influence(self, vectors: Rows, labels: Tensor) -> Tensor:
         """Σ_c lr_c ‖P g_c(z_i)‖², the sketch of Σ_c lr_c ‖g_c(z_i)‖²."""
-        return torch.cat([b.float().pow(2).sum(1) for b in row_blocks(vectors)])
+        return per_row(vectors, lambda b, _: b.float().pow(2).sum(1))
 
     def describe(self) -> dict:
         return {"method": self.name, "params": self.names, "projection": self.projector.describe(),
@@ -247,8 +258,7 @@ class InfluenceFunctions:
         """vᵢᵀ (VᵀV/n + λI)⁻¹ vᵢ, block by block (one factorization)."""
         m = gram(vectors)
         lu, pivots = torch.linalg.lu_factor(m + self.damping(m) * torch.eye(m.shape[0], dtype=m.dtype))
-        return torch.cat([(b.double() * torch.linalg.lu_solve(lu, pivots, b.double().T).T).sum(1)
-                          for b in row_blocks(vectors)]).float()
+        return per_row(vectors, lambda b, _: (b.double() * torch.linalg.lu_solve(lu, pivots, b.double().T).T).sum(1))
 
     def describe(self) -> dict:
         return {"method": self.name, "params": self.names, "projection": self.projector.describe(),
@@ -356,12 +366,8 @@ class Representer:
     def self_influence(self, vectors: Rows, labels: Tensor) -> Tensor:
         """|α_{i, y_i}|: read from v_i = α_i ⊗ [f_i, 1], whose last feature is the constant 1."""
         k, labels = self._require_fit().shape[0], torch.as_tensor(np.asarray(labels), dtype=torch.long)
-        out, lo = [], 0
-        for block in row_blocks(vectors):
-            v = block.reshape(len(block), k, -1)
-            out.append(v[torch.arange(len(block)), labels[lo:lo + len(block)], -1].abs().float())
-            lo += len(block)
-        return torch.cat(out)
+        return per_row(vectors, lambda b, lo: b.reshape(len(b), k, -1)[torch.arange(len(b)),
+                                                                         labels[lo:lo + len(b)], -1].abs())
 
     def describe(self) -> dict:
         return {"method": self.name, "lambda": self.lam}

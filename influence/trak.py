@@ -37,7 +37,7 @@ from .data import Examples, Text
 from .errors import DatablameError
 from .features import FeatureCache
 from .gradients import Inputs, gradient_computer, labels_of
-from .methods import Queries, Rows, row_blocks
+from .methods import Queries, Rows, per_row, row_blocks
 from .registry import MethodSpec, register
 from .sketch import Projector
 from .task import Task
@@ -174,9 +174,9 @@ class TRAK:
         """(n,) τ(i, i) = Q_i · (1/M) Σ_m φ_m(i)ᵀ K_m^{-1} φ_m(i) = (1/(M Q_i)) Σ_m v_mᵀ K_m^{-1} v_m, from
         the (n, M·k) training vectors (after :meth:`finalize`)."""
         inverses, weights = self._require_finalized()
-        quad = torch.cat([torch.einsum("mbi,mij,mbj->b", self._blocks(rows), inverses, self._blocks(rows))
-                          for rows in row_blocks(vectors)])
-        return (quad / (len(self.models) * weights)).float()
+        return per_row(vectors, lambda rows, lo: torch.einsum("mbi,mij,mbj->b", self._blocks(rows), inverses,
+                                                               self._blocks(rows))
+                       / (len(self.models) * weights[lo:lo + len(rows)]))
 
     # ---- query side ----
 
