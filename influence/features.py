@@ -74,6 +74,13 @@ def texts_digest(train: Examples) -> str:
     return hashlib.blake2b(json.dumps(train.texts).encode(), digest_size=20).hexdigest()
 
 
+def _write_npy(path: Path, array: np.ndarray) -> None:
+    """``array`` as a .npy file, written atomically."""
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def _unwritten(n: int, h: int) -> Tensor:
     """(n, h) float32 zeros whose memory is taken only as rows are written (calloc'd pages; ``torch.zeros`` would
     touch all n × h × 4 bytes at once): a part that computes its share of rows holds that share."""
@@ -117,9 +124,7 @@ class TrainFeatures:
             return False
         _, f = logits_and_features_of(self.task, self.model, self.train.subset(np.arange(lo, hi)),
                                       self.batch_size, progress)
-        buf = io.BytesIO()
-        np.save(buf, f.float().cpu().numpy(), allow_pickle=False)
-        atomic_write_bytes(target, buf.getvalue())
+        _write_npy(target, f.float().cpu().numpy())
         self.encoded += hi - lo
         return True
 
@@ -191,9 +196,7 @@ class TrainFeatures:
     def _save(self) -> None:
         if self.path is None or self.path.is_file():
             return
-        buf = io.BytesIO()
-        np.save(buf, self._rows.numpy(), allow_pickle=False)
-        atomic_write_bytes(self.path, buf.getvalue())
+        _write_npy(self.path, self._rows.numpy())
         shutil.rmtree(self.ranges_folder, ignore_errors=True)  # the parts' ranges it took
 
 
