@@ -183,8 +183,8 @@ def ivfpq_phase(vectors: np.ndarray, n: int, scoring: str, base: int, seed: int 
     :data:`CALIBRATION_ROWS` rows: the sample's (m, D) vectors resampled with noise of 0.3 × their norm (as
     ``bench/retrieval.py`` makes synthetic sketches). Their measured parts are scaled to n: training as
     a·nlist + b·nlist² fitted to the two builds (a, b ≥ 0), filling and the exact top-10s by n / C, the nprobe
-    sweep by the codes one probe scans, n / nlist_n against C / nlist_c (the larger build's). Memory: see below;
-    disk: the codes, ids and centroids."""
+    sweep by the codes one probe scans, n / nlist_n against C / nlist_c (the larger build's). Peak memory and
+    disk as the comments below count them."""
     rng, dim = np.random.default_rng(seed), vectors.shape[1]
     measured = []
     for rows in CALIBRATION_ROWS:
@@ -194,17 +194,17 @@ def ivfpq_phase(vectors: np.ndarray, n: int, scoring: str, base: int, seed: int 
         meta = IndexMeta(method="plan", scoring=scoring, kind="ivfpq", n=rows, dim=dim, key={}, settings={})
         measured.append((rows, VectorIndex.build_ivfpq(ArrayRows(picked + noise), meta, seed).meta.ivf))
     (small, first), (rows, last) = measured
-    (x1, t1), (x2, t2) = ((m["nlist"], m["seconds"]["train"]) for m in (first, last))
+    (x1, t1), (x2, t2) = ((build["nlist"], build["seconds"]["train"]) for build in (first, last))
     quadratic = max(0.0, (t2 * x1 - t1 * x2) / (x1 * x2 * (x2 - x1)))  # a·x + b·x² through both points
     linear = max(0.0, (t2 - quadratic * x2 * x2) / x2)
     (nlist, m), parts = ivfpq_shape(n, dim), last["seconds"]
     seconds = (linear * nlist + quadratic * nlist ** 2 + (parts["fill"] + parts["truth"]) * n / rows
                + parts["sweep"] * (n / nlist) / (rows / last["nlist"]))
-    codes = n * (m // 2 + 8)  # 4-bit codes and an int64 id per vector
+    codes = n * (m // 2 + 8)  # 4-bit codes and an int64 id per vector (disk: and the nlist centroids)
     # the codes twice (a growing inverted list is copied when it is reallocated), the training rows and a chunk
     # of stored rows with their prepared copies (and FAISS's residuals of the chunk), one block of exact scores
     peak = base + 2 * codes + (2 * IVF_TRAIN_PER_LIST * nlist + 3 * chunk) * dim * 4 + SCORE_BLOCK * 4
-    calibration_s = sum(sum(m["seconds"].values()) for _, m in measured)
+    calibration_s = sum(sum(build["seconds"].values()) for _, build in measured)
     return Phase(f"index ({scoring})", seconds, peak, codes + nlist * dim * 4,
                  f"IVF-PQ, {nlist} lists, {m}×4-bit codes; calibrated on {small} and {rows} rows in "
                  f"{calibration_s:.1f} s")

@@ -143,8 +143,7 @@ class VectorStore:
         """Reduce the finished shards: the manifest lists them all, the method's ``finalize`` arrays (influence:
         the curvature) and the self-influence are written. A method that ``reads_rows`` (every built-in one) reads
         the shards a block of rows at a time (:class:`.rows.StoredRows`), so memory does not grow with n beyond
-        the (n,) self-influence. Refuses,
-        changing nothing, while a shard is missing."""
+        the (n,) self-influence. Refuses, changing nothing, while a shard is missing."""
         missing = [i for i in range(manifest.shards) if not self.shard_path(i).is_file()]
         if missing:
             shown = ", ".join(map(str, missing[:10])) + (", …" if len(missing) > 10 else "")
