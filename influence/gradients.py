@@ -49,6 +49,13 @@ def labels_of(batch: Examples) -> Tensor:
     return torch.as_tensor(np.asarray(batch.labels), dtype=torch.long)
 
 
+HEAD_BATCH = 4096
+"""Most training examples per call of head gradients read from the feature cache."""
+
+HEAD_BATCH_BYTES = 256 << 20
+"""The float32 gradients of one call of head gradients stay under this many bytes (over every checkpoint)."""
+
+
 class GradientComputer(ABC):
     """Per-example gradients over the selected parameters ``names`` of ``models`` (checkpoints in order; the last
     one predicts), for a ``task``; ``features``: the training set's penultimate feature cache, if any."""
@@ -101,6 +108,11 @@ class GradientComputer(ABC):
         """(b, p) gradients of training examples for their own labels."""
         return self.grads(model, self.train_inputs(model, batch), labels_of(batch), objective)
 
+    def train_batch(self, batch_size: int) -> int:
+        """Training examples per gradient call, given the caller's ``batch_size`` (what the encoder's memory
+        allows): that size."""
+        return batch_size
+
     def loss_hessian(self, model: nn.Module, train: Examples) -> Tensor | None:
         """(p, p) float64 Hessian of the mean training loss over the selected parameters in closed form, or None
         where this computer has none (Hessian-vector products then build it)."""
@@ -121,6 +133,16 @@ class HeadGradients(GradientComputer):
     @torch.no_grad()
     def logits(self, model: nn.Module, inputs: Tensor) -> Tensor:
         return self.task.head(model).eval()(inputs)
+
+    def train_batch(self, batch_size: int) -> int:
+        """With a feature cache (which runs the encoder, where it must, in its own batches): at least
+        ``batch_size``, up to :data:`HEAD_BATCH` examples while their float32 gradients over every model stay
+        under :data:`HEAD_BATCH_BYTES`. A head's gradients take microseconds, so small calls are mostly overhead:
+        67,349 examples took 3.7 s in calls of 32 and 0.24 s in calls of 1,024 (MiniLM's 770-parameter head)."""
+        if self.features is None:
+            return batch_size
+        p = sum(t.numel() for t in self.params(self.models[0]).values()) * len(self.models)
+        return max(batch_size, min(HEAD_BATCH, HEAD_BATCH_BYTES // max(1, 4 * p)))
 
     def grads(self, model: nn.Module, inputs: Tensor, labels: Tensor, objective: Objective | None = None) -> Tensor:
         return head_grads(self.task, model, inputs, labels, self.names, objective=objective)

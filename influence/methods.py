@@ -375,10 +375,12 @@ class Representer:
 
 def compute_train_vectors(method: Method, train: Examples, batch_size: int = 32,
                           progress: Progress | None = None) -> np.ndarray:
-    """(n, D) float32 training vectors of every example, in id order."""
+    """(n, D) float32 training vectors of every example, in id order; ``batch_size`` examples per call, or more
+    where the method's gradient computer takes more (head gradients on cached features)."""
     out = np.empty((len(train), method.dim), dtype=np.float32)
     done = 0
-    for batch in train.batches(batch_size):
+    gradients = getattr(method, "gradients", None)
+    for batch in train.batches(batch_size if gradients is None else gradients.train_batch(batch_size)):
         out[done:done + len(batch)] = method.train_vectors(batch).numpy()
         done += len(batch)
         if progress is not None:

@@ -173,3 +173,16 @@ def test_ranges_from_parts_are_read_and_only_the_rest_encoded(frozen_workdir, tm
     whole = FeatureCache(tiny_examples).of(task, model).rows(np.arange(len(tiny_examples)))
     torch.testing.assert_close(rows, whole, atol=1e-5, rtol=1e-5)
     assert [p.name for p in features_folder(wd).iterdir()] == [f"{later.key}.npy"]  # the ranges taken, removed
+
+
+def test_head_gradients_on_cached_features_take_large_batches(frozen_workdir, tmp_path, tiny_examples):
+    """Head gradients read from the feature cache go in calls of up to 4,096 examples (calls of 32 were mostly
+    overhead); without a cache the caller's batch stands (the encoder runs on it); the vectors do not change."""
+    from datablame.influence.gradients import HEAD_BATCH, HeadGradients
+
+    built = build_method(fresh_copy(frozen_workdir, tmp_path, cache=True), "tracin", SETTINGS)
+    gradients = built.method.gradients
+    assert isinstance(gradients, HeadGradients) and gradients.train_batch(32) == HEAD_BATCH
+    assert HeadGradients(gradients.task, gradients.models, gradients.names, None).train_batch(32) == 32
+    small = np.concatenate([built.method.train_vectors(b).numpy() for b in built.train.batches(8)])
+    np.testing.assert_allclose(compute_train_vectors(built.method, built.train, 8), small, rtol=1e-5, atol=1e-6)
