@@ -96,6 +96,7 @@ from datablame.influence.build import CURVATURES, Built, MethodSettings, build_m
 from datablame.influence.data import Examples, load_examples  # noqa: E402
 from datablame.influence.features import FeatureCache, features_folder  # noqa: E402
 from datablame.influence.grads import num_params, select_params  # noqa: E402
+from datablame.influence.heads import with_bias  # noqa: E402
 from datablame.influence.lissa import LissaConfig  # noqa: E402
 from datablame.influence.curvature import MIN_AUTO_DAMPING  # noqa: E402
 from datablame.influence.methods import compute_train_vectors  # noqa: E402
@@ -226,29 +227,43 @@ def head_gradients(theta: torch.Tensor, x: torch.Tensor, labels: torch.Tensor) -
     """(m, K(h+1)) float64 per-example cross-entropy gradients w.r.t. the head [W | b] = ``theta`` (K, h+1) at
     features ``x`` (m, h) for ``labels``, (p − e_y) ⊗ [x, 1]; and the (m, K) probabilities."""
     with torch.no_grad():
-        z = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], 1)
+        z = with_bias(x.double())
         probs = torch.softmax(z @ theta.T, -1)
         r = probs - F.one_hot(labels, probs.shape[1]).double()
     return (r[:, :, None] * z[:, None, :]).reshape(len(x), -1), probs
 
 
-def exact_influence(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, xq: torch.Tensor, yq: torch.Tensor,
-                    damping: float | str) -> tuple[np.ndarray, float]:
-    """(q, n) float64 g_qᵀ(H + λI)⁻¹g_i at the head [W | b] = ``theta`` (K, h+1), H the Hessian of the mean training cross-entropy over the
-    head's K(h+1) parameters, Σ_i (diag p_i − p_i p_iᵀ) ⊗ z_i z_iᵀ / n with z = [x, 1]; λ a number or ``auto``
-    (trace(H)/p, as datablame's exact curvature takes it). Also λ."""
-    g, probs = head_gradients(theta, x, y)
-    gq, _ = head_gradients(theta, xq, yq)
-    z = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], 1)
+def head_hessian(theta: torch.Tensor, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(K(h+1), K(h+1)) float64 Hessian of (1/n) Σ_i w_i CE_i over the head [W | b] = ``theta`` (K, h+1) at features
+    ``x`` (n, h): Σ_i w_i (diag p_i − p_i p_iᵀ) ⊗ z_i z_iᵀ / n with z = [x, 1]; ``weights`` (n,) w_i, default 1."""
+    z = with_bias(x.double())
+    probs = torch.softmax(z @ theta.T, -1)
     a = torch.diag_embed(probs) - probs[:, :, None] * probs[:, None, :]  # (n, K, K)
-    k, d = probs.shape[1], z.shape[1]
+    if weights is not None:
+        a = a * weights[:, None, None]
+    k, d = theta.shape
     hessian = torch.zeros(k, d, k, d, dtype=torch.float64)
     for r in range(k):
         for c in range(k):
             hessian[r, :, c, :] = (z * a[:, r, c, None]).T @ z / len(x)
-    hessian = hessian.reshape(k * d, k * d)
-    lam = max(float(torch.trace(hessian)) / (k * d), MIN_AUTO_DAMPING) if damping == "auto" else float(damping)
-    solved = torch.linalg.solve(hessian + lam * torch.eye(k * d, dtype=torch.float64), g.T)  # (p, n)
+    return hessian.reshape(k * d, k * d)
+
+
+def damping_of(hessian: torch.Tensor, damping: float | str) -> float:
+    """λ: ``damping``, or for ``auto`` trace(H)/p (as datablame's exact curvature takes it)."""
+    return max(float(torch.trace(hessian)) / len(hessian), MIN_AUTO_DAMPING) if damping == "auto" else float(damping)
+
+
+def exact_influence(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, xq: torch.Tensor, yq: torch.Tensor,
+                    damping: float | str) -> tuple[np.ndarray, float]:
+    """(q, n) float64 g_qᵀ(H + λI)⁻¹g_i at the head [W | b] = ``theta`` (K, h+1), H the Hessian of the mean
+    training cross-entropy over the head's K(h+1) parameters (:func:`head_hessian`); λ a number or ``auto``
+    (:func:`damping_of`). Also λ."""
+    g, _ = head_gradients(theta, x, y)
+    gq, _ = head_gradients(theta, xq, yq)
+    hessian = head_hessian(theta, x)
+    lam = damping_of(hessian, damping)
+    solved = torch.linalg.solve(hessian + lam * torch.eye(len(hessian), dtype=torch.float64), g.T)  # (p, n)
     return (gq @ solved).numpy(), lam
 
 
@@ -336,7 +351,7 @@ def regularized_optimum(start: torch.Tensor, x: torch.Tensor, y: torch.Tensor, l
     closed-form Hessian, from ``start`` (K, h+1), halving steps that do not lower the objective, until the largest
     gradient entry is below 1e-11."""
     n = len(y)
-    z = torch.cat([x.double(), torch.ones(n, 1, dtype=torch.float64)], 1)
+    z = with_bias(x.double())
     w = torch.ones(n, dtype=torch.float64)
     if drop is not None:
         w[drop] = 0.0
@@ -347,16 +362,12 @@ def regularized_optimum(start: torch.Tensor, x: torch.Tensor, y: torch.Tensor, l
         return float((w * losses).sum() / n + lam / 2 * (theta * theta).sum())
 
     theta = start.double().clone()
-    k, d = theta.shape
     for _ in range(100):
-        probs = torch.softmax(z @ theta.T, -1)
-        grad = ((probs - onehot) * w[:, None]).T @ z / n + lam * theta  # (K, d)
+        grad = ((torch.softmax(z @ theta.T, -1) - onehot) * w[:, None]).T @ z / n + lam * theta  # (K, h+1)
         if float(grad.abs().max()) < 1e-11:
             return theta
-        a = (torch.diag_embed(probs) - probs[:, :, None] * probs[:, None, :]) * w[:, None, None]
-        hessian = torch.stack([torch.stack([(z * a[:, r, c, None]).T @ z / n for c in range(k)], 1)
-                               for r in range(k)]).reshape(k * d, k * d) + lam * torch.eye(k * d, dtype=torch.float64)
-        step, before = torch.linalg.solve(hessian, grad.reshape(-1)).reshape(k, d), objective(theta)
+        hessian = head_hessian(theta, x, w) + lam * torch.eye(theta.numel(), dtype=torch.float64)
+        step, before = torch.linalg.solve(hessian, grad.reshape(-1)).reshape(theta.shape), objective(theta)
         t = 1.0
         while objective(theta - t * step) > before and t > 1e-8:
             t /= 2
@@ -376,15 +387,16 @@ def optimum_leave_one_out(args, x: torch.Tensor, y: torch.Tensor, xq: torch.Tens
     ``noise_rms`` (random examples left out) is what the scores should predict too, not noise."""
     n, section = len(y), {"fit": "Newton on (1/n)·Σ CE + (λ/2)‖θ‖², largest gradient entry < 1e-11",
                           "results": []}
-    for name, (cfg, recipe_scores) in scores.items():
+    recipe = theta_of(recipe_head)
+    recipe_hessian, recipe_predictions = head_hessian(recipe, x), recipe_head(xq).argmax(-1)
+    zq = with_bias(xq.double())
+    for name, (cfg, _) in scores.items():
         if cfg.method != "influence":
             continue
-        recipe = theta_of(recipe_head)
-        lam = exact_influence(recipe, x, y, xq, recipe_head(xq).argmax(-1), cfg.damping)[1]
+        lam = damping_of(recipe_hessian, cfg.damping)
         start = time.perf_counter()
         full = regularized_optimum(recipe, x, y, lam)
         s, predictions = score_at(cfg, full, lam)
-        zq = torch.cat([xq.double(), torch.ones(len(xq), 1, dtype=torch.float64)], 1)
 
         def losses(theta: torch.Tensor) -> np.ndarray:
             return F.cross_entropy(zq @ theta.T, predictions, reduction="none").numpy()
@@ -399,7 +411,7 @@ def optimum_leave_one_out(args, x: torch.Tensor, y: torch.Tensor, xq: torch.Tens
         noise = [(t, i) for t in range(len(xq)) for i in random]
         entry = {"config": name, "damping_value": float(f"{lam:.4g}"), "removed": len(left_out),
                  "seconds": round(time.perf_counter() - start, 1),
-                 "predictions_changed": int((predictions.numpy() != recipe_head(xq).argmax(-1).numpy()).sum()),
+                 "predictions_changed": int((predictions != recipe_predictions).sum()),
                  **agreement(act, np.array([s[t, i] for t, i in pairs]) / n),
                  "max_rel_diff_vs_float64": float(f"{float(np.abs(exact - s).max() / np.abs(s).max()):.3g}"),
                  "random": agreement(np.array([actual[i][t] for t, i in noise]),

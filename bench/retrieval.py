@@ -37,6 +37,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from datablame.index.explain import Explainer, index_workdir  # noqa: E402
 from datablame.index.explain import recall_sample  # noqa: E402
+from datablame.index.plan import resampled  # noqa: E402
 from datablame.index.search import HNSW_EF_SEARCH, IndexMeta, VectorIndex, prepare, recall_at_k  # noqa: E402
 from datablame.index.vectors import VectorStore  # noqa: E402
 from datablame.influence.build import MethodSettings  # noqa: E402
@@ -102,11 +103,8 @@ def measure(x: np.ndarray, queries: dict[str, np.ndarray], scoring: str, approxi
 
 
 def synthetic(x: np.ndarray, n: int, seed: int = 0, noise: float = 0.3) -> np.ndarray:
-    """n rows: real rows resampled, plus N(0, (noise · ‖row‖)² / D) per coordinate."""
-    rng = np.random.default_rng(seed)
-    rows = x[rng.integers(0, len(x), n)]
-    scale = noise * np.linalg.norm(rows, axis=1, keepdims=True) / np.sqrt(x.shape[1])
-    return (rows + scale * rng.standard_normal(rows.shape, dtype=np.float32)).astype(np.float32)
+    """n rows: real rows resampled, plus N(0, (noise · ‖row‖)² / D) per coordinate (``plan.resampled``)."""
+    return resampled(x, n, np.random.default_rng(seed), noise)
 
 
 def explain_times(explainer: Explainer, texts: list[str]) -> dict:

@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datablame.index.plan import _resident, ivfpq_phase, plan_method
+from datablame.index.plan import ivfpq_phase, plan_method, resampled, resident_bytes
 from datablame.index.rows import StoredRows
 from datablame.index.search import IndexMeta, VectorIndex, exact_top_k, recall_at_k
 from datablame.index.vectors import VectorStore
@@ -141,18 +141,16 @@ def plan_against_run(workdir: Path, method: str) -> dict:
 
 
 def synthetic_shards(base: np.ndarray, n: int, folder: Path, shard: int, seed: int = 0) -> StoredRows:
-    """n rows like ``base``'s (``bench/retrieval.py``'s ``synthetic``: resampled, plus N(0, (0.3 ‖row‖)² / D)
-    noise per coordinate), as float32 .npy shards of ``shard`` rows in ``folder``; a shard already there with the
-    right shape is kept."""
-    from retrieval import synthetic  # bench/retrieval.py, beside this script
-
+    """n rows like ``base``'s (``plan.resampled``: resampled, plus N(0, (0.3 ‖row‖)² / D) noise per coordinate;
+    shard i drawn with the seed [seed, i]), as float32 .npy shards of ``shard`` rows in ``folder``; a shard already
+    there with the right shape is kept."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, lo in enumerate(range(0, n, shard)):
         path = folder / f"shard-{i:05d}.npy"
         rows = min(shard, n - lo)
         if not (path.is_file() and np.load(path, mmap_mode="r").shape == (rows, base.shape[1])):
-            np.save(folder / f"tmp-{path.name}", synthetic(base, rows, seed=[seed, i]))
+            np.save(folder / f"tmp-{path.name}", resampled(base, rows, np.random.default_rng([seed, i])))
             os.replace(folder / f"tmp-{path.name}", path)
         paths.append(path)
     return StoredRows(paths)
@@ -169,7 +167,7 @@ def approximate_at_scale(args) -> dict:
     start = time.perf_counter()
     rows = synthetic_shards(base, args.ann, args.ann_dir, args.ann_shard)
     written_s = time.perf_counter() - start
-    resident = _resident()
+    resident = resident_bytes()
     finalize = finalize_at_scale(args.ann_workdir, args.ann_method, store, rows) if args.ann_finalize else None
     sample = base[np.unique(np.linspace(0, len(base) - 1, 64).astype(int))]  # as plan's calibration samples
     estimate = ivfpq_phase(sample, len(rows), "cosine", resident, chunk=args.ann_shard)
@@ -215,7 +213,7 @@ def finalize_at_scale(workdir: Path, method: str, store: VectorStore, rows: Stor
 
     settings = MethodSettings.from_dict(store.manifest().settings, "cpu")
     built = build_method(workdir, method, settings)
-    before, start = _resident(), time.perf_counter()
+    before, start = resident_bytes(), time.perf_counter()
     if hasattr(built.method, "finalize"):
         built.method.finalize(rows)
     influence = built.method.self_influence(rows, np.zeros(len(rows), dtype=np.int64))

@@ -226,24 +226,14 @@ def in_memory(wd: pathlib.Path, texts: list[str]) -> tuple[dict, np.ndarray, dic
 
 def finalize_breakdown(vectors: np.ndarray, hessian: torch.Tensor, head: torch.nn.Linear, x: torch.Tensor) -> dict:
     """Diagnostic, not in any total: what (b)'s finalize spends on the Gram matrix VᵀV/n (the rest is the exact
-    Hessian from p Hessian-vector products), and the same Hessian in closed form for a linear head on its
-    features, Σ_i (diag p_i − p_i p_iᵀ) ⊗ z_i z_iᵀ / n, z = [x, 1] (as ``faithfulness.exact_influence``), with its
-    largest difference from datablame's relative to max |H|."""
+    Hessian), and the same Hessian in closed form for a linear head on its
+    features (``faithfulness.head_hessian``), with its largest difference from datablame's relative to max |H|."""
     with Timer() as t:
         gram(torch.from_numpy(vectors))
     gram_s = t.seconds
     with Timer() as t:
-        with torch.no_grad():
-            z = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], 1)
-            probs = torch.softmax(head(x).double(), -1)
-            k, d = probs.shape[1], z.shape[1]
-            h = torch.empty(k, d, k, d, dtype=torch.float64)
-            for r in range(k):
-                for c in range(r, k):
-                    w = probs[:, r] * ((1.0 if r == c else 0.0) - probs[:, c])
-                    h[r, :, c, :] = (z * w[:, None]).T @ z / len(x)
-                    h[c, :, r, :] = h[r, :, c, :].T
-            h = h.reshape(k * d, k * d)
+        h = fb.head_hessian(fb.theta_of(head), x)
+    k, d = head.weight.shape[0], head.weight.shape[1] + 1
     # datablame's parameter order: weight (K, h) row by row, then bias (K,); here (class, [x, 1]) blocks
     order = torch.cat([(torch.arange(k)[:, None] * d + torch.arange(d - 1)).reshape(-1), torch.arange(k) * d + d - 1])
     h = h[order][:, order]

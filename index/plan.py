@@ -107,7 +107,7 @@ def _model_bytes(method) -> int:
     return sum(p.numel() * p.element_size() for m, _ in models if m is not None for p in m.parameters())
 
 
-def _resident() -> int:
+def resident_bytes() -> int:
     """Bytes this process holds in memory now (the libraries loaded): Linux's /proc, else the peak so far."""
     try:
         return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -172,6 +172,15 @@ def _hessian_seconds(method, part: Examples, n: int) -> float:
     return seconds * n / len(block) * -(-p // chunk)
 
 
+def resampled(vectors: np.ndarray, n: int, rng: np.random.Generator, noise: float = 0.3) -> np.ndarray:
+    """(n, D) float32 rows shaped like real sketches: rows of ``vectors`` drawn with replacement, plus
+    N(0, (noise · ‖row‖)² / D) per coordinate (the synthetic vectors of ``bench/retrieval.py`` and
+    ``bench/scale.py``, and IVF-PQ's calibration rows here)."""
+    rows = vectors[rng.integers(0, len(vectors), n)]
+    scale = noise * np.linalg.norm(rows, axis=1, keepdims=True) / np.sqrt(vectors.shape[1])
+    return (rows + scale * rng.standard_normal(rows.shape, dtype=np.float32)).astype(np.float32)
+
+
 CALIBRATION_ROWS = (IVF_MIN_N, 16 * IVF_MIN_N)
 """The two IVF-PQ calibration builds (64 and 256 inverted lists): two sizes tell the training's part that grows
 with nlist (product quantisers, trained on 64 rows per list) from the part that grows with nlist² (k-means)."""
@@ -180,19 +189,16 @@ with nlist (product quantisers, trained on 64 rows per list) from the part that 
 def ivfpq_phase(vectors: np.ndarray, n: int, scoring: str, base: int, seed: int = 0,
                 chunk: int = SHARD_SIZE) -> Phase:
     """The IVF-PQ index of n vectors, from real builds (:meth:`.search.VectorIndex.build_ivfpq`) over
-    :data:`CALIBRATION_ROWS` rows: the sample's (m, D) vectors resampled with noise of 0.3 × their norm (as
-    ``bench/retrieval.py`` makes synthetic sketches). Their measured parts are scaled to n: training as
+    :data:`CALIBRATION_ROWS` rows :func:`resampled` from the sample's (m, D) vectors. Their measured parts are scaled to n: training as
     a·nlist + b·nlist² fitted to the two builds (a, b ≥ 0), filling and the exact top-10s by n / C, the nprobe
     sweep by the codes one probe scans, n / nlist_n against C / nlist_c (the larger build's). Peak memory and
     disk as the comments below count them."""
     rng, dim = np.random.default_rng(seed), vectors.shape[1]
     measured = []
     for rows in CALIBRATION_ROWS:
-        picked = vectors[rng.integers(0, len(vectors), rows)].astype(np.float32)
-        noise = rng.standard_normal(picked.shape).astype(np.float32)
-        noise *= 0.3 * np.linalg.norm(picked, axis=1, keepdims=True) / np.sqrt(dim)
         meta = IndexMeta(method="plan", scoring=scoring, kind="ivfpq", n=rows, dim=dim, key={}, settings={})
-        measured.append((rows, VectorIndex.build_ivfpq(ArrayRows(picked + noise), meta, seed).meta.ivf))
+        calibration = ArrayRows(resampled(vectors.astype(np.float32), rows, rng))
+        measured.append((rows, VectorIndex.build_ivfpq(calibration, meta, seed).meta.ivf))
     (small, first), (rows, last) = measured
     (x1, t1), (x2, t2) = ((build["nlist"], build["seconds"]["train"]) for build in (first, last))
     quadratic = max(0.0, (t2 * x1 - t1 * x2) / (x1 * x2 * (x2 - x1)))  # a·x + b·x² through both points
@@ -216,7 +222,7 @@ def plan_method(workdir: str | Path, method: str, settings: MethodSettings = Met
     """Estimate the phases of ``datablame index`` (``scorings`` empty: ``vectors``) for ``method`` from a
     calibration run on ``sample`` training examples."""
     start = time.perf_counter()
-    base = _resident()
+    base = resident_bytes()
     wd = Workdir(workdir)
     build_s, built = _timed(lambda: build_method(wd, method, settings))
     n, dim = len(built.train), built.method.dim

@@ -102,8 +102,8 @@ def running_top_k(queries: np.ndarray, blocks: Iterable[tuple[int, np.ndarray]],
     product, so it never holds a queries × training matrix, however many rows come."""
     out = [(np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64))
            for _ in signs]
+    step = max(k, SCORE_BLOCK // max(1, min(len(queries), SCORE_QUERIES)))  # training rows per product
     for start, block in blocks:
-        step = max(k, SCORE_BLOCK // max(1, min(len(queries), SCORE_QUERIES)))  # rows per product
         for lo in range(0, len(block), step):
             part = block[lo:lo + step]
             for qlo in range(0, len(queries), SCORE_QUERIES):
