@@ -85,9 +85,10 @@ def stability(explainer: Explainer, other: Explainer | None, text: Text, k: int 
     query = explainer.queries([text])[0].vectors[0].numpy()
     tops = checkpoint_tops(explainer, query, k) if _checkpoints(explainer) > 1 else None
     other_top = [n.id for n in other.explain([text], top=k)[0].supporting] if other is not None else None
-    projection = (explainer.method.describe().get("projection") or {}).get("kind", "identity")
+    projector = getattr(explainer.method, "projector", None)  # none: features, not sketched gradients
+    exact = projector is None or projector.exact
     second = explainer.settings.seed + 1
-    seed_tops = None if projection == "identity" else seed_top(explainer, text, k, second)
+    seed_tops = None if exact else seed_top(explainer, text, k, second)
     examples = [{"id": i,
                  "checkpoints": None if tops is None else sum(i in t for t in tops),
                  "of": None if tops is None else len(tops),
@@ -100,8 +101,8 @@ def stability(explainer: Explainer, other: Explainer | None, text: Text, k: int 
                                                                            for t in tops])), 4),
         "scorings": None if other_top is None else round(jaccard(supporting, other_top), 4),
         "seeds": None if seed_tops is None else round(jaccard(supporting, seed_tops), 4)}
-    seed = "exact gradients: no projection, the seed does not enter" if projection == "identity" else \
-        f"{projection} seed {explainer.settings.seed} against seed {second} (every training vector again)"
+    seed = "exact gradients: no projection, the seed does not enter" if exact else \
+        f"{projector.kind} seed {explainer.settings.seed} against seed {second} (every training vector again)"
     return {"k": k, "scoring": explainer.index.meta.scoring,
             "other_scoring": None if other is None else other.index.meta.scoring,
             "supporting": supporting, "examples": examples, "overlap": overlap, "seed": seed}

@@ -12,6 +12,7 @@ from torch import nn
 from .data import Examples
 from .errors import DatablameError, check_choice
 from .features import FeatureCache
+from .gradients import softmax_head
 from .grads import num_params, select_params
 from .lissa import Progress
 from .curvature import EXACT_MAX_PARAMS
@@ -19,7 +20,7 @@ from .methods import Method
 from .models import load_classifier
 from .registry import method_names, method_spec
 from .settings import CURVATURES, MethodSettings
-from .sketch import DEFAULT_DIM, Projector, make_projector
+from .sketch import DEFAULT_DIM, Projector, SoftmaxBasis, make_projector
 from .task import Task
 from .workdir import Checkpoint, Config, Workdir
 
@@ -75,10 +76,13 @@ class BuildContext:
         return select_params(self.model, self.task, params)
 
     def projector(self, names: Sequence[str]) -> Projector:
-        """The seeded projection of gradients over ``names`` to ``settings.dim`` (auto: none when they are few)."""
+        """The seeded projection of gradients over ``names`` to ``settings.dim`` (auto: none when they are few).
+        Exact gradients of a linear softmax head are kept in its :class:`.sketch.SoftmaxBasis` (exact, (K − 1)/K of
+        the dimensions) unless the projection asked for is ``identity``."""
         s, p = self.settings, num_params(self.model, names)
         dim = s.dim if s.dim is not None else (p if p <= EXACT_MAX_PARAMS else DEFAULT_DIM)
-        return make_projector(s.projection, p, dim, s.seed)
+        head = softmax_head(self.task, self.model, names) if dim >= p and s.projection != "identity" else None
+        return SoftmaxBasis(*head, seed=s.seed) if head is not None else make_projector(s.projection, p, dim, s.seed)
 
 
 def key_changes(recorded: dict, current: dict, fields: Sequence[str] | None = None) -> list[str]:

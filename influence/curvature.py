@@ -29,7 +29,7 @@ from torch import Tensor
 
 from .errors import DatablameError, check_choice
 from .lissa import HessianVectorProducts, LissaConfig, LissaReport, lissa, top_eigenvalue
-from .sketch import Identity, Projector
+from .sketch import Projector
 
 EXACT_MAX_PARAMS = 4096
 """The most selected parameters the exact curvature takes: a (p, p) float64 Hessian of 128 MB, p HVPs to build;
@@ -54,19 +54,21 @@ class Curvature(ABC):
     cost: str
     """What one query costs beyond its gradient (the timing line)."""
 
-    def __init__(self, config: LissaConfig, products: Products):
-        self.config, self.products = config, products
+    def __init__(self, config: LissaConfig, products: Products, gram_dims: int | None = None):
+        self.config, self.products, self.gram_dims = config, products, gram_dims
         self.finalized: dict[str, Tensor] = {}  # undamped float64 matrices by name, once finalized
         self._factors: dict[str, Tensor] = {}  # Cholesky factors of the damped matrices, made on first use
 
-    def damping(self, matrix: Tensor | None = None) -> float:
+    def damping(self, matrix: Tensor | None = None, dims: int | None = None) -> float:
         """λ: the configured damping, or with ``damping=None`` (auto) the mean eigenvalue trace(M)/d of the
-        matrix M it damps (:data:`LISSA_AUTO_DAMPING` for LiSSA, which has no M in hand)."""
+        matrix M it damps (:data:`LISSA_AUTO_DAMPING` for LiSSA, which has no M in hand). d: ``dims``, else M's
+        size; the Gram matrix of exact vectors in a :class:`.sketch.SoftmaxBasis` (k, k) is damped as the (p, p)
+        Gram of the unprojected gradients, whose eigenvalues it has, plus p − k zeros (``gram_dims`` = p)."""
         if self.config.damping is not None:
             return self.config.damping
         if matrix is None:
             return LISSA_AUTO_DAMPING
-        return max(float(torch.trace(matrix)) / matrix.shape[0], MIN_AUTO_DAMPING)
+        return max(float(torch.trace(matrix)) / (dims or matrix.shape[0]), MIN_AUTO_DAMPING)
 
     def finalize(self, gram: Tensor) -> dict[str, np.ndarray]:
         """Keep ``gram``, the (k, k) float64 VᵀV/n of the finished training sketches, and whatever else this
@@ -90,7 +92,8 @@ class Curvature(ABC):
                                  f"rebuild with 'datablame index WORKDIR --method influence{flag}'")
         if name not in self._factors:
             matrix = self.finalized[name]
-            damped = matrix + self.damping(matrix) * torch.eye(matrix.shape[0], dtype=torch.float64)
+            lam = self.damping(matrix, self.gram_dims if name == "gram" else None)
+            damped = matrix + lam * torch.eye(matrix.shape[0], dtype=torch.float64)
             self._factors[name] = torch.linalg.cholesky(damped)
         return torch.cholesky_solve(rows.double().cpu().T, self._factors[name]).T
 
@@ -110,8 +113,8 @@ class Lissa(Curvature):
 
     name = "lissa"
 
-    def __init__(self, config: LissaConfig, products: Products):
-        super().__init__(config, products)
+    def __init__(self, config: LissaConfig, products: Products, gram_dims: int | None = None):
+        super().__init__(config, products, gram_dims)
         self.hvp: HessianVectorProducts | None = None  # kept between queries (it caches head features)
         self.scale: float | None = config.scale  # estimated once (power iteration), then kept
         self.last_report: LissaReport | None = None
@@ -154,8 +157,8 @@ class Exact(Curvature):
     cost = "gradient + exact damped Hessian solve"
 
     def __init__(self, config: LissaConfig, products: Products, params: int,
-                 closed_form: Callable[[], Tensor | None] | None = None):
-        super().__init__(config, products)
+                 closed_form: Callable[[], Tensor | None] | None = None, gram_dims: int | None = None):
+        super().__init__(config, products, gram_dims)
         self.params, self.closed_form = params, closed_form
 
     def computed_once(self) -> dict[str, Tensor]:
@@ -176,21 +179,24 @@ class Exact(Curvature):
         return projector(self.solve("hessian", grads).float()).cpu()
 
     def query_like(self, vectors: Tensor, projector: Projector) -> Tensor:
-        """Through the exact Hessian when the vectors are unprojected gradients, else the sketch's curvature."""
-        if isinstance(projector, Identity):
-            return self.solve("hessian", vectors).float()
+        """Through the exact Hessian when the vectors are exact gradients (``projector.exact``), else the sketch's
+        curvature."""
+        if projector.exact:
+            return projector(self.solve("hessian", projector.expand(vectors)).float())
         return super().query_like(vectors, projector)
 
 
 def make_curvature(name: str, config: LissaConfig, products: Products, params: int,
-                   closed_form: Callable[[], Tensor | None] | None = None) -> Curvature:
+                   closed_form: Callable[[], Tensor | None] | None = None,
+                   gram_dims: int | None = None) -> Curvature:
     """The curvature ``name`` (``lissa``, ``sketch`` or ``exact``; ``auto`` is resolved by the method's builder)
     over ``params`` selected parameters; ``closed_form``: the exact Hessian without Hessian-vector products, where
-    the gradient computer has one."""
+    the gradient computer has one; ``gram_dims``: the eigenvalues the training vectors' Gram matrix stands for
+    (see :meth:`Curvature.damping`)."""
     if name == "exact":
         if params > EXACT_MAX_PARAMS:
             raise DatablameError(f"the exact curvature needs at most {EXACT_MAX_PARAMS} selected parameters, not "
                                  f"{params}", "use --params head, or --curvature sketch or lissa")
-        return Exact(config, products, params, closed_form)
+        return Exact(config, products, params, closed_form, gram_dims)
     check_choice("curvature", name, ("lissa", "sketch", "exact"))
-    return {"lissa": Lissa, "sketch": Sketch}[name](config, products)
+    return {"lissa": Lissa, "sketch": Sketch}[name](config, products, gram_dims)

@@ -119,6 +119,20 @@ class GradientComputer(ABC):
         return None
 
 
+def softmax_head(task: Task, model: nn.Module, names: Sequence[str]) -> tuple[list[int], int] | None:
+    """(numel of each selected parameter, K) when ``names`` are only the weight and/or bias of the task's linear
+    head under the cross-entropy of its K-class softmax (where :class:`.sketch.SoftmaxBasis` keeps gradients exact
+    and :meth:`HeadGradients.loss_hessian` has a closed form), else None."""
+    head, prefix = task.head(model), task.head_name + "."
+    if type(task).loss is not Task.loss or not isinstance(head, nn.Linear):
+        return None
+    sizes = {prefix + "weight": head.weight.numel(), prefix + "bias": head.bias.numel() if head.bias is not None
+             else None}
+    if not names or any(sizes.get(n) is None for n in names):
+        return None
+    return [sizes[n] for n in names], head.out_features
+
+
 class HeadGradients(GradientComputer):
     """Every selected parameter is the head's: inputs are (b, h) penultimate features, computed once per distinct
     encoder for queries and read from the feature cache for training examples."""
@@ -145,7 +159,16 @@ class HeadGradients(GradientComputer):
         return max(batch_size, min(HEAD_BATCH, HEAD_BATCH_BYTES // max(1, 4 * p)))
 
     def grads(self, model: nn.Module, inputs: Tensor, labels: Tensor, objective: Objective | None = None) -> Tensor:
-        return head_grads(self.task, model, inputs, labels, self.names, objective=objective)
+        """Of the cross-entropy of a linear softmax head (:func:`softmax_head`): in closed form, (p − e_y) ⊗ x for
+        the weight and p − e_y for the bias, several times faster than differentiating; otherwise by ``vmap``."""
+        if objective is not None or softmax_head(self.task, model, self.names) is None:
+            return head_grads(self.task, model, inputs, labels, self.names, objective=objective)
+        head, prefix = self.task.head(model), self.task.head_name + "."
+        with torch.no_grad():
+            r = torch.softmax(head(inputs.to(head.weight.dtype)), -1)
+            r[torch.arange(len(r)), labels.to(r.device)] -= 1.0
+            parts = {prefix + "weight": (r[:, :, None] * inputs[:, None, :]).reshape(len(r), -1), prefix + "bias": r}
+            return torch.cat([parts[n] for n in self.names], 1).float()
 
     def functional_logits(self, model: nn.Module, inputs: Tensor) -> FunctionalLogits:
         head_fn = head_logits_fn(self.task, model, self.names)
@@ -160,14 +183,12 @@ class HeadGradients(GradientComputer):
         """The Hessian of the mean cross-entropy of a linear head over its weight and/or bias, in closed form:
         (1/n) Σ_i (diag p_i − p_i p_iᵀ) ⊗ z_i z_iᵀ with z_i = [f_i, 1], summed ``rows`` examples at a time in
         float64 and ordered as the gradients are (weight row by row, then bias). None for another head or loss."""
-        head, prefix = self.task.head(model), self.task.head_name + "."
-        if type(self.task).loss is not Task.loss or not isinstance(head, nn.Linear):
+        if softmax_head(self.task, model, self.names) is None:
             return None
+        head, prefix = self.task.head(model), self.task.head_name + "."
         k, h = head.out_features, head.in_features
         blocks = {prefix + "weight": [c * (h + 1) + j for c in range(k) for j in range(h)],
                   prefix + "bias": [c * (h + 1) + h for c in range(k)]}  # where each parameter's entries lie
-        if any(n not in blocks for n in self.names):
-            return None
         total = torch.zeros(k, k, h + 1, h + 1, dtype=torch.float64)
         for lo in range(0, len(train), rows):
             batch = train.subset(np.arange(lo, min(lo + rows, len(train))))

@@ -38,7 +38,7 @@ from .curvature import EXACT_MAX_PARAMS, make_curvature
 from .lissa import HessianVectorProducts, LissaConfig, LissaReport, Progress
 from .registry import MethodSpec, register
 from .settings import QuerySettings
-from .sketch import Identity, Projector
+from .sketch import Projector
 from .task import Task, forward
 
 if TYPE_CHECKING:
@@ -198,7 +198,8 @@ class InfluenceFunctions:
         self.gradients = gradient_computer(task, [model], names, features)  # features: the training set's cache
         self.dim = projector.out_dim
         self.curvature = make_curvature(curvature, config, self._products, num_params(model, self.names),
-                                        lambda: self.gradients.loss_hessian(self.model, self.train))
+                                        lambda: self.gradients.loss_hessian(self.model, self.train),
+                                        projector.in_dim if projector.exact else projector.out_dim)
 
     def _products(self, batch_size: int | None) -> HessianVectorProducts:
         return HessianVectorProducts(self.task, self.model, self.names, self.train, batch_size, self.config.seed,
@@ -257,7 +258,8 @@ class InfluenceFunctions:
     def self_influence(self, vectors: Rows, labels: Tensor) -> Tensor:
         """vᵢᵀ (VᵀV/n + λI)⁻¹ vᵢ, block by block (one factorization)."""
         m = gram(vectors)
-        lu, pivots = torch.linalg.lu_factor(m + self.damping(m) * torch.eye(m.shape[0], dtype=m.dtype))
+        lam = self.curvature.damping(m, self.curvature.gram_dims)
+        lu, pivots = torch.linalg.lu_factor(m + lam * torch.eye(m.shape[0], dtype=m.dtype))
         return per_row(vectors, lambda b, _: (b.double() * torch.linalg.lu_solve(lu, pivots, b.double().T).T).sum(1))
 
     def describe(self) -> dict:
@@ -404,7 +406,7 @@ def _build_influence(ctx: "BuildContext") -> InfluenceFunctions:
     projector = ctx.projector(names)
     curvature = ctx.settings.curvature
     if curvature == "auto":  # measured in bench/faithfulness.py: exact on exact gradients, else the sketch's
-        exact = isinstance(projector, Identity) and num_params(ctx.model, names) <= EXACT_MAX_PARAMS
+        exact = projector.exact and num_params(ctx.model, names) <= EXACT_MAX_PARAMS
         curvature = "exact" if exact else "sketch"
     return InfluenceFunctions(ctx.task, ctx.model, names, projector, ctx.train, ctx.settings.lissa, ctx.features,
                               curvature)

@@ -35,10 +35,11 @@ def test_train_then_init(tiny_bert, tiny_csv, tmp_path):
         v = np.load(wd / "vectors" / method / "shard-00000.npy")
         assert v.shape == (48, dim) and v.dtype == np.float16
         assert np.isfinite(np.load(wd / "vectors" / method / "self_influence.npy")).all()
-    # trained with --freeze-encoder: by default only the head's 3 × 33 parameters, unprojected, per checkpoint
+    # trained with --freeze-encoder: by default only the head's 3 × 33 parameters, exact, per checkpoint; in the
+    # softmax basis that is 2 × 33 dimensions
     r = datablame("vectors", wd, "--method", "tracin", "--device", "cpu", "-q")
     assert r.returncode == 0, r.stderr
-    assert np.load(wd / "vectors" / "tracin" / "shard-00000.npy").shape == (48, 2 * 99)
+    assert np.load(wd / "vectors" / "tracin" / "shard-00000.npy").shape == (48, 2 * 66)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -10,7 +10,7 @@ from datablame.influence.errors import DatablameError
 from datablame.influence.grads import num_params, select_params
 from datablame.influence.lissa import LissaConfig
 from datablame.influence.methods import InfluenceFunctions, compute_train_vectors, scores
-from datablame.influence.sketch import Identity
+from datablame.influence.sketch import Identity, SoftmaxBasis
 
 DAMPING = 1e-3
 
@@ -67,7 +67,9 @@ def test_exact_curvature_refuses_many_parameters(trained_workdir):
 def test_faithful_settings_choose_exact_for_a_head_and_the_sketch_beyond(trained_workdir):
     head = build_method(trained_workdir, "influence", MethodSettings.faithful(params=["head"], device="cpu"))
     method = head.method
-    assert method.query_curvature == "exact" and isinstance(method.projector, Identity)
+    p, k = num_params(method.model, method.names), method.task.head(method.model).out_features
+    assert method.query_curvature == "exact" and isinstance(method.projector, SoftmaxBasis)
+    assert method.projector.out_dim == p * (k - 1) // k
     method.finalize(torch.as_tensor(compute_train_vectors(method, head.train)))
     assert method.damping(method.hessian) == pytest.approx(float(torch.trace(method.hessian)) / len(method.hessian))
     assert method.damping() == 0.01  # LiSSA's, when it answers
@@ -95,3 +97,28 @@ def test_closed_form_head_hessian_equals_the_hessian_vector_products(trained, ti
     everything = InfluenceFunctions(task, model, select_params(model, task, ["last-layer"]), Identity(1),
                                     tiny_examples, LissaConfig(damping=DAMPING), curvature="lissa")
     assert everything.gradients.loss_hessian(model, tiny_examples) is None  # not the head alone: no closed form
+
+
+@pytest.mark.parametrize("name", ["influence", "tracin", "trak"])
+def test_softmax_basis_keeps_every_score_of_exact_gradients(trained_workdir, name):
+    """A linear head's exact gradients in its softmax basis ((K − 1)/K of the dimensions) give the scores, the
+    self-influence and the training vectors as queries see them that unprojected gradients give."""
+    texts = ["a fine film", "dull and slow"]
+    got = {}
+    for projection in ("countsketch", "identity"):  # the default projection leaves exact gradients in the basis
+        built = build_method(trained_workdir, name, MethodSettings.faithful(params=["head"], projection=projection,
+                                                                            device="cpu"))
+        method = built.method
+        vectors = torch.as_tensor(compute_train_vectors(method, built.train))
+        if hasattr(method, "finalize"):
+            method.finalize(vectors)
+        queries = method.query_vectors(texts).vectors
+        labels = torch.as_tensor(built.train.labels)
+        got[projection] = (queries @ vectors.T, method.self_influence(vectors, labels), vectors.shape[1],
+                           method.query_like(vectors[:3]) @ vectors.T if hasattr(method, "query_like") else None)
+    (scores, own, dim, like), (scores_i, own_i, dim_i, like_i) = got["countsketch"], got["identity"]
+    assert dim < dim_i
+    assert torch.allclose(scores, scores_i, rtol=1e-4, atol=1e-5 * float(scores_i.abs().max()))
+    assert torch.allclose(own, own_i, rtol=1e-4, atol=1e-5 * float(own_i.abs().max()))
+    if like is not None:
+        assert torch.allclose(like, like_i, rtol=1e-4, atol=1e-5 * float(like_i.abs().max()))

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from datablame.influence.errors import DatablameError
+from datablame.influence.gradients import HeadGradients
 from datablame.influence.grads import per_example_grads, select_params
 from datablame.influence.task import ModuleTask
 
@@ -63,3 +64,21 @@ def test_plain_module_through_task():
     assert torch.allclose(batched, ref, atol=1e-6, rtol=1e-4)
     logits, feats = task.logits_and_features(model, task.encode(texts))
     assert feats.shape == (4, 8) and torch.allclose(model.out(feats), logits)
+
+
+@pytest.mark.parametrize("params", [["head"], ["classifier.weight"], ["classifier.bias"]])
+def test_closed_form_head_grads_equal_loop(trained, tiny_examples, params):
+    """A linear softmax head's cross-entropy gradients in closed form ((p − e_y) ⊗ [x, 1]) are the backward
+    passes' (and differentiating with ``vmap`` still serves another objective)."""
+    models, _, task = trained
+    model = models[-1]
+    names = select_params(model, task, params)
+    ex = tiny_examples.subset(range(6))
+    computer = HeadGradients(task, [model], names)
+    got = computer.train_grads(model, ex)
+    ref = loop_grads(task, model, ex.texts, ex.labels, names)
+    assert got.shape == ref.shape and ref.norm() > 0
+    assert torch.allclose(got, ref, atol=1e-6, rtol=1e-4), (got - ref).abs().max()
+    labels = torch.as_tensor(ex.labels)
+    halved = computer.grads(model, computer.train_inputs(model, ex), labels, lambda z, y: task.loss(z, y) / 2)
+    assert torch.allclose(halved, ref / 2, atol=1e-6, rtol=1e-4)

@@ -22,7 +22,7 @@ from datablame.influence.trak import DAMPING, Q_FLOOR, TRAK, margin, out_to_loss
 
 from brute import QUERIES
 
-HEAD = MethodSettings(params=["head"], dim=256, device="cpu")  # 99 head parameters < 256: no projection, exact
+HEAD = MethodSettings(params=["head"], dim=256, projection="identity", device="cpu")  # 99 head parameters, unprojected
 
 
 def loop_margin(task, model, texts, labels, names):
