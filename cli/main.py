@@ -47,6 +47,9 @@ def train(
     seed: int = typer.Option(0, help="Seed for the head's initialisation, shuffling and dropout."),
     max_length: int = typer.Option(128, help="Tokens per input; longer inputs are truncated."),
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Train only the classification head."),
+    params: Optional[List[str]] = typer.Option(None, "--params", help="Train only these parameters: globs on names, "
+                                               "or the shortcuts head and last-layer (repeatable; default: all). "
+                                               "Attribution then selects the same ones."),
     pooling: str = typer.Option("auto", help="What the head reads: cls (the model's own head input), mean (the mean "
                                 "of the encoder's token states) or auto (mean when the model folder's "
                                 "sentence-transformers config asks for it, e.g. all-MiniLM-L6-v2; else cls)."),
@@ -63,7 +66,7 @@ def train(
     examples = load_examples(data, text_column, label_column, encoding=encoding)
     settings = TrainSettings(epochs=epochs, lr=lr, batch_size=batch_size, checkpoints=checkpoints, seed=seed,
                              max_length=max_length, freeze_encoder=freeze_encoder, pooling=pooling,
-                             device=device)
+                             device=device, params=list(params) if params else None)
     start = time.perf_counter()
     with progress_bar("training", quiet) as update:
         config = run_training(examples, str(model), out, settings, update)

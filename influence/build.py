@@ -71,8 +71,9 @@ class BuildContext:
 
     def params(self) -> list[str]:
         """The selected parameter names: ``settings.params``, else those that were trained (only the head after
-        ``--freeze-encoder``)."""
-        params = self.settings.params or (["head"] if self.config.training.get("freeze_encoder") else None)
+        ``--freeze-encoder``, those ``train --params`` named)."""
+        training = self.config.training or {}
+        params = self.settings.params or (["head"] if training.get("freeze_encoder") else training.get("params"))
         return select_params(self.model, self.task, params)
 
     def projector(self, names: Sequence[str]) -> Projector:

@@ -31,6 +31,7 @@ from .atomic import atomic_folder, atomic_write_json
 from .data import Examples
 from .errors import DatablameError, check_choice
 from .features import FeatureCache
+from .grads import select_params
 from .models import load_classifier
 from .pooling import POOLINGS
 from .task import logits_and_features_of
@@ -54,11 +55,15 @@ class TrainSettings:
     freeze_encoder: bool = False
     pooling: str = "auto"  # what the head reads: auto, cls or mean (see .pooling)
     device: str = "auto"
+    params: list[str] | None = None  # which parameters train (see .grads.select_params); None: all, or the head
 
     def check(self) -> None:
         for name in ("epochs", "batch_size", "checkpoints", "max_length"):
             if getattr(self, name) < 1:
                 raise DatablameError(f"--{name.replace('_', '-')} must be at least 1", "pass a positive number")
+        if self.freeze_encoder and self.params:
+            raise DatablameError("--freeze-encoder trains the head alone, so it takes no --params",
+                                 "drop --params, or --freeze-encoder to train the parameters --params names")
         check_choice("pooling", self.pooling, POOLINGS, "--pooling")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise DatablameError(f"--lr must be a positive number, got {self.lr}", "e.g. --lr 5e-5")
@@ -117,8 +122,9 @@ def _run_identity(examples: Examples, base_model: str, settings: TrainSettings, 
 
 
 def _settings_record(settings: TrainSettings) -> dict:
-    """The settings that decide the checkpoints (all but the device), as config.json's ``training`` holds them."""
-    return {k: v for k, v in vars(settings).items() if k != "device"}
+    """The settings that decide the checkpoints (all but the device), as config.json's ``training`` holds them
+    (``params`` only when given, so that a run of every parameter is recorded as before it existed)."""
+    return {k: v for k, v in vars(settings).items() if k != "device" and not (k == "params" and v is None)}
 
 
 @dataclass
@@ -260,10 +266,10 @@ def train(examples: Examples, base_model: str, workdir: str | Path, settings: Tr
         run, checkpoints = resume.run, list(resume.checkpoints)
         _tidy(wd, checkpoints)
     tokenizer = task.tokenizer
-    if settings.freeze_encoder:
-        head = task.head_name + "."
+    if settings.freeze_encoder or settings.params:
+        chosen = set(select_params(model, task, ["head"] if settings.freeze_encoder else settings.params))
         for name, p in model.named_parameters():
-            p.requires_grad_(name.startswith(head))
+            p.requires_grad_(name in chosen)
     trainable = [p for p in model.parameters() if p.requires_grad]
     log.info("training %d of %d parameters on %d examples (%s)", sum(p.numel() for p in trainable),
              sum(p.numel() for p in model.parameters()), len(examples), settings)

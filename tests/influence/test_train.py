@@ -56,6 +56,27 @@ def test_freeze_encoder_trains_only_the_head(trained_workdir, tiny_examples, tmp
     assert mean_loss(tmp_path / "checkpoints" / "ck-000") < 0.8 * mean_loss(base)
 
 
+def test_params_train_only_the_last_layer(trained_workdir, tiny_examples, tmp_path):
+    """``params=["last-layer"]``: the highest encoder layer and the head change, nothing below; the config records
+    it, and attribution then selects those parameters by default (sketched: more than a head's)."""
+    from datablame.influence.build import build_method
+    from datablame.influence.settings import MethodSettings
+
+    base = trained_workdir / "checkpoints" / "ck-002"
+    config = train(tiny_examples, str(base), tmp_path, TrainSettings(epochs=2, lr=1e-3, batch_size=16, checkpoints=1,
+                                                                     device="cpu", params=["last-layer"]))
+    before, after = weights(base), weights(tmp_path / "checkpoints" / "ck-000")
+    changed = {k for k in after if k in before and not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("classifier.", "bert.encoder.layer.1.")) for k in changed)
+    assert {"classifier.weight", "bert.encoder.layer.1.output.dense.weight"} <= changed
+    assert config.training["params"] == ["last-layer"]
+    method = build_method(tmp_path, "influence", MethodSettings.faithful(device="cpu"), fit=False).method
+    assert set(method.names) == {k for k in after if k.startswith(("classifier.", "bert.encoder.layer.1."))}
+    assert method.projector.out_dim == 256 and method.query_curvature == "sketch"
+    with pytest.raises(DatablameError, match="--freeze-encoder trains the head alone"):
+        train(tiny_examples, str(base), tmp_path / "x", TrainSettings(freeze_encoder=True, params=["head"]))
+
+
 def test_nan_loss_stops_with_advice(tiny_bert, tiny_examples, tmp_path):
     with pytest.raises(DatablameError, match="lower --lr"):
         train(tiny_examples, str(tiny_bert), tmp_path, TrainSettings(epochs=3, lr=1e30, batch_size=8, device="cpu"))
