@@ -144,7 +144,8 @@ class Identity:
 
 
 def contrasts(k: int) -> Tensor:
-    """(K, K − 1) float32 Helmert contrasts: orthonormal columns that each sum to 0, a basis of {r ∈ R^K: Σ r = 0}."""
+    """(K, K − 1) float32 Helmert contrasts: orthonormal columns that each sum to 0, a basis of
+    {r ∈ R^K: Σ r = 0}."""
     basis = torch.zeros(k, k - 1)
     for j in range(1, k):
         basis[:j, j - 1] = 1.0 / math.sqrt(j * (j + 1))
