@@ -181,8 +181,9 @@ class HeadGradients(GradientComputer):
 
     def loss_hessian(self, model: nn.Module, train: Examples, rows: int = 8192) -> Tensor | None:
         """The Hessian of the mean cross-entropy of a linear head over its weight and/or bias, in closed form:
-        (1/n) Σ_i (diag p_i − p_i p_iᵀ) ⊗ z_i z_iᵀ with z_i = [f_i, 1], summed ``rows`` examples at a time in
-        float64 and ordered as the gradients are (weight row by row, then bias). None for another head or loss."""
+        (1/n) Σ_i (diag p_i − p_i p_iᵀ) ⊗ z_i z_iᵀ with z_i = [f_i, 1], summed ``rows`` examples at a time (float32
+        products, float64 sums) and ordered as the gradients are (weight row by row, then bias). None for another
+        head or loss."""
         if softmax_head(self.task, model, self.names) is None:
             return None
         head, prefix = self.task.head(model), self.task.head_name + "."
@@ -194,11 +195,11 @@ class HeadGradients(GradientComputer):
             batch = train.subset(np.arange(lo, min(lo + rows, len(train))))
             f = self.train_inputs(model, batch)
             p = self.logits(model, f).double().softmax(-1).cpu()
-            z = torch.cat([f.double().cpu(), torch.ones(len(f), 1, dtype=torch.float64)], 1)
-            a = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]  # (b, K, K)
-            for c in range(k - 1):
+            z = torch.cat([f.float().cpu(), torch.ones(len(f), 1)], 1)
+            a = (torch.diag_embed(p) - p[:, :, None] * p[:, None, :]).float()  # (b, K, K)
+            for c in range(k - 1):  # each block's product in float32, summed in float64 (as methods.gram)
                 for d in range(c, k - 1):
-                    total[c, d] += z.T @ (a[:, c, d, None] * z)
+                    total[c, d] += (z.T @ (a[:, c, d, None] * z)).double()
         for c in range(k - 1):
             for d in range(c):
                 total[c, d] = total[d, c]
