@@ -107,7 +107,7 @@ METHOD = typer.Option("all", help=f"{', '.join(method_names())} or all.")
 PARAMS = typer.Option(None, "--params", help="Parameter globs, or the shortcuts head and last-layer (repeatable; "
                       "default: the trained ones, the head after --freeze-encoder).")
 DIM = typer.Option(None, help="Sketch dimension k (per checkpoint for TracIn); default: exact gradients, no sketch, "
-                   "for at most 4096 selected parameters (a classification head), else 256.")
+                   "for at most 4096 selected parameters (a classification head), else 256 (influence: 1024).")
 PROJECTION = typer.Option("countsketch", help="countsketch (sparse JL) or gaussian.")
 SEED = typer.Option(0, help="Seed of the random projection.")
 DTYPE = typer.Option("float32", help="Stored precision: float32 or float16.")

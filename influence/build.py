@@ -76,12 +76,13 @@ class BuildContext:
         params = self.settings.params or (["head"] if training.get("freeze_encoder") else training.get("params"))
         return select_params(self.model, self.task, params)
 
-    def projector(self, names: Sequence[str]) -> Projector:
-        """The seeded projection of gradients over ``names`` to ``settings.dim`` (auto: none when they are few).
-        Exact gradients of a linear softmax head are kept in its :class:`.sketch.SoftmaxBasis` (exact, (K − 1)/K of
-        the dimensions) unless the projection asked for is ``identity``."""
+    def projector(self, names: Sequence[str], sketch_dim: int = DEFAULT_DIM) -> Projector:
+        """The seeded projection of gradients over ``names`` to ``settings.dim`` (auto: none when they are few,
+        else ``sketch_dim``, the method's own default). Exact gradients of a linear softmax head are kept in its
+        :class:`.sketch.SoftmaxBasis` (exact, (K − 1)/K of the dimensions) unless the projection asked for is
+        ``identity``."""
         s, p = self.settings, num_params(self.model, names)
-        dim = s.dim if s.dim is not None else (p if p <= EXACT_MAX_PARAMS else DEFAULT_DIM)
+        dim = s.dim if s.dim is not None else (p if p <= EXACT_MAX_PARAMS else sketch_dim)
         head = softmax_head(self.task, self.model, names) if dim >= p and s.projection != "identity" else None
         return SoftmaxBasis(*head, seed=s.seed) if head is not None else make_projector(s.projection, p, dim, s.seed)
 

@@ -25,8 +25,9 @@ CURVATURES = ("auto", "lissa", "sketch", "exact")
 class VectorSettings:
     """params: globs or shortcuts (see :func:`.grads.select_params`), None for the parameters that were trained;
     dim: sketch dimension k, None (auto) for exact gradients when the selected parameters number at most
-    :data:`.curvature.EXACT_MAX_PARAMS` (a head), else :data:`.sketch.DEFAULT_DIM`; projection: countsketch |
-    gaussian; seed: the projection's seed; lam: the representer refit's L2 penalty."""
+    :data:`.curvature.EXACT_MAX_PARAMS` (a head), else :data:`.sketch.DEFAULT_DIM` (influence:
+    :data:`.methods.INFLUENCE_SKETCH_DIM`); projection: countsketch | gaussian; seed: the projection's seed; lam:
+    the representer refit's L2 penalty."""
 
     params: Sequence[str] | None = None
     dim: int | None = DEFAULT_DIM
