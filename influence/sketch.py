@@ -30,7 +30,8 @@ class Projector(Protocol):
     out_dim: int
     seed: int
     exact: bool
-    """Whether <Px, Py> = <x, y> for every gradient x, y this projector is used for (not only in expectation)."""
+    """Whether <Px, Py> = <x, y> for every gradient x, y this projector is used for (not only in expectation); an
+    exact projector also has ``expand(v)``, (m, out_dim) → (m, in_dim), the gradient that ``v`` projects from."""
 
     def __call__(self, x: Tensor) -> Tensor:
         """(b, in_dim) -> (b, out_dim) float32."""

@@ -13,6 +13,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# anyio loads its file module lazily, and as a pytest plugin it has its modules rewritten on import; Starlette's test
+# client first serves a file in a worker thread, where CPython 3.11.7's compile() failed once in CI with
+# "AST constructor recursion depth mismatch". Load it here, in the main thread.
+import anyio._core._fileio  # noqa: E402,F401
+
 WORDS = {
     "sports": ["goal", "match", "team", "score", "coach", "league", "win", "player"],
     "food": ["pasta", "soup", "bread", "spicy", "sweet", "dinner", "recipe", "bake"],
