@@ -48,7 +48,7 @@ from datablame.influence.data import Examples
 from datablame.influence.features import FeatureCache
 from datablame.influence.gradients import HeadGradients
 from datablame.influence.lissa import HessianVectorProducts
-from datablame.influence.methods import ROWS, compute_train_vectors
+from datablame.influence.methods import ROWS, compute_train_vectors, gram
 from datablame.influence.workdir import Workdir
 
 from .rows import ArrayRows
@@ -134,13 +134,14 @@ below the speed of large ones, which a per-row cost must not scale up)."""
 
 
 def _reduction_seconds(method, vectors: torch.Tensor, labels: torch.Tensor, n: int) -> float:
-    """Seconds per row of the reduction: the Gram matrix VᵀV (float64) and the self-influence, timed on a block
-    of min(n, BLOCK) rows (after one warm-up); the exact Hessian is :func:`_hessian_seconds`."""
+    """Seconds per row of the reduction: the Gram matrix VᵀV/n (:func:`.methods.gram`, as finalize computes it)
+    and the self-influence, timed on a block of min(n, BLOCK) rows (after one warm-up); the exact Hessian is
+    :func:`_hessian_seconds`."""
     rows = torch.arange(min(n, BLOCK)) % len(vectors)
     block, block_labels = vectors[rows], labels[rows]
 
     def reduce() -> float:
-        return _timed(lambda: (block.double().T @ block.double(), method.self_influence(block, block_labels)))[0]
+        return _timed(lambda: (gram(block), method.self_influence(block, block_labels)))[0]
 
     reduce()
     return reduce() / len(rows)
