@@ -8,7 +8,8 @@ reports the precision of planted examples among the top-10 supporting plus top-1
 (base rate: the planted fraction), and among the top-20 of the aggregate's supporting list. Influence functions
 are measured thrice: with LiSSA per query (``influence``), the sketch-space curvature (``influence_sketch``) and the
 exact damped Hessian of the head (``influence_exact``). The settings are the CLI's defaults (exact gradients for
-the head's 770 parameters, λ = the curvature's mean eigenvalue); ``--dim 256`` sketches, ``--damping X`` fixes λ.
+the head's 770 parameters, λ = the curvature's mean eigenvalue, influence at the head's damped optimum); ``--dim
+256`` sketches, ``--damping X`` fixes λ, ``--at checkpoint`` takes influence at the trained head.
 
     python bench/artifacts.py [--data ../shared/data/sst2] [--n 2000] [--seeds 0 1] [--tokens zxqv blorft]
 """
@@ -92,7 +93,7 @@ def run(args, seed: int, token: str, tmp: pathlib.Path) -> dict:
     pred = predict(task, model, task.encode(queries)).labels
     out["backdoor_success"] = float((pred == target).float().mean())  # triggered negatives called positive
     out["clean_false_positive"] = float((clean_pred == target).float().mean())
-    settings = MethodSettings.faithful(device="cpu", seed=seed, dim=args.dim, curvature="exact",
+    settings = MethodSettings.faithful(device="cpu", seed=seed, dim=args.dim, curvature="exact", at=args.at,
                                        lissa=LissaConfig(damping=None if args.damping == "auto" else args.damping))
     # curvature exact: the Hessian is stored too (the head has 770 parameters); each variant picks its curvature
     for method in args.methods:
@@ -172,6 +173,9 @@ def main() -> None:
                         help="sketch dimension (default, as the CLI: exact gradients for the head's 770 parameters)")
     parser.add_argument("--damping", type=damping_value, default="auto",
                         help="influence functions' λ (default auto, as the CLI: the curvature's mean eigenvalue)")
+    parser.add_argument("--at", default="auto", choices=["auto", "checkpoint", "optimum"],
+                        help="where influence functions take gradients and the Hessian (default auto, as the CLI: "
+                        "the head's damped optimum)")
     args = parser.parse_args()
     runs = []
     for seed in args.seeds:
@@ -179,7 +183,8 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 runs.append(run(args, seed, token, pathlib.Path(tmp)))
                 print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
-    print(json.dumps({"benchmark": "artifacts", "settings": {"dim": args.dim, "damping": args.damping, "pooling": args.pooling},
+    print(json.dumps({"benchmark": "artifacts", "settings": {"dim": args.dim, "damping": args.damping, "pooling": args.pooling,
+                                                                "at": args.at},
                       "summary": summarize(runs, args.methods), "runs": runs}, indent=2))
 
 

@@ -51,7 +51,8 @@ the share of pairs whose signs agree. ``noise_rms``: the RMS actual change when 
 training examples (none of the top-k) is left out, whose predicted change is tiny: what minibatch order alone
 moves the loss (leaving an example out reshuffles every later batch), against ``actual_rms`` of the top-k pairs.
 ``rescored``: the same pairs predicted by g_qᵀ(H + λI)⁻¹g_i/n computed here in float64 from the cached features
-at the head the actual changes are measured from (at the recipe's head it must reproduce datablame's scores:
+at the head the actual changes are measured from (for a configuration ``-optimum``, at that head's damped optimum,
+Newton's method here, with its λ; at the recipe's head it must reproduce datablame's scores:
 ``max_rel_diff_vs_datablame``), and ``rescored_undamped`` the same with λ = 0 (what the slope is without the
 damping's shrinkage).
 
@@ -123,7 +124,7 @@ from datablame.influence.workdir import Workdir  # noqa: E402
 from artifacts import damping_value, subset_parser  # noqa: E402
 
 BOOTSTRAP = 1000
-LOO_CONFIGS = ["influence-auto-exact-dauto", "influence-exact-exact-d0.001"]
+LOO_CONFIGS = ["influence-auto-exact-dauto", "influence-auto-exact-dauto-optimum", "influence-exact-exact-d0.001"]
 
 
 def log(message: str) -> None:
@@ -139,12 +140,13 @@ class Config:
     dim: int | None
     curvature: str | None = None
     damping: float | str | None = None  # a number, "auto" (the curvature's mean eigenvalue), None: not taken
+    at: str = "checkpoint"  # influence: "checkpoint" or "optimum" (MethodSettings.at)
 
     @property
     def name(self) -> str:
         parts = [self.method, self.curvature, "exact" if self.dim is None else str(self.dim),
                  None if self.damping is None else f"d{self.damping}" if isinstance(self.damping, str)
-                 else f"d{self.damping:g}"]
+                 else f"d{self.damping:g}", "optimum" if self.at == "optimum" else None]
         return "-".join(p for p in parts if p is not None)
 
     def settings(self, params: int, seed: int) -> MethodSettings:
@@ -152,22 +154,25 @@ class Config:
         lissa = LissaConfig() if self.damping is None else LissaConfig(
             damping=None if self.damping == "auto" else self.damping)
         return MethodSettings(dim=params if self.dim is None else self.dim, seed=seed, lissa=lissa, device="cpu",
-                              curvature=self.curvature or MethodSettings.curvature)
+                              curvature=self.curvature or MethodSettings.curvature, at=self.at)
 
 
-def configurations(dims: list[int | None], dampings: list[float | str], params: int, patterns: list[str] | None
-                   ) -> list[Config]:
-    """Every registered method × dimension (× curvature × damping where its query side takes them), dimensions
-    ≥ ``params`` folded into exact, kept when the name matches one of ``patterns`` (all when None)."""
+def configurations(dims: list[int | None], dampings: list[float | str], params: int, patterns: list[str] | None,
+                   ats: Sequence[str] = ("checkpoint",)) -> list[Config]:
+    """Every registered method × dimension (× curvature × damping × ``ats`` where its query side takes them: the
+    influence functions'), dimensions ≥ ``params`` folded into exact, kept when the name matches one of
+    ``patterns`` (all when None)."""
     out: dict[Config, None] = {}
     for name in method_names():
         reads_query = method_spec(name).query is not None
         curvatures = CURVATURES if reads_query else (None,)
         damps = dampings if reads_query else (None,)
+        points = ats if reads_query else ("checkpoint",)
         for dim in dims:
             for curvature in curvatures:
                 for damping in damps:
-                    out[Config(name, None if dim is None or dim >= params else dim, curvature, damping)] = None
+                    for at in points:
+                        out[Config(name, None if dim is None or dim >= params else dim, curvature, damping, at)] = None
     return [c for c in out if patterns is None or any(fnmatch.fnmatchcase(c.name, p) for p in patterns)]
 
 
@@ -359,11 +364,14 @@ def leave_one_out(args, init: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor,
             act = np.array([actual[i][t] for t, i in pairs])
             entry = {"config": name, **agreement(act, np.array([s[t, i] for t, i in pairs]) / n)}
             if cfg.method == "influence":
-                exact, lam = exact_influence(theta_of(full), x, y, xq, yq, cfg.damping if cfg.damping is not None else
-                                             LissaConfig().damping)
+                theta, damping = theta_of(full), cfg.damping if cfg.damping is not None else LissaConfig().damping
+                if cfg.at == "optimum":  # datablame's linearization point: the damped optimum, its λ
+                    lam = damping_of(head_hessian(theta, x), "auto")
+                    theta, damping = regularized_optimum(theta, x, y, lam), lam if damping == "auto" else damping
+                exact, lam = exact_influence(theta, x, y, xq, yq, damping)
                 entry["damping_value"] = float(f"{lam:.4g}")
                 entry["rescored"] = agreement(act, np.array([exact[t, i] for t, i in pairs]) / n)
-                undamped, _ = exact_influence(theta_of(full), x, y, xq, yq, 0.0)
+                undamped, _ = exact_influence(theta, x, y, xq, yq, 0.0)
                 entry["rescored_undamped"] = agreement(act, np.array([undamped[t, i] for t, i in pairs]) / n)
                 if mode == "recipe":
                     entry["max_rel_diff_vs_datablame"] = float(f"{float(np.abs(exact - s).max() / np.abs(s).max()):.3g}")
@@ -517,7 +525,8 @@ def run(args, tmp: pathlib.Path) -> dict:
 
     results, seen, raw, loo_scores = [], {}, {}, {}
     loo_tests = min(args.loo_tests, args.test)
-    for cfg in configurations(args.dims, args.damping, params, args.configs):
+    ats = args.at if convex else ["checkpoint"]
+    for cfg in configurations(args.dims, args.damping, params, args.configs, ats):
         wanted = args.loo_tests > 0 and any(fnmatch.fnmatchcase(cfg.name, p) for p in args.loo_configs)
         method_settings = cfg.settings(params, args.seed)
         start = time.perf_counter()
@@ -565,7 +574,7 @@ def run(args, tmp: pathlib.Path) -> dict:
         def score_at(cfg: Config, theta: torch.Tensor, lam: float) -> tuple[np.ndarray, torch.Tensor]:
             """datablame's raw scores (T, N) float64 and predictions of the first T test points with the final
             checkpoint's head replaced by [W | b] = ``theta``, damping ``lam``."""
-            built = build_method(wd, cfg.method, replace(cfg, damping=lam).settings(params, args.seed))
+            built = build_method(wd, cfg.method, replace(cfg, damping=lam, at="checkpoint").settings(params, args.seed))
             head = built.method.task.head(built.method.model)
             with torch.no_grad():
                 head.weight.copy_(theta[:, :-1])
@@ -622,6 +631,9 @@ def main() -> None:
     parser.add_argument("--damping", type=damping_value, nargs="+", default=[LissaConfig().damping],
                         help="influence damping λ values (LissaConfig.damping), or auto (the curvature's mean "
                              "eigenvalue)")
+    parser.add_argument("--at", nargs="+", default=["checkpoint", "optimum"], choices=["checkpoint", "optimum"],
+                        help="influence: where gradients and the Hessian are taken (MethodSettings.at; optimum "
+                        "only on a head); configurations at the optimum end in -optimum")
     parser.add_argument("--configs", nargs="+", help="shell patterns of configuration names to keep, e.g. "
                         "'influence-*' 'trak-256'")
     parser.add_argument("--loo-tests", type=int, default=5, help="leave-one-out check: the first T test points "

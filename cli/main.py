@@ -115,6 +115,9 @@ LAMBDA = typer.Option(1e-3, "--lambda", help="L2 penalty of the representer refi
 DAMPING = typer.Option("auto", "--damping", help="λ added to the curvature of influence functions (LiSSA, sketch "
                        "and exact): auto is the curvature's mean eigenvalue (LiSSA: 0.01); larger is more stable, "
                        "smaller is closer to the exact inverse.")
+AT = typer.Option("auto", "--at", help="Where influence functions take gradients and the Hessian: checkpoint (the "
+                  "trained model), optimum (its linear head moved to the minimiser of the damped training "
+                  "objective, where their first-order model holds) or auto: optimum for a head, else checkpoint.")
 BATCH_SIZE = typer.Option(32, help="Examples per gradient batch.")
 DEVICE = typer.Option("auto", help="auto, cpu or cuda.")
 SCORE = typer.Option("all", "--score", help="Scoring to index: cosine, raw or all.")
@@ -132,16 +135,17 @@ def _choose(what: str, option: str, value: Optional[str], choices: tuple[str, ..
 
 
 def _settings(params: Optional[List[str]], dim: Optional[int], projection: str, seed: int, lam: float, device: str,
-              curvature: str = "auto", damping: str = "auto"):
-    """The method settings of the options, refusing an unknown --projection or --curvature."""
+              curvature: str = "auto", damping: str = "auto", at: str = "auto"):
+    """The method settings of the options, refusing an unknown --projection, --curvature or --at."""
     from datablame.influence.build import CURVATURES, MethodSettings
     from datablame.influence.lissa import LissaConfig
     from datablame.influence.sketch import PROJECTIONS
 
     _choose("projection", "--projection", projection, tuple(PROJECTIONS))
     _choose("curvature", "--curvature", curvature, CURVATURES)
+    _choose("linearization point", "--at", at, ("auto", "checkpoint", "optimum"))
     return MethodSettings(params=[p for arg in params or [] for p in arg.split(",") if p] or None, dim=dim,
-                          projection=projection, seed=seed, lam=lam, device=device, curvature=curvature,
+                          projection=projection, seed=seed, lam=lam, device=device, curvature=curvature, at=at,
                           lissa=LissaConfig(damping=_damping(damping)))
 
 
@@ -173,8 +177,8 @@ def _methods(method: str) -> tuple[str, ...]:
 def vectors(
     workdir: Path = typer.Argument(..., help="Workdir made by 'datablame train' or 'datablame init'."),
     method: str = METHOD, params: Optional[List[str]] = PARAMS, dim: Optional[int] = DIM, projection: str = PROJECTION,
-    seed: int = SEED, dtype: str = DTYPE, lam: float = LAMBDA, batch_size: int = BATCH_SIZE, device: str = DEVICE,
-    shard: Optional[str] = SHARD, shard_size: int = SHARD_ROWS,
+    seed: int = SEED, dtype: str = DTYPE, lam: float = LAMBDA, at: str = AT, batch_size: int = BATCH_SIZE,
+    device: str = DEVICE, shard: Optional[str] = SHARD, shard_size: int = SHARD_ROWS,
     quiet: bool = QUIET, verbose: bool = VERBOSE,
 ) -> None:
     """Compute every training example's vector and self-influence for each method (resumable; in parts with
@@ -184,7 +188,8 @@ def vectors(
     from datablame.index.vectors import DTYPES
 
     _choose("dtype", "--dtype", dtype, DTYPES)
-    settings, part = _settings(params, dim, projection, seed, lam, device), part_of(shard, shard_size)
+    settings = _settings(params, dim, projection, seed, lam, device, at=at)
+    part = part_of(shard, shard_size)
     for name in _methods(method):
         start = time.perf_counter()
         with progress_bar(name, quiet) as update:
@@ -219,7 +224,7 @@ def index(
     curvature: str = typer.Option("auto", help="Influence queries: exact (the Hessian, once; at most 4096 "
                                   "parameters), lissa (per query), sketch (the sketches' Gauss-Newton, once), or "
                                   "auto: exact on exact gradients (a head), else sketch."),
-    damping: str = DAMPING,
+    damping: str = DAMPING, at: str = AT,
     dtype: str = DTYPE, lam: float = LAMBDA, batch_size: int = BATCH_SIZE, device: str = DEVICE,
     shard: Optional[str] = SHARD, shard_size: int = SHARD_ROWS, quiet: bool = QUIET,
     verbose: bool = VERBOSE,
@@ -232,7 +237,7 @@ def index(
 
     scorings = _scorings(score)
     _choose("dtype", "--dtype", dtype, DTYPES)
-    settings = _settings(params, dim, projection, seed, lam, device, curvature, damping)
+    settings = _settings(params, dim, projection, seed, lam, device, curvature, damping, at)
     part = part_of(shard, shard_size)
     for name in _methods(method):
         start = time.perf_counter()
@@ -271,7 +276,7 @@ def plan(
     seed: int = SEED,
     score: str = SCORE,
     approximate: bool = typer.Option(False, "--approximate", help="Plan HNSW indexes instead of exact ones."),
-    curvature: str = typer.Option("auto", help="As for 'index'."), damping: str = DAMPING,
+    curvature: str = typer.Option("auto", help="As for 'index'."), damping: str = DAMPING, at: str = AT,
     dtype: str = DTYPE, lam: float = LAMBDA, batch_size: int = BATCH_SIZE, device: str = DEVICE,
     workers: int = typer.Option(1, "--workers", help="Processes sharing the vectors (torchrun ranks or --shard "
                                 "jobs)."),
@@ -290,7 +295,7 @@ def plan(
     _choose("dtype", "--dtype", dtype, DTYPES)
     if workers < 1 or sample < 2:
         raise DatablameError("--workers must be at least 1 and --sample at least 2", "e.g. --workers 4 --sample 64")
-    settings = _settings(params, dim, projection, seed, lam, device, curvature, damping)
+    settings = _settings(params, dim, projection, seed, lam, device, curvature, damping, at)
     plans = []
     for name in _methods(method):
         with progress_bar(f"calibrating {name}", quiet):

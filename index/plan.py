@@ -18,6 +18,10 @@ finalize       n × (reduction per row, timed on a block of  one block of rows r
                closed form, else p / 128 passes of 128      Hessian)
                Hessian-vector products), timed on such a
                block (the sample's rows repeated)
+optimum        (influence at a head's damped optimum,           the feature matrix, one block / none
+               ``--at auto``) (OPTIMUM_STEPS + 1) × the
+               exact Hessian's time (as above): the Newton
+               steps, not run by the calibration
 index (each)   n × (index build per row)                    the vectors, their unit-length copy (cosine)
                                                             and FAISS's own copy / the index (n × D × 4,
                                                             HNSW's graph besides)
@@ -35,7 +39,7 @@ from __future__ import annotations
 import os
 import resource
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -49,6 +53,7 @@ from datablame.influence.features import FeatureCache
 from datablame.influence.gradients import HeadGradients
 from datablame.influence.lissa import HessianVectorProducts
 from datablame.influence.methods import ROWS, compute_train_vectors, gram
+from datablame.influence.optimum import optimum_applies
 from datablame.influence.workdir import Workdir
 
 from .rows import ArrayRows
@@ -57,6 +62,9 @@ from .search import (IVF_MIN_N, IVF_TRAIN_PER_LIST, SCORE_BLOCK, SCORINGS, Index
 from .vectors import SHARD_SIZE
 
 GB = 2**30
+OPTIMUM_STEPS = 6
+"""Newton steps assumed for a head's damped optimum (:mod:`datablame.influence.optimum`): 4 or 5 measured on SST-2
+(mean and pooler features) and the drug reviews, from the recipe's trained heads."""
 HNSW_LINKS = 32  # neighbours per node of the HNSW graph (search.py), 2 × 4 bytes each at the base layer
 
 
@@ -225,7 +233,11 @@ def plan_method(workdir: str | Path, method: str, settings: MethodSettings = Met
     start = time.perf_counter()
     base = resident_bytes()
     wd = Workdir(workdir)
-    build_s, built = _timed(lambda: build_method(wd, method, settings))
+    # the calibration does not move the head to its damped optimum (that reads every example's features, then
+    # cached: a write); it is estimated below from the Hessian's time
+    build_s, built = _timed(lambda: build_method(wd, method, replace(settings, at="checkpoint")))
+    optimum = settings.at in ("auto", "optimum") and method == "influence" and optimum_applies(
+        built.method.task, built.method.model, built.method.names)
     n, dim = len(built.train), built.method.dim
     rows = np.unique(np.linspace(0, n - 1, min(sample + 1, n)).astype(int))
     warm_s, _ = _timed(lambda: compute_train_vectors(built.method, built.train.subset(rows[:1]), batch_size))
@@ -245,10 +257,14 @@ def plan_method(workdir: str | Path, method: str, settings: MethodSettings = Met
     per_row = _reduction_seconds(built.method, torch.from_numpy(vectors), torch.as_tensor(part.labels), n)
     exact = isinstance(getattr(built.method, "curvature", None), Exact)
     stored = dim * dim * 8 * (hasattr(built.method, "finalize") + exact)  # final-gram.npy (+ final-hessian.npy)
-    hessian_s = _hessian_seconds(built.method, part, n) if exact else 0.0
+    hessian_s = _hessian_seconds(built.method, part, n) if exact or optimum else 0.0
+    if optimum:
+        phases.insert(0, Phase("optimum", (OPTIMUM_STEPS + 1) * hessian_s, base + _model_bytes(built.method)
+                               + feature_bytes + min(n, ROWS) * dim * 8, 0,
+                               f"{OPTIMUM_STEPS} Newton steps and the λ, one exact Hessian each"))
     # read from the shards a block at a time: one block as float32 and float64 (two copies), the Gram (and
     # Hessian), the (n,) self-influence
-    phases.append(Phase("finalize", n * per_row + hessian_s, base + min(n, ROWS) * dim * (4 + 2 * 8)
+    phases.append(Phase("finalize", n * per_row + (hessian_s if exact else 0.0), base + min(n, ROWS) * dim * (4 + 2 * 8)
                         + dim * dim * 8 * (1 + exact) + n * 8, n * 4 + stored,
                         f"{per_row * 1e6:.1f} µs per example"
                         + (f"; the exact Hessian {hessian_s:.1f} s" if exact else "")))

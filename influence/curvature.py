@@ -57,6 +57,7 @@ class Curvature(ABC):
     def __init__(self, config: LissaConfig, products: Products, gram_dims: int | None = None):
         self.config, self.products, self.gram_dims = config, products, gram_dims
         self.finalized: dict[str, Tensor] = {}  # undamped float64 matrices by name, once finalized
+        self.objective_damping: float | None = None  # λ of the damped optimum the Hessian is taken at, if any
         self._factors: dict[str, Tensor] = {}  # Cholesky factors of the damped matrices, made on first use
 
     def damping(self, matrix: Tensor | None = None, dims: int | None = None) -> float:
@@ -69,6 +70,14 @@ class Curvature(ABC):
         if matrix is None:
             return LISSA_AUTO_DAMPING
         return max(float(torch.trace(matrix)) / (dims or matrix.shape[0]), MIN_AUTO_DAMPING)
+
+    def damping_for(self, name: str) -> float:
+        """λ added to the finalized matrix ``name``: the configured damping; under auto, for the exact ``hessian``
+        taken at a damped optimum (:mod:`.optimum`), that optimum's own λ (H + λI is then the Hessian of the
+        objective the head minimises), else :meth:`damping` of the matrix."""
+        if self.config.damping is None and name == "hessian" and self.objective_damping is not None:
+            return self.objective_damping
+        return self.damping(self.finalized[name], self.gram_dims if name == "gram" else None)
 
     def finalize(self, gram: Tensor) -> dict[str, np.ndarray]:
         """Keep ``gram``, the (k, k) float64 VᵀV/n of the finished training sketches, and whatever else this
@@ -91,8 +100,7 @@ class Curvature(ABC):
             raise DatablameError(f"the influence vectors' {what} is missing or stale",
                                  f"rebuild with 'datablame index WORKDIR --method influence{flag}'")
         if name not in self._factors:
-            matrix = self.finalized[name]
-            lam = self.damping(matrix, self.gram_dims if name == "gram" else None)
+            matrix, lam = self.finalized[name], self.damping_for(name)
             damped = matrix + lam * torch.eye(matrix.shape[0], dtype=torch.float64)
             self._factors[name] = torch.linalg.cholesky(damped)
         return torch.cholesky_solve(rows.double().cpu().T, self._factors[name]).T

@@ -6,7 +6,7 @@ method              training vector v_i, (D,)                   query vector u_q
 =================== =========================================== ========================================
 TracIn              concat_c sqrt(lr_c) · P g_c(z_i)            concat_c sqrt(lr_c) · P g_c(z_q, ŷ)
 influence functions P g(z_i) at the final checkpoint            P (H + λI)^{-1} g(z_q, ŷ)   (exact, LiSSA or
-                                                                sketch-space curvature)
+                    (a head: at its damped optimum)             sketch-space curvature)
 representer points  α_i ⊗ [f_i, 1]                              e_ŷ ⊗ [f_q, 1]
 TRAK (:mod:`.trak`) Q_i · concat_m φ_m(z_i)                     (1/M) concat_m K_m^{-1} φ_m(z_q, ŷ)
 =================== =========================================== ========================================
@@ -29,12 +29,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data import Examples, Text
-from .errors import DatablameError
+from .errors import DatablameError, check_choice
 from .features import FeatureCache
 from .gradients import HeadGradients, gradient_computer, labels_of
 from .grads import HEAD, num_params, select_params
 from .heads import fit_softmax_head, with_bias
-from .curvature import EXACT_MAX_PARAMS, make_curvature
+from .curvature import EXACT_MAX_PARAMS, MIN_AUTO_DAMPING, make_curvature
+from .optimum import OptimumReport, damped_optimum, fixed_head, head_theta, optimum_applies, with_head
 from .lissa import HessianVectorProducts, LissaConfig, LissaReport, Progress
 from .registry import MethodSpec, register
 from .settings import QuerySettings
@@ -185,6 +186,9 @@ class InfluenceFunctions:
     curvature computes once is computed when the training vectors are finished (:meth:`finalize`), stored beside
     them, and handed back to a query process (:meth:`use_finalized`).
 
+    ``at="optimum"`` (a linear softmax head's weight and bias) takes the gradients and H at the head's damped
+    optimum instead of the trained head (:mod:`.optimum`; :attr:`linearized`); the trained model still predicts.
+
     Self-influence g_iᵀ H^{-1} g_i is approximated in sketch space by the damped Gauss-Newton (empirical Fisher)
     matrix, as TRAK does: v_iᵀ (VᵀV/n + λI)^{-1} v_i with V the (n, k) training sketches.
     """
@@ -194,18 +198,45 @@ class InfluenceFunctions:
 
     def __init__(self, task: Task, model: nn.Module, names: Sequence[str], projector: Projector,
                  train: Examples, config: LissaConfig = LissaConfig(), features: FeatureCache | None = None,
-                 curvature: str = "lissa"):
+                 curvature: str = "lissa", at: str = "checkpoint"):
         self.task, self.model, self.names, self.projector = task, model, list(names), projector
-        self.train, self.config = train, config
+        self.train, self.config, self.at = train, config, at
+        check_choice("linearization point", at, ("checkpoint", "optimum"), "--at")
         self.gradients = gradient_computer(task, [model], names, features)  # features: the training set's cache
+        if at == "optimum" and not optimum_applies(task, model, names):
+            raise DatablameError("--at optimum needs the weight and bias of a linear softmax head selected",
+                                 "use --params head, or --at checkpoint")
         self.dim = projector.out_dim
+        self.optimum: OptimumReport | None = None
+        self._linearized = model if at == "checkpoint" else None  # at the optimum: made on first use
         self.curvature = make_curvature(curvature, config, self._products, num_params(model, self.names),
-                                        lambda: self.gradients.loss_hessian(self.model, self.train),
+                                        lambda: self.gradients.loss_hessian(self.linearized, self.train),
                                         projector.in_dim if projector.exact else projector.out_dim)
 
+    @property
+    def linearized(self) -> nn.Module:
+        """The model whose gradients and Hessian the scores use: ``model`` (``at="checkpoint"``), or with
+        ``at="optimum"`` the same encoder with the head moved to the minimiser of the damped objective
+        (:func:`.optimum.damped_optimum`, λ the mean eigenvalue of the Hessian at the trained head; that λ is then
+        the exact curvature's automatic damping, so H + λI is the Hessian of what the head minimises)."""
+        if self._linearized is None:
+            hessian = self.gradients.loss_hessian(self.model, self.train)
+            lam = max(float(torch.trace(hessian)) / len(hessian), MIN_AUTO_DAMPING)
+            self._linearized, self.optimum = damped_optimum(
+                self.task, self.model, self._feature_blocks,
+                lambda m: self.gradients.loss_hessian(m, self.train), lam)
+            self.curvature.objective_damping = lam
+        return self._linearized
+
+    def _feature_blocks(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """One pass over the training features and labels, :data:`ROWS` examples at a time."""
+        for lo in range(0, len(self.train), ROWS):
+            batch = self.train.subset(np.arange(lo, min(lo + ROWS, len(self.train))))
+            yield self.gradients.train_inputs(self.model, batch), labels_of(batch)
+
     def _products(self, batch_size: int | None) -> HessianVectorProducts:
-        return HessianVectorProducts(self.task, self.model, self.names, self.train, batch_size, self.config.seed,
-                                     self.gradients.features)
+        return HessianVectorProducts(self.task, self.linearized, self.names, self.train, batch_size,
+                                     self.config.seed, self.gradients.features)
 
     # what the curvature part holds, read through
     @property
@@ -238,11 +269,21 @@ class InfluenceFunctions:
     def finalize(self, vectors: Rows) -> dict[str, np.ndarray]:
         """What the finished (n, k) training sketches give once for all queries, undamped (the damping λ is a
         query-side setting): ``gram``, (k, k) float64 VᵀV/n, and what the curvature adds (``exact``: the
-        ``hessian``, (p, p) float64)."""
-        return self.curvature.finalize(gram(vectors))
+        ``hessian``, (p, p) float64); at the optimum also ``optimum_head``, (K, h+1) float64 [W | b], and
+        ``optimum_damping``, (1,) λ, so that a query process need not fit the head again."""
+        arrays = self.curvature.finalize(gram(vectors))
+        if self.at == "optimum":
+            arrays["optimum_head"] = head_theta(self.task.head(self.linearized)).numpy()
+            arrays["optimum_damping"] = np.array([self.curvature.objective_damping])
+        return arrays
 
     def use_finalized(self, arrays: dict[str, np.ndarray]) -> None:
         """Take the arrays :meth:`finalize` made (read back from beside the vectors)."""
+        arrays = dict(arrays)
+        head, lam = arrays.pop("optimum_head", None), arrays.pop("optimum_damping", None)
+        if self.at == "optimum" and head is not None:
+            self._linearized = with_head(self.task, self.model, fixed_head(head, self.task.head(self.model)))
+            self.curvature.objective_damping = float(lam[0])
         self.curvature.use_finalized(arrays)
 
     def query_like(self, vectors: Tensor) -> Tensor:
@@ -250,11 +291,11 @@ class InfluenceFunctions:
         return self.curvature.query_like(vectors, self.projector)
 
     def train_vectors(self, batch: Examples) -> Tensor:
-        return self.projector(self.gradients.train_grads(self.model, batch)).cpu()
+        return self.projector(self.gradients.train_grads(self.linearized, batch)).cpu()
 
     def query_vectors(self, texts: Sequence[Text]) -> Queries:
-        q = self.gradients.queries(texts)
-        g = self.gradients.grads(self.model, q.inputs[0], q.predictions)
+        q = self.gradients.queries(texts)  # the trained model's predictions, the gradients at the linearized head
+        g = self.gradients.grads(self.linearized, q.inputs[0], q.predictions)
         return Queries(self.curvature.query(g, self.projector), q.predictions, q.probabilities)
 
     def self_influence(self, vectors: Rows, labels: Tensor) -> Tensor:
@@ -266,7 +307,7 @@ class InfluenceFunctions:
 
     def describe(self) -> dict:
         return {"method": self.name, "params": self.names, "projection": self.projector.describe(),
-                "lissa": vars(self.config).copy()}
+                "lissa": vars(self.config).copy(), **({"at": self.at} if self.at != "checkpoint" else {})}
 
 
 @dataclass
@@ -416,8 +457,11 @@ def _build_influence(ctx: "BuildContext") -> InfluenceFunctions:
     if curvature == "auto":  # measured in bench/faithfulness.py: exact on exact gradients, else the sketch's
         exact = projector.exact and num_params(ctx.model, names) <= EXACT_MAX_PARAMS
         curvature = "exact" if exact else "sketch"
+    at = ctx.settings.at
+    if at == "auto":  # measured in bench/faithfulness.py: the damped optimum wherever it applies
+        at = "optimum" if optimum_applies(ctx.task, ctx.model, names) else "checkpoint"
     return InfluenceFunctions(ctx.task, ctx.model, names, projector, ctx.train, ctx.settings.lissa, ctx.features,
-                              curvature)
+                              curvature, at)
 
 
 def _build_representer(ctx: "BuildContext") -> Representer:
