@@ -115,9 +115,10 @@ LAMBDA = typer.Option(1e-3, "--lambda", help="L2 penalty of the representer refi
 DAMPING = typer.Option("auto", "--damping", help="λ added to the curvature of influence functions (LiSSA, sketch "
                        "and exact): auto is the curvature's mean eigenvalue (LiSSA: 0.01); larger is more stable, "
                        "smaller is closer to the exact inverse.")
-AT = typer.Option("auto", "--at", help="Where influence functions take gradients and the Hessian: checkpoint (the "
-                  "trained model), optimum (its linear head moved to the minimiser of the damped training "
-                  "objective, where their first-order model holds) or auto: optimum for a head, else checkpoint.")
+AT = typer.Option("checkpoint", "--at", help="Where influence functions take gradients and the Hessian: checkpoint "
+                  "(the trained model) or optimum (its linear head moved to the minimiser of the damped training "
+                  "objective, where their first-order model holds: raw scores predict retraining better, cosine "
+                  "lists name planted causes less well; see the README).")
 BATCH_SIZE = typer.Option(32, help="Examples per gradient batch.")
 DEVICE = typer.Option("auto", help="auto, cpu or cuda.")
 SCORE = typer.Option("all", "--score", help="Scoring to index: cosine, raw or all.")
@@ -135,7 +136,7 @@ def _choose(what: str, option: str, value: Optional[str], choices: tuple[str, ..
 
 
 def _settings(params: Optional[List[str]], dim: Optional[int], projection: str, seed: int, lam: float, device: str,
-              curvature: str = "auto", damping: str = "auto", at: str = "auto"):
+              curvature: str = "auto", damping: str = "auto", at: str = "checkpoint"):
     """The method settings of the options, refusing an unknown --projection, --curvature or --at."""
     from datablame.influence.build import CURVATURES, MethodSettings
     from datablame.influence.lissa import LissaConfig
@@ -143,7 +144,7 @@ def _settings(params: Optional[List[str]], dim: Optional[int], projection: str, 
 
     _choose("projection", "--projection", projection, tuple(PROJECTIONS))
     _choose("curvature", "--curvature", curvature, CURVATURES)
-    _choose("linearization point", "--at", at, ("auto", "checkpoint", "optimum"))
+    _choose("linearization point", "--at", at, ("checkpoint", "optimum"))
     return MethodSettings(params=[p for arg in params or [] for p in arg.split(",") if p] or None, dim=dim,
                           projection=projection, seed=seed, lam=lam, device=device, curvature=curvature, at=at,
                           lissa=LissaConfig(damping=_damping(damping)))

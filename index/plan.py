@@ -19,7 +19,7 @@ finalize       n × (reduction per row, timed on a block of  one block of rows r
                Hessian-vector products), timed on such a
                block (the sample's rows repeated)
 optimum        (influence at a head's damped optimum,           the feature matrix, one block / none
-               ``--at auto``) (OPTIMUM_STEPS + 1) × the
+               ``--at optimum``) (OPTIMUM_STEPS + 1) × the
                exact Hessian's time (as above): the Newton
                steps, not run by the calibration
 index (each)   n × (index build per row)                    the vectors, their unit-length copy (cosine)
@@ -236,7 +236,7 @@ def plan_method(workdir: str | Path, method: str, settings: MethodSettings = Met
     # the calibration does not move the head to its damped optimum (that reads every example's features, then
     # cached: a write); it is estimated below from the Hessian's time
     build_s, built = _timed(lambda: build_method(wd, method, replace(settings, at="checkpoint")))
-    optimum = settings.at in ("auto", "optimum") and method == "influence" and optimum_applies(
+    optimum = settings.at == "optimum" and method == "influence" and optimum_applies(
         built.method.task, built.method.model, built.method.names)
     n, dim = len(built.train), built.method.dim
     rows = np.unique(np.linspace(0, n - 1, min(sample + 1, n)).astype(int))

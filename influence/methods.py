@@ -457,11 +457,8 @@ def _build_influence(ctx: "BuildContext") -> InfluenceFunctions:
     if curvature == "auto":  # measured in bench/faithfulness.py: exact on exact gradients, else the sketch's
         exact = projector.exact and num_params(ctx.model, names) <= EXACT_MAX_PARAMS
         curvature = "exact" if exact else "sketch"
-    at = ctx.settings.at
-    if at == "auto":  # measured in bench/faithfulness.py: the damped optimum wherever it applies
-        at = "optimum" if optimum_applies(ctx.task, ctx.model, names) else "checkpoint"
     return InfluenceFunctions(ctx.task, ctx.model, names, projector, ctx.train, ctx.settings.lissa, ctx.features,
-                              curvature, at)
+                              curvature, ctx.settings.at)
 
 
 def _build_representer(ctx: "BuildContext") -> Representer:

@@ -28,8 +28,8 @@ class VectorSettings:
     :data:`.curvature.EXACT_MAX_PARAMS` (a head), else :data:`.sketch.DEFAULT_DIM` (influence:
     :data:`.methods.INFLUENCE_SKETCH_DIM`); projection: countsketch | gaussian; seed: the projection's seed; lam:
     the representer refit's L2 penalty; at: where influence functions take gradients and the Hessian,
-    ``checkpoint`` (the trained head) or ``optimum`` (the head moved to the minimiser of the damped objective, see
-    :mod:`.optimum`; a linear softmax head's weight and bias only), ``auto`` for ``optimum`` wherever it applies."""
+    ``checkpoint`` (the trained model) or ``optimum`` (its head moved to the minimiser of the damped objective, see
+    :mod:`.optimum`; a linear softmax head's weight and bias only)."""
 
     params: Sequence[str] | None = None
     dim: int | None = DEFAULT_DIM
@@ -62,9 +62,8 @@ class MethodSettings(QuerySettings, VectorSettings):
     def faithful(cls, **overrides) -> "MethodSettings":
         """The settings whose influence scores predicted retraining best in ``bench/faithfulness.py`` (and the
         CLI's defaults): exact gradients for a head, the exact curvature when it fits, λ = the curvature's mean
-        eigenvalue, influence at the damped optimum of a head."""
-        return cls(**{"dim": None, "curvature": "auto", "lissa": LissaConfig(damping=None), "at": "auto",
-                      **overrides})
+        eigenvalue."""
+        return cls(**{"dim": None, "curvature": "auto", "lissa": LissaConfig(damping=None), **overrides})
 
     @property
     def query(self) -> QuerySettings:

@@ -31,16 +31,16 @@ def test_plan_estimates_the_phases_and_their_sizes(trained_workdir, tmp_path):
 def test_plan_times_the_exact_hessian_and_the_damped_optimum(trained_workdir):
     before = sorted(p.relative_to(trained_workdir) for p in trained_workdir.rglob("*"))
     r = datablame("plan", trained_workdir, "--method", "influence", "--params", "head", "--curvature", "exact",
-                  "--json", "--sample", "8", "--device", "cpu")
+                  "--at", "optimum", "--json", "--sample", "8", "--device", "cpu")
     assert r.returncode == 0, r.stderr
     [plan] = json.loads(r.stdout)
     finalize = next(p for p in plan["phases"] if p["name"] == "finalize")
     assert "the exact Hessian" in finalize["note"] and finalize["seconds"] > 0
-    assert plan["phases"][0]["name"] == "optimum" and plan["phases"][0]["seconds"] > 0  # --at auto, on a head
+    assert plan["phases"][0]["name"] == "optimum" and plan["phases"][0]["seconds"] > 0
     # estimated, not run: moving the head would read (and cache) every example's features
     assert sorted(p.relative_to(trained_workdir) for p in trained_workdir.rglob("*")) == before
-    r = datablame("plan", trained_workdir, "--method", "influence", "--params", "head", "--at", "checkpoint",
-                  "--json", "--sample", "8", "--device", "cpu")
+    r = datablame("plan", trained_workdir, "--method", "influence", "--params", "head", "--json", "--sample", "8",
+                  "--device", "cpu")
     assert r.returncode == 0, r.stderr
     assert "optimum" not in [p["name"] for p in json.loads(r.stdout)[0]["phases"]]
 

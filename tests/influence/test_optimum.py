@@ -61,13 +61,12 @@ def test_influence_at_the_damped_optimum_equals_brute_force(trained, tiny_exampl
     assert torch.allclose(fresh.query_vectors(QUERIES).vectors, q.vectors)
 
 
-def test_at_auto_is_the_optimum_for_a_head_only(trained_workdir):
-    head = build_method(trained_workdir, "influence", MethodSettings.faithful(params=["head"], device="cpu"))
+def test_the_optimum_is_asked_for_and_only_for_a_head(trained_workdir):
+    default = build_method(trained_workdir, "influence", MethodSettings.faithful(params=["head"], device="cpu"))
+    assert default.method.at == "checkpoint" and "at" not in default.key  # keys of indexes built before stay valid
+    head = build_method(trained_workdir, "influence", MethodSettings.faithful(params=["head"], at="optimum",
+                                                                             device="cpu"))
     assert head.method.at == "optimum" and head.key["at"] == "optimum"
-    assert build_method(trained_workdir, "influence", MethodSettings(params=["head"], device="cpu")).method.at == \
-        "checkpoint"  # the library's first defaults keep the trained head
-    everything = build_method(trained_workdir, "influence", MethodSettings.faithful(device="cpu"))
-    assert everything.method.at == "checkpoint" and "at" not in everything.key
     with pytest.raises(DatablameError, match="weight and bias of a linear softmax head") as info:
         build_method(trained_workdir, "influence", MethodSettings.faithful(at="optimum", device="cpu"))
     assert "--at checkpoint" in info.value.hint
