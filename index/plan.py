@@ -18,8 +18,8 @@ finalize       n × (reduction per row, timed on a block of  one block of rows r
                closed form, else p / 128 passes of 128      Hessian)
                Hessian-vector products), timed on such a
                block (the sample's rows repeated)
-optimum        (influence at a head's damped optimum,           the feature matrix, one block / none
-               ``--at optimum``) (OPTIMUM_STEPS + 1) × the
+optimum        (``--at optimum``: influence at a head's     the feature matrix, one block / none
+               damped optimum) (OPTIMUM_STEPS + 1) × the
                exact Hessian's time (as above): the Newton
                steps, not run by the calibration
 index (each)   n × (index build per row)                    the vectors, their unit-length copy (cosine)
@@ -51,6 +51,7 @@ from datablame.influence.curvature import HESSIAN_CHUNK, Exact
 from datablame.influence.data import Examples
 from datablame.influence.features import FeatureCache
 from datablame.influence.gradients import HeadGradients
+from datablame.influence.grads import num_params
 from datablame.influence.lissa import HessianVectorProducts
 from datablame.influence.methods import ROWS, compute_train_vectors, gram
 from datablame.influence.optimum import optimum_applies
@@ -160,7 +161,8 @@ def _hessian_seconds(method, part: Examples, n: int) -> float:
     min(n, BLOCK) rows (the sample ``part`` repeated, on its features), scaled by the rows; otherwise ⌈p / 128⌉
     calls of 128 Hessian-vector products over all of them, one timed (after a warm-up) on that block (through
     the model: on ``part`` alone) and scaled by the rows."""
-    p, chunk = method.curvature.params, min(method.curvature.params, HESSIAN_CHUNK)
+    p = num_params(method.model, method.names)
+    chunk = min(p, HESSIAN_CHUNK)
     features = None
     if isinstance(method.gradients, HeadGradients):
         reps = np.arange(min(n, BLOCK)) % len(part)

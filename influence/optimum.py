@@ -63,12 +63,17 @@ def optimum_applies(task: Task, model: nn.Module, names: list[str]) -> bool:
     return head is not None and len(head[0]) == 2
 
 
+@torch.no_grad()
+def _install(head: nn.Linear, theta: Tensor) -> None:
+    """Set the head's [W | b] to ``theta``, (K, h+1), in its own device and dtype."""
+    head.weight.copy_(theta[:, :-1].to(head.weight))
+    head.bias.copy_(theta[:, -1].to(head.bias))
+
+
 def fixed_head(theta, like: nn.Linear) -> nn.Linear:
     """A copy of the head ``like`` (its device and dtype) with [W | b] = ``theta``, (K, h+1)."""
-    theta, head = torch.as_tensor(theta), copy.deepcopy(like)
-    with torch.no_grad():
-        head.weight.copy_(theta[:, :-1].to(head.weight))
-        head.bias.copy_(theta[:, -1].to(head.bias))
+    head = copy.deepcopy(like)
+    _install(head, torch.as_tensor(theta))
     return head
 
 
@@ -117,11 +122,6 @@ def damped_optimum(task: Task, model: nn.Module, blocks: Blocks, hessian: Callab
     def unflat(v: Tensor) -> Tensor:
         return torch.cat([v[:k * (d - 1)].reshape(k, d - 1), v[k * (d - 1):, None]], 1)
 
-    @torch.no_grad()
-    def install(t: Tensor) -> None:
-        head.weight.copy_(t[:, :-1].to(head.weight))
-        head.bias.copy_(t[:, -1].to(head.bias))
-
     value, grad = _objective_and_gradient(theta, blocks, lam)
     for steps in range(max_steps + 1):
         if float(grad.abs().max()) < tolerance:
@@ -138,6 +138,6 @@ def damped_optimum(task: Task, model: nn.Module, blocks: Blocks, hessian: Callab
                 break
             t /= 2
         theta, value, grad = theta - t * step, new_value, new_grad
-        install(theta)
+        _install(head, theta)
     return at, OptimumReport(lam, steps, float(grad.abs().max()), float((theta - start).norm()),
                              float(start.norm()))

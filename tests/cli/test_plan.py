@@ -43,6 +43,11 @@ def test_plan_times_the_exact_hessian_and_the_damped_optimum(trained_workdir):
                   "--device", "cpu")
     assert r.returncode == 0, r.stderr
     assert "optimum" not in [p["name"] for p in json.loads(r.stdout)[0]["phases"]]
+    r = datablame("plan", trained_workdir, "--method", "influence", "--params", "head", "--curvature", "sketch",
+                  "--at", "optimum", "--json", "--sample", "8", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    phases = {p["name"]: p for p in json.loads(r.stdout)[0]["phases"]}
+    assert phases["optimum"]["seconds"] > 0 and "Hessian" not in phases["finalize"]["note"]
 
 
 def test_plan_of_an_ivfpq_index_scales_a_real_calibration_build(tmp_path):
