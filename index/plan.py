@@ -19,9 +19,10 @@ finalize       n × (reduction per row, timed on a block of  one block of rows r
                Hessian-vector products), timed on such a
                block (the sample's rows repeated)
 optimum        (``--at optimum``: influence at a head's     the feature matrix, one block / none
-               damped optimum) (OPTIMUM_STEPS + 1) × the
-               exact Hessian's time (as above): the Newton
-               steps, not run by the calibration
+               damped optimum) OPTIMUM_STEPS × the exact
+               Hessian's time (as above): the Newton steps
+               (the first one's Hessian also gives λ), not
+               run by the calibration
 index (each)   n × (index build per row)                    the vectors, their unit-length copy (cosine)
                                                             and FAISS's own copy / the index (n × D × 4,
                                                             HNSW's graph besides)
@@ -261,9 +262,9 @@ def plan_method(workdir: str | Path, method: str, settings: MethodSettings = Met
     stored = dim * dim * 8 * (hasattr(built.method, "finalize") + exact)  # final-gram.npy (+ final-hessian.npy)
     hessian_s = _hessian_seconds(built.method, part, n) if exact or optimum else 0.0
     if optimum:
-        phases.insert(0, Phase("optimum", (OPTIMUM_STEPS + 1) * hessian_s, base + _model_bytes(built.method)
+        phases.insert(0, Phase("optimum", OPTIMUM_STEPS * hessian_s, base + _model_bytes(built.method)
                                + feature_bytes + min(n, ROWS) * dim * 8, 0,
-                               f"{OPTIMUM_STEPS} Newton steps and the λ, one exact Hessian each"))
+                               f"{OPTIMUM_STEPS} Newton steps, one exact Hessian each"))
     # read from the shards a block at a time: one block as float32 and float64 (two copies), the Gram (and
     # Hessian), the (n,) self-influence
     phases.append(Phase("finalize", n * per_row + (hessian_s if exact else 0.0), base + min(n, ROWS) * dim * (4 + 2 * 8)

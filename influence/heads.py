@@ -19,6 +19,11 @@ def with_bias(features: Tensor) -> Tensor:
     return torch.cat([features, torch.ones(features.shape[0], 1, dtype=features.dtype, device=features.device)], 1)
 
 
+def head_theta(head: nn.Linear) -> Tensor:
+    """(K, h+1) float64 [W | b] of a linear head, on the CPU: the matrix :func:`with_bias` features multiply."""
+    return torch.cat([head.weight.detach(), head.bias.detach()[:, None]], 1).double().cpu()
+
+
 def fit_softmax_head(features: Tensor, labels: Tensor, num_classes: int, lam: float = 1e-3, max_iter: int = 200,
                      init: Tensor | None = None, tolerance_grad: float = 1e-9, tolerance_change: float = 1e-12,
                      history_size: int = 20) -> Tensor:

@@ -33,9 +33,9 @@ from .errors import DatablameError, check_choice
 from .features import FeatureCache
 from .gradients import HeadGradients, gradient_computer, labels_of
 from .grads import HEAD, num_params, select_params
-from .heads import fit_softmax_head, with_bias
+from .heads import fit_softmax_head, head_theta, with_bias
 from .curvature import EXACT_MAX_PARAMS, MIN_AUTO_DAMPING, make_curvature
-from .optimum import OptimumReport, damped_optimum, fixed_head, head_theta, optimum_applies, with_head
+from .optimum import OptimumReport, damped_optimum, fixed_head, optimum_applies, with_head
 from .lissa import HessianVectorProducts, LissaConfig, LissaReport, Progress
 from .registry import MethodSpec, register
 from .settings import QuerySettings
@@ -224,14 +224,13 @@ class InfluenceFunctions:
             lam = max(float(torch.trace(hessian)) / len(hessian), MIN_AUTO_DAMPING)
             self._linearized, self.optimum = damped_optimum(
                 self.task, self.model, self._feature_blocks,
-                lambda m: self.gradients.loss_hessian(m, self.train), lam)
+                lambda m: self.gradients.loss_hessian(m, self.train), lam, hessian)
             self.curvature.objective_damping = lam
         return self._linearized
 
     def _feature_blocks(self) -> Iterator[tuple[Tensor, Tensor]]:
         """One pass over the training features and labels, :data:`ROWS` examples at a time."""
-        for lo in range(0, len(self.train), ROWS):
-            batch = self.train.subset(np.arange(lo, min(lo + ROWS, len(self.train))))
+        for batch in self.train.batches(ROWS):
             yield self.gradients.train_inputs(self.model, batch), labels_of(batch)
 
     def _products(self, batch_size: int | None) -> HessianVectorProducts:

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from .errors import DatablameError
 from .gradients import softmax_head
+from .heads import head_theta, with_bias
 from .task import Task
 
 Blocks = Callable[[], Iterator[tuple[Tensor, Tensor]]]
@@ -77,16 +78,11 @@ def fixed_head(theta, like: nn.Linear) -> nn.Linear:
     return head
 
 
-def head_theta(head: nn.Linear) -> Tensor:
-    """(K, h+1) float64 [W | b]."""
-    return torch.cat([head.weight.detach(), head.bias.detach()[:, None]], 1).double().cpu()
-
-
 def _objective_and_gradient(theta: Tensor, blocks: Blocks, lam: float) -> tuple[float, Tensor]:
     """J(θ) (nats) and ∇J (K, h+1), float64, in one pass."""
     total, grad, n = 0.0, torch.zeros_like(theta), 0
     for f, y in blocks():
-        z = torch.cat([f.double().cpu(), torch.ones(len(f), 1, dtype=torch.float64)], 1)
+        z = with_bias(f.double().cpu())
         logits = z @ theta.T
         total += float(F.cross_entropy(logits, y.cpu(), reduction="sum"))
         r = torch.softmax(logits, -1)
@@ -99,7 +95,8 @@ def _objective_and_gradient(theta: Tensor, blocks: Blocks, lam: float) -> tuple[
 
 
 def damped_optimum(task: Task, model: nn.Module, blocks: Blocks, hessian: Callable[[nn.Module], Tensor], lam: float,
-                   tolerance: float = 1e-9, max_steps: int = 100) -> tuple[nn.Module, OptimumReport]:
+                   start_hessian: Tensor | None = None, tolerance: float = 1e-9,
+                   max_steps: int = 100) -> tuple[nn.Module, OptimumReport]:
     """``model`` with its linear head (weight and bias) moved to the minimiser θ* of J(θ) = mean CE + (λ/2)‖θ‖²
     (:func:`with_head`: the encoder shared, ``model`` unchanged), and a report.
 
@@ -107,7 +104,8 @@ def damped_optimum(task: Task, model: nn.Module, blocks: Blocks, hessian: Callab
     (K(h+1), K(h+1)) Hessian of the mean loss ordered weight row by row, then bias (float32 products are enough for
     a Newton step), halving the step until J decreases, until the largest entry of ∇J (computed in float64) is
     below ``tolerance``. ``blocks`` gives passes over the training features and labels, so memory stays one block
-    and the (p, p) matrices."""
+    and the (p, p) matrices. ``start_hessian``: the Hessian at the trained head, where the caller has it already
+    (it chose λ from it), used for the first step."""
     trained = task.head(model)
     if not isinstance(trained, nn.Linear) or trained.bias is None:
         raise DatablameError("the damped optimum needs a linear head with a bias", "use --at checkpoint")
@@ -129,7 +127,8 @@ def damped_optimum(task: Task, model: nn.Module, blocks: Blocks, hessian: Callab
         if steps == max_steps:
             raise DatablameError(f"Newton's method did not reach the damped optimum in {max_steps} steps (largest "
                                  f"gradient entry {float(grad.abs().max()):.3g})", "use --at checkpoint")
-        h = hessian(at) + lam * torch.eye(k * d, dtype=torch.float64)
+        h = (start_hessian if steps == 0 and start_hessian is not None else hessian(at)) + lam * torch.eye(
+            k * d, dtype=torch.float64)
         step = unflat(torch.linalg.solve(h, flat(grad)))
         t = 1.0
         while True:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import DatablameError
+from .heads import head_theta, with_bias
 from .train import TrainSettings, learning_rate
 from .workdir import Config
 
@@ -185,8 +186,8 @@ def _retrain(init: nn.Linear, x: Tensor, y: Tensor, subsets: Sequence[np.ndarray
                                    for t in totals]), dtype=torch.float32, device=device)  # (R, most steps)
     # weight and bias as one (R, K, h + 1) parameter over features with a column of ones: AdamW treats every
     # element alike (the weight decay applies to the bias too, as in train), so this is the same update
-    x = torch.cat([x.to(torch.float32), torch.ones(len(x), 1, device=device)], 1)
-    theta = torch.cat([init.weight.detach(), init.bias.detach()[:, None]], 1).to(device, torch.float32)
+    x = with_bias(x.to(torch.float32))
+    theta = head_theta(init).to(device, torch.float32)
     theta = theta.expand(r, -1, -1).clone()
     m, v = torch.zeros_like(theta), torch.zeros_like(theta)
     generators = [torch.Generator().manual_seed(settings.seed) for _ in ([None] if paired else rows)]
