@@ -8,8 +8,9 @@ reports the precision of planted examples among the top-10 supporting plus top-1
 (base rate: the planted fraction), and among the top-20 of the aggregate's supporting list. Influence functions
 are measured thrice: with LiSSA per query (``influence``), the sketch-space curvature (``influence_sketch``) and the
 exact damped Hessian of the head (``influence_exact``). The settings are the CLI's defaults (exact gradients for
-the head's 770 parameters, λ = the curvature's mean eigenvalue, influence at the trained head); ``--dim 256``
-sketches, ``--damping X`` fixes λ, ``--at optimum`` takes influence at the head's damped optimum.
+the head's 770 parameters, λ = the curvature's mean eigenvalue, influence's raw vectors at the head's damped
+optimum and its cosine vectors at the trained head); ``--dim 256`` sketches, ``--damping X`` fixes λ, ``--at
+checkpoint`` or ``optimum`` takes both of influence's scorings at one point.
 
     python bench/artifacts.py [--data ../shared/data/sst2] [--n 2000] [--seeds 0 1] [--tokens zxqv blorft]
 """
@@ -173,9 +174,9 @@ def main() -> None:
                         help="sketch dimension (default, as the CLI: exact gradients for the head's 770 parameters)")
     parser.add_argument("--damping", type=damping_value, default="auto",
                         help="influence functions' λ (default auto, as the CLI: the curvature's mean eigenvalue)")
-    parser.add_argument("--at", default="checkpoint", choices=["checkpoint", "optimum"],
-                        help="where influence functions take gradients and the Hessian (default, as the CLI: the "
-                        "trained model; optimum: the head's damped optimum)")
+    parser.add_argument("--at", default="auto", choices=["auto", "checkpoint", "optimum"],
+                        help="where influence functions take gradients and the Hessian (default auto, as the CLI: "
+                        "raw at the head's damped optimum, cosine at the trained model)")
     args = parser.parse_args()
     runs = []
     for seed in args.seeds:

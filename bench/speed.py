@@ -68,7 +68,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import faithfulness as fb  # noqa: E402
 import peers  # noqa: E402
 from datablame.index.explain import Explainer, index_workdir  # noqa: E402
-from datablame.index.vectors import VectorStore  # noqa: E402
+from datablame.index.vectors import POINTS, stored_sets, vector_sets  # noqa: E402
 from datablame.influence.atomic import atomic_write_json  # noqa: E402
 from datablame.influence.build import MethodSettings, build_method  # noqa: E402
 from datablame.influence.features import FeatureCache  # noqa: E402
@@ -134,10 +134,9 @@ def in_length_order(texts: list[str], run) -> list:
 def end_to_end(wd: pathlib.Path, texts: list[str]) -> tuple[dict, np.ndarray, torch.Tensor]:
     """(a): index, explainer, query vectors, vectors loaded, product. Also the (T, n) float32 scores and the
     predictions."""
-    store = VectorStore(Workdir(wd).vectors_dir("influence"))
-    if store.manifest() is not None or any(Workdir(wd).index_dir.glob("influence-*")):
+    if stored_sets(wd, "influence") or any(Workdir(wd).index_dir.glob("influence-*")):
         raise SystemExit(f"{wd} already holds influence vectors or indexes: (a) would resume, not compute; "
-                         "remove vectors/influence and index/influence-* from a copy of the workdir")
+                         "remove vectors/influence* and index/influence-* from a copy of the workdir (or --fresh)")
     parts = {}
     with Timer() as t:
         metas = index_workdir(wd, "influence", MethodSettings.faithful(device="cpu"), scorings=("raw",))
@@ -153,7 +152,7 @@ def end_to_end(wd: pathlib.Path, texts: list[str]) -> tuple[dict, np.ndarray, to
         raise RuntimeError(f"{cached} query vectors came from the cache")
     log(f"(a) query vectors: {t.seconds:.1f} s ({explainer.cost_note})")
     with Timer() as t:
-        vectors = store.load()
+        vectors = explainer.store.load()
     parts["load_vectors"] = t
     with Timer() as t:
         scores = q.vectors.numpy() @ vectors.T
@@ -173,8 +172,9 @@ def in_memory(wd: pathlib.Path, texts: list[str]) -> tuple[dict, np.ndarray, dic
     """(b): build, training vectors, finalize, query side from features (and from texts), product. Also the
     (T, n) float32 scores and the query features / predictions (what the peers get)."""
     parts = {}
-    with Timer() as t:
-        built = build_method(wd, "influence", MethodSettings.faithful(device="cpu"))
+    point, = vector_sets(build_method(wd, "influence", MethodSettings.faithful(device="cpu")), "auto", ("raw",))
+    with Timer() as t:  # where the default's raw scores are taken (a head's damped optimum)
+        built = build_method(wd, "influence", MethodSettings.faithful(device="cpu", at=point))
     build = t
     method = built.method
     with Timer() as t:
@@ -291,7 +291,8 @@ def main() -> None:
     wd = Workdir(args.workdir)
     config = wd.load()
     if args.fresh:
-        for path in [wd.vectors_dir("influence"), wd.queries_cache("influence"), *wd.index_dir.glob("influence-*")]:
+        for path in [*(wd.vectors_dir("influence", p) for p in POINTS), wd.queries_cache("influence"),
+                     *wd.index_dir.glob("influence-*")]:
             if path.is_dir():
                 shutil.rmtree(path)
             elif path.exists():

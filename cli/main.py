@@ -107,7 +107,7 @@ METHOD = typer.Option("all", help=f"{', '.join(method_names())} or all.")
 PARAMS = typer.Option(None, "--params", help="Parameter globs, or the shortcuts head and last-layer (repeatable; "
                       "default: the trained ones, the head after --freeze-encoder).")
 DIM = typer.Option(None, help="Sketch dimension k (per checkpoint for TracIn); default: exact gradients, no sketch, "
-                   "for at most 4096 selected parameters (a classification head), else 256 (influence: 1024).")
+                   "for at most 4096 selected parameters (a classification head), else 256 (influence: 2048).")
 PROJECTION = typer.Option("countsketch", help="countsketch (sparse JL) or gaussian.")
 SEED = typer.Option(0, help="Seed of the random projection.")
 DTYPE = typer.Option("float32", help="Stored precision: float32 or float16.")
@@ -115,10 +115,11 @@ LAMBDA = typer.Option(1e-3, "--lambda", help="L2 penalty of the representer refi
 DAMPING = typer.Option("auto", "--damping", help="λ added to the curvature of influence functions (LiSSA, sketch "
                        "and exact): auto is the curvature's mean eigenvalue (LiSSA: 0.01); larger is more stable, "
                        "smaller is closer to the exact inverse.")
-AT = typer.Option("checkpoint", "--at", help="Where influence functions take gradients and the Hessian: checkpoint "
-                  "(the trained model) or optimum (its linear head moved to the minimiser of the damped training "
+AT = typer.Option("auto", "--at", help="Where influence functions take gradients and the Hessian: checkpoint "
+                  "(the trained model), optimum (its linear head moved to the minimiser of the damped training "
                   "objective, where their first-order model holds: raw scores predict retraining better, cosine "
-                  "lists name planted causes less well; see the README).")
+                  "lists name planted causes less well; see the README), or auto: the raw index's vectors at the "
+                  "optimum where it applies, the cosine index's at the checkpoint.")
 BATCH_SIZE = typer.Option(32, help="Examples per gradient batch.")
 DEVICE = typer.Option("auto", help="auto, cpu or cuda.")
 SCORE = typer.Option("all", "--score", help="Scoring to index: cosine, raw or all.")
@@ -136,15 +137,16 @@ def _choose(what: str, option: str, value: Optional[str], choices: tuple[str, ..
 
 
 def _settings(params: Optional[List[str]], dim: Optional[int], projection: str, seed: int, lam: float, device: str,
-              curvature: str = "auto", damping: str = "auto", at: str = "checkpoint"):
+              curvature: str = "auto", damping: str = "auto", at: str = "auto"):
     """The method settings of the options, refusing an unknown --projection, --curvature or --at."""
     from datablame.influence.build import CURVATURES, MethodSettings
     from datablame.influence.lissa import LissaConfig
+    from datablame.influence.settings import POINTS
     from datablame.influence.sketch import PROJECTIONS
 
     _choose("projection", "--projection", projection, tuple(PROJECTIONS))
     _choose("curvature", "--curvature", curvature, CURVATURES)
-    _choose("linearization point", "--at", at, ("checkpoint", "optimum"))
+    _choose("linearization point", "--at", at, POINTS)
     return MethodSettings(params=[p for arg in params or [] for p in arg.split(",") if p] or None, dim=dim,
                           projection=projection, seed=seed, lam=lam, device=device, curvature=curvature, at=at,
                           lissa=LissaConfig(damping=_damping(damping)))
@@ -196,8 +198,9 @@ def vectors(
         with progress_bar(name, quiet) as update:
             job = run_vectors(workdir, name, settings, dtype, batch_size, update, shard_size, part)
         if not quiet:
-            _print_job(workdir, name, job, f"{job.manifest.n} × {job.manifest.dim} {job.manifest.dtype} vectors in "
-                       f"{time.perf_counter() - start:.1f} s → {job.folder}")
+            sets = " and ".join(f"{m.n} × {m.dim} {m.dtype} vectors → {folder}"
+                                for m, folder in zip(job.manifests, job.folders))
+            _print_job(workdir, name, job, f"{sets} in {time.perf_counter() - start:.1f} s")
 
 
 def _print_job(workdir: Path, name: str, job, done: str) -> None:
@@ -208,8 +211,8 @@ def _print_job(workdir: Path, name: str, job, done: str) -> None:
     if job.finished:
         console.print(f"{name}: {done}")
     elif torchrun_part() is None:
-        console.print(f"{name}: part {job.part} of the vectors done ({len(job.manifest.done)} of "
-                      f"{job.manifest.shards} shards finished); when every part is, run 'datablame finalize "
+        console.print(f"{name}: part {job.part} of the vectors done ({sum(len(m.done) for m in job.manifests)} of "
+                      f"{sum(m.shards for m in job.manifests)} shards finished); when every part is, run 'datablame finalize "
                       f"{workdir} --method {name}'")
 
 
@@ -341,11 +344,11 @@ def finalize(
     self-influence) and build the indexes, with the settings the jobs used. Refused while a shard is missing."""
     log_verbosely(verbose)
     from datablame.index.jobs import run_finalize
-    from datablame.index.vectors import VectorStore
-    from datablame.influence.workdir import Workdir
+    from datablame.index.vectors import stored_sets
 
     scorings = _scorings(score)
-    names = [n for n in _methods(method) if method != "all" or VectorStore(Workdir(workdir).vectors_dir(n)).manifest()]
+    names = [n for n in _methods(method) if method != "all" or any(s.manifest().scorings
+                                                                   for s in stored_sets(workdir, n))]
     if not names:
         from datablame.influence.errors import DatablameError
 

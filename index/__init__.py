@@ -6,7 +6,8 @@ from datablame.influence.exports import lazy_exports
 _EXPORTS = {
     "index_workdir": "explain", "Explainer": "explain", "Explanation": "explain", "Neighbour": "explain",
     "default_method": "explain", "VectorIndex": "search", "IndexMeta": "search", "VectorStore": "vectors",
-    "compute_vectors": "vectors", "finalize_vectors": "vectors", "build_indexes": "explain",
+    "compute_vectors": "vectors", "compute_vector_sets": "vectors", "vector_sets": "vectors",
+    "finalize_vectors": "vectors", "build_indexes": "explain",
     "run_vectors": "jobs", "run_finalize": "jobs", "Part": "shards",
 }
 __all__ = sorted(_EXPORTS)

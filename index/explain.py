@@ -26,7 +26,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from datablame.influence.build import Built, MethodSettings, build_method
+from datablame.influence.build import MethodSettings, build_method
 from datablame.influence.data import Text
 from datablame.influence.errors import DatablameError
 from datablame.influence.lissa import Progress
@@ -36,7 +36,7 @@ from datablame.influence.atomic import atomic_write_bytes
 from datablame.influence.workdir import Workdir
 
 from .search import DEFAULT_SCORING, RECALL_QUERIES, SCORINGS, IndexMeta, VectorIndex, approximate_kind
-from .vectors import SHARD_SIZE, Manifest, VectorStore, compute_vectors
+from .vectors import SHARD_SIZE, VectorSet, VectorStore, compute_vector_sets
 
 QUERY_BATCH = 32
 STREAM_BATCH = 256
@@ -53,20 +53,22 @@ def index_workdir(workdir: str | Path, method: str, settings: MethodSettings = M
                   scorings: Sequence[str] = SCORINGS, approximate: bool = False, dtype: str = "float32",
                   batch_size: int = 32, progress: Progress | None = None,
                   shard_size: int = SHARD_SIZE) -> list[IndexMeta]:
-    """Compute the method's training vectors (missing shards only) and build one index per scoring."""
-    built, store, manifest = compute_vectors(workdir, method, settings, dtype, batch_size, progress, shard_size)
-    return build_indexes(workdir, method, settings, built, store, manifest, scorings, approximate)
+    """Compute the method's training vectors (missing shards only; each set of
+    :func:`.vectors.vector_sets`, ``settings.at`` may be ``auto``) and build one index per scoring."""
+    sets = compute_vector_sets(workdir, method, settings, dtype, batch_size, progress, shard_size, scorings=scorings)
+    return [meta for s in sets for meta in build_indexes(workdir, method, s, s.scorings, approximate)]
 
 
-def build_indexes(workdir: str | Path, method: str, settings: MethodSettings, built: Built, store: VectorStore,
-                  manifest: Manifest, scorings: Sequence[str] = SCORINGS, approximate: bool = False
-                  ) -> list[IndexMeta]:
-    """One index per scoring over the finished vectors of ``method`` built with ``settings``, saved under
-    ``WORKDIR/index/``."""
+def build_indexes(workdir: str | Path, method: str, vectors: VectorSet, scorings: Sequence[str] = SCORINGS,
+                  approximate: bool = False) -> list[IndexMeta]:
+    """One index per scoring over a finished set of ``method``'s vectors (recording the settings they were
+    computed with), saved under ``WORKDIR/index/``."""
+    built, store, manifest = vectors.built, vectors.store, vectors.manifest
+    settings = MethodSettings.from_dict(manifest.settings)
     rows = store.rows(manifest)
     # IVF-PQ reads the shards as it goes; the in-memory kinds get them loaded once for every scoring
     vectors = rows if approximate and approximate_kind(manifest.n, manifest.dim) == "ivfpq" else np.asarray(rows)
-    sample = recall_sample(built.method, vectors, settings.seed) if approximate else None
+    sample = recall_sample(built.method, vectors, settings.seed) if approximate and scorings else None
     metas = []
     for scoring in scorings:
         meta = IndexMeta(method=method, scoring=scoring, kind="exact", n=manifest.n, dim=manifest.dim,
@@ -171,8 +173,8 @@ class Explainer:
                  damping: float | str | None = None):
         self.workdir = Workdir(workdir)
         self.workdir.load()  # a folder that is no workdir is refused as such, not for lacking an index
-        self.index = VectorIndex.load(self.workdir.index_dir, method, scoring,
-                                      VectorStore(self.workdir.vectors_dir(method)).rows)
+        self._options = {"device": device, "curvature": curvature, "cache": cache, "damping": damping}
+        self.index = VectorIndex.load(self.workdir.index_dir, method, scoring, self._stored_rows)
         settings = MethodSettings.from_dict(self.index.meta.settings, device)
         if curvature is not None:
             settings.curvature = curvature
@@ -182,19 +184,29 @@ class Explainer:
         self.index.check_fresh(built.key)
         self.method, self.train, self.settings, self.key = built.method, built.train, settings, built.key
         self.spec = method_spec(method)
-        finalized = VectorStore(self.workdir.vectors_dir(method)).finalized(built.key)
+        self.store = VectorStore(self.workdir.vectors_dir(method, settings.at))
+        finalized = self.store.finalized(built.key)
         if finalized:
             self.method.use_finalized(finalized)
         query_side = asdict(settings.query) if self.spec.query is not None else {}
-        self.cache = QueryCache(self.workdir.queries_cache(method),
-                                {"key": built.key, **query_side}) if cache else None
+        # what the query vectors depend on: explainers of equal contexts share them (see explain_batches)
+        self.context = {"key": built.key, **query_side}
+        self.cache = QueryCache(self.workdir.queries_cache(method), self.context) if cache else None
+
+    def _stored_rows(self, meta: IndexMeta):
+        """The stored vectors an index of ``meta`` was built from (at its recorded point)."""
+        return VectorStore(self.workdir.vectors_dir(meta.method, meta.settings.get("at", "checkpoint"))).rows()
 
     def with_scoring(self, scoring: str) -> "Explainer":
-        """The same explainer (model, query side, query cache) over the index of another scoring."""
-        other = copy.copy(self)
+        """The explainer over the index of another scoring: the same one (model, query side, query cache) over
+        that index when it was built from the same vectors, else one of its own (influence functions' two vector
+        sets, see :func:`.vectors.vector_sets`), with the same options."""
         method = self.index.meta.method
-        other.index = VectorIndex.load(self.workdir.index_dir, method, scoring,
-                                       VectorStore(self.workdir.vectors_dir(method)).rows)
+        index = VectorIndex.load(self.workdir.index_dir, method, scoring, self._stored_rows)
+        if index.meta.settings.get("at", "checkpoint") != self.settings.at:
+            return Explainer(self.workdir.root, method, scoring, **self._options)
+        other = copy.copy(self)
+        other.index = index
         other.index.check_fresh(self.key)
         return other
 
@@ -309,17 +321,21 @@ class Explainer:
 def explain_batches(explainers: Sequence[Explainer], texts: Sequence[Text], top: int = 10,
                     progress: Progress | None = None, batch: int = STREAM_BATCH) -> Iterator[tuple[Explanation, ...]]:
     """Explanations in input order, ``batch`` inputs at a time, each yielded as soon as its batch is searched: per
-    input, one :class:`Explanation` per explainer. The explainers share one query side (``with_scoring`` copies of
-    the first), so query vectors are computed once, by the first; memory holds one batch, not the whole run.
-    ``progress(done, total)`` counts the inputs."""
-    first = explainers[0]
+    input, one :class:`Explanation` per explainer. Query vectors are computed once per distinct query side
+    (explainers of equal ``context``, such as ``with_scoring`` copies, share them); memory holds one batch, not
+    the whole run. ``progress(done, total)`` counts the inputs (of the first query side)."""
     for lo in range(0, len(texts), batch):
         chunk = texts[lo:lo + batch]
-        start = time.perf_counter()
-        q, cached = first.queries(chunk, None if progress is None else
-                                  lambda done, _total, lo=lo: progress(lo + done, len(texts)))
-        query_s = time.perf_counter() - start
-        yield from zip(*(e.explain_queries(chunk, q, cached, query_s, top) for e in explainers))
+        computed: dict[str, tuple[Queries, int, float]] = {}
+        sides = [json.dumps(e.context, sort_keys=True, default=str) for e in explainers]
+        for e, side in zip(explainers, sides):
+            if side not in computed:
+                start = time.perf_counter()
+                report = None if progress is None or computed else \
+                    lambda done, _total, lo=lo: progress(lo + done, len(texts))
+                q, cached = e.queries(chunk, report)
+                computed[side] = (q, cached, time.perf_counter() - start)
+        yield from zip(*(e.explain_queries(chunk, *computed[side], top) for e, side in zip(explainers, sides)))
 
 
 @dataclass

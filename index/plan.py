@@ -55,13 +55,12 @@ from datablame.influence.gradients import HeadGradients
 from datablame.influence.grads import num_params
 from datablame.influence.lissa import HessianVectorProducts
 from datablame.influence.methods import ROWS, compute_train_vectors, gram
-from datablame.influence.optimum import optimum_applies
 from datablame.influence.workdir import Workdir
 
 from .rows import ArrayRows
 from .search import (IVF_MIN_N, IVF_TRAIN_PER_LIST, SCORE_BLOCK, SCORINGS, IndexMeta, VectorIndex,
                      approximate_kind, ivfpq_shape)
-from .vectors import SHARD_SIZE
+from .vectors import SHARD_SIZE, vector_sets
 
 GB = 2**30
 OPTIMUM_STEPS = 6
@@ -239,8 +238,8 @@ def plan_method(workdir: str | Path, method: str, settings: MethodSettings = Met
     # the calibration does not move the head to its damped optimum (that reads every example's features, then
     # cached: a write); it is estimated below from the Hessian's time
     build_s, built = _timed(lambda: build_method(wd, method, replace(settings, at="checkpoint")))
-    optimum = settings.at == "optimum" and method == "influence" and optimum_applies(
-        built.method.task, built.method.model, built.method.names)
+    points = vector_sets(built, settings.at, scorings or SCORINGS)  # auto: a head's second set, at the optimum
+    optimum = "optimum" in points
     n, dim = len(built.train), built.method.dim
     rows = np.unique(np.linspace(0, n - 1, min(sample + 1, n)).astype(int))
     warm_s, _ = _timed(lambda: compute_train_vectors(built.method, built.train.subset(rows[:1]), batch_size))
@@ -271,6 +270,9 @@ def plan_method(workdir: str | Path, method: str, settings: MethodSettings = Met
                         + dim * dim * 8 * (1 + exact) + n * 8, n * 4 + stored,
                         f"{per_row * 1e6:.1f} µs per example"
                         + (f"; the exact Hessian {hessian_s:.1f} s" if exact else "")))
+    if len(points) > 1:  # the same work again for the optimum's set
+        phases += [replace(phase, name=f"{phase.name} (optimum)") for phase in phases
+                   if phase.name in ("vectors", "finalize")]
     for scoring in scorings:
         if approximate and approximate_kind(n, dim) == "ivfpq":
             phases.append(ivfpq_phase(vectors, n, scoring, base, settings.seed))

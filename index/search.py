@@ -325,9 +325,9 @@ class VectorIndex:
 
     @classmethod
     def load(cls, folder: str | os.PathLike, method: str, scoring: str,
-             rows: Callable[[], StoredRows] | None = None) -> "VectorIndex":
+             rows: Callable[[IndexMeta], StoredRows] | None = None) -> "VectorIndex":
         """The saved index of ``method`` and ``scoring``; an IVF-PQ index re-ranks on the stored vectors it was
-        built from, which ``rows()`` opens (called for that kind only; refused without them, or with another
+        built from, which ``rows(meta)`` opens (called for that kind only; refused without them, or with another
         shape)."""
         check_choice("scoring", scoring, SCORINGS)
         index_path, meta_path = cls.paths(folder, method, scoring)
@@ -338,7 +338,7 @@ class VectorIndex:
         index = faiss.read_index(str(index_path))
         if meta.kind == "hnsw":
             index.hnsw.efSearch = meta.hnsw["efSearch"]
-        stored = rows() if meta.kind == "ivfpq" and rows is not None else None
+        stored = rows(meta) if meta.kind == "ivfpq" and rows is not None else None
         if meta.kind == "ivfpq":
             if stored is None or stored.shape != (meta.n, meta.dim):
                 raise DatablameError(f"the {method} IVF-PQ index needs the {meta.n} × {meta.dim} vectors it was built "

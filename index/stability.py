@@ -25,7 +25,6 @@ from datablame.influence.methods import compute_train_vectors
 
 from .explain import Explainer
 from .search import prepare, top_k
-from .vectors import VectorStore
 
 
 def jaccard(a, b) -> float:
@@ -43,7 +42,7 @@ def checkpoint_tops(explainer: Explainer, query: np.ndarray, k: int) -> list[lis
     """The top-k supporting ids under each checkpoint's block of the vectors alone: (C lists), for a method whose
     (D,) query and (n, D) training vectors are C equal blocks, one per checkpoint."""
     checkpoints = _checkpoints(explainer)
-    vectors = VectorStore(explainer.workdir.vectors_dir(explainer.index.meta.method)).load()
+    vectors = explainer.store.load()
     width = vectors.shape[1] // checkpoints
     scoring = explainer.index.meta.scoring
     tops = []

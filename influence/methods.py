@@ -203,7 +203,7 @@ class InfluenceFunctions:
         self.train, self.config, self.at = train, config, at
         check_choice("linearization point", at, ("checkpoint", "optimum"), "--at")
         self.gradients = gradient_computer(task, [model], names, features)  # features: the training set's cache
-        if at == "optimum" and not optimum_applies(task, model, names):
+        if at == "optimum" and not self.has_optimum:
             raise DatablameError("--at optimum needs the weight and bias of a linear softmax head selected",
                                  "use --params head, or --at checkpoint")
         self.dim = projector.out_dim
@@ -212,6 +212,11 @@ class InfluenceFunctions:
         self.curvature = make_curvature(curvature, config, self._products, num_params(model, self.names),
                                         lambda: self.gradients.loss_hessian(self.linearized, self.train),
                                         projector.in_dim if projector.exact else projector.out_dim)
+
+    @property
+    def has_optimum(self) -> bool:
+        """Whether ``at="optimum"`` applies: the selected parameters are a linear softmax head's weight and bias."""
+        return optimum_applies(self.task, self.model, self.names)
 
     @property
     def linearized(self) -> nn.Module:
@@ -443,10 +448,11 @@ def _build_tracin(ctx: "BuildContext") -> TracIn:
     return TracIn(ctx.task, ctx.models, names, ctx.projector(names), ctx.features)
 
 
-INFLUENCE_SKETCH_DIM = 1024
+INFLUENCE_SKETCH_DIM = 2048
 """Influence's automatic sketch dimension beyond a head (the others take :data:`.sketch.DEFAULT_DIM`, 256): with
 the last encoder layer and the head fine-tuned, the non-convex setting of ``bench/faithfulness.py`` measured an
-LDS of 0.339 at 256 dimensions, 0.445 at 1,024 and 0.467 at 4,096 (TracIn and TRAK gained nothing from more)."""
+LDS of 0.339 at 256 dimensions, 0.445 at 1,024, 0.478 at 2,048 and 0.467 at 4,096 (TracIn and TRAK gained nothing
+from more). 8 KB per training example in float32."""
 
 
 def _build_influence(ctx: "BuildContext") -> InfluenceFunctions:
@@ -457,7 +463,7 @@ def _build_influence(ctx: "BuildContext") -> InfluenceFunctions:
         exact = projector.exact and num_params(ctx.model, names) <= EXACT_MAX_PARAMS
         curvature = "exact" if exact else "sketch"
     return InfluenceFunctions(ctx.task, ctx.model, names, projector, ctx.train, ctx.settings.lissa, ctx.features,
-                              curvature, ctx.settings.at)
+                              curvature, "checkpoint" if ctx.settings.at == "auto" else ctx.settings.at)
 
 
 def _build_representer(ctx: "BuildContext") -> Representer:

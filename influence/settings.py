@@ -19,6 +19,8 @@ from .lissa import LissaConfig
 from .sketch import DEFAULT_DIM
 
 CURVATURES = ("auto", "lissa", "sketch", "exact")
+POINTS = ("auto", "checkpoint", "optimum")
+"""Where influence functions take their vectors (``VectorSettings.at``)."""
 
 
 @dataclass
@@ -29,7 +31,10 @@ class VectorSettings:
     :data:`.methods.INFLUENCE_SKETCH_DIM`); projection: countsketch | gaussian; seed: the projection's seed; lam:
     the representer refit's L2 penalty; at: where influence functions take gradients and the Hessian,
     ``checkpoint`` (the trained model) or ``optimum`` (its head moved to the minimiser of the damped objective, see
-    :mod:`.optimum`; a linear softmax head's weight and bias only)."""
+    :mod:`.optimum`; a linear softmax head's weight and bias only), or ``auto``: an index takes two vector sets,
+    the raw scoring's at the optimum where it applies and the cosine scoring's at the checkpoint (see
+    :func:`datablame.index.vectors.vector_sets`); one method built (:func:`.build.build_method`) takes the
+    checkpoint."""
 
     params: Sequence[str] | None = None
     dim: int | None = DEFAULT_DIM
@@ -62,8 +67,9 @@ class MethodSettings(QuerySettings, VectorSettings):
     def faithful(cls, **overrides) -> "MethodSettings":
         """The settings whose influence scores predicted retraining best in ``bench/faithfulness.py`` (and the
         CLI's defaults): exact gradients for a head, the exact curvature when it fits, λ = the curvature's mean
-        eigenvalue."""
-        return cls(**{"dim": None, "curvature": "auto", "lissa": LissaConfig(damping=None), **overrides})
+        eigenvalue, and an index's raw vectors at a head's damped optimum (``at="auto"``)."""
+        return cls(**{"dim": None, "curvature": "auto", "lissa": LissaConfig(damping=None), "at": "auto",
+                      **overrides})
 
     @property
     def query(self) -> QuerySettings:

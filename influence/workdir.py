@@ -155,9 +155,10 @@ class Workdir:
         """``WORKDIR/vectors/``: one folder of training vectors per method."""
         return self.root / "vectors"
 
-    def vectors_dir(self, method: str) -> Path:
-        """``WORKDIR/vectors/<method>/``: shards, manifest, self-influence, finalized arrays."""
-        return self.vectors_root / method
+    def vectors_dir(self, method: str, at: str = "checkpoint") -> Path:
+        """``WORKDIR/vectors/<method>/``: shards, manifest, self-influence, finalized arrays; the vectors taken at
+        a head's damped optimum (``at="optimum"``, influence functions) in ``<method>-optimum/``."""
+        return self.vectors_root / (method if at == "checkpoint" else f"{method}-{at}")
 
     @property
     def index_dir(self) -> Path:

@@ -148,7 +148,7 @@ def scan_part(workdir: str | os.PathLike, part: Part, method: str = "cv", shard_
     log.info("scan part %s: %d of its %d feature shards computed", part, len(done), len(mine))
     for name in detect.self_influence_methods(weights):
         compute_vectors(workdir, name, MethodSettings(device=device), progress=progress, shard_size=size, part=part,
-                        planned=planned)
+                        planned=planned, scorings=())  # for self-influence: no index reads them
     return done
 
 
@@ -180,6 +180,6 @@ def self_influence(workdir: str | os.PathLike, method: str, config: Config, devi
     if stale or not manifest.complete or not (store.folder / "self_influence.npy").is_file():
         log.info("computing %s vectors for self-influence (none finished for this data and these checkpoints)",
                  method)
-        compute_vectors(workdir, method, MethodSettings(device=device), progress=progress,
+        compute_vectors(workdir, method, MethodSettings(device=device), progress=progress, scorings=(),
                         **({} if stale else {"shard_size": manifest.shard_size}))  # parts' shards resumed
     return store.self_influence()

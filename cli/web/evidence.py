@@ -22,7 +22,6 @@ import numpy as np
 
 from datablame.index.explain import Explainer, default_method
 from datablame.index.search import DEFAULT_SCORING
-from datablame.index.vectors import VectorStore
 from datablame.influence.data import Text
 
 SIGN = ("Scores say how much training on an example moved the model towards the predicted label: > 0 supports "
@@ -56,9 +55,8 @@ class Evidence:
         if self._explainer is None:
             method, _ = default_method(self.workdir, DEFAULT_SCORING)
             explainer = Explainer(self.workdir, method, DEFAULT_SCORING, self.device)
-            store = VectorStore(explainer.workdir.vectors_dir(method))
-            path = store.folder / "self_influence.npy"
-            if store.current(explainer.key) is not None and path.is_file():
+            path = explainer.store.folder / "self_influence.npy"
+            if explainer.store.current(explainer.key) is not None and path.is_file():
                 self._self_influence = np.load(path, mmap_mode="r")
             self._explainer = explainer
         return self._explainer

@@ -73,7 +73,7 @@ def test_not_a_workdir(tmp_path):
     (["index", "--score", "dot"], "unknown scoring 'dot' (give --score one of all, cosine, raw)"),
     (["index", "--projection", "sparse"], "unknown projection 'sparse' (give --projection one of countsketch, "),
     (["vectors", "--dtype", "float8"], "unknown dtype 'float8' (give --dtype one of float32, float16)"),
-    (["index", "--at", "minimum"], "unknown linearization point 'minimum' (give --at one of checkpoint, optimum)"),
+    (["index", "--at", "minimum"], "unknown linearization point 'minimum' (give --at one of auto, checkpoint, optimum)"),
 ])
 def test_unknown_choice_refused_first(tmp_path, args, message):
     command, *rest = args

@@ -39,10 +39,16 @@ def test_plan_times_the_exact_hessian_and_the_damped_optimum(trained_workdir):
     assert plan["phases"][0]["name"] == "optimum" and plan["phases"][0]["seconds"] > 0
     # estimated, not run: moving the head would read (and cache) every example's features
     assert sorted(p.relative_to(trained_workdir) for p in trained_workdir.rglob("*")) == before
+    r = datablame("plan", trained_workdir, "--method", "influence", "--params", "head", "--at", "checkpoint",
+                  "--json", "--sample", "8", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert "optimum" not in [p["name"] for p in json.loads(r.stdout)[0]["phases"]]
+    # the default (auto): a second set of vectors at the optimum, for the raw index
     r = datablame("plan", trained_workdir, "--method", "influence", "--params", "head", "--json", "--sample", "8",
                   "--device", "cpu")
     assert r.returncode == 0, r.stderr
-    assert "optimum" not in [p["name"] for p in json.loads(r.stdout)[0]["phases"]]
+    assert [p["name"] for p in json.loads(r.stdout)[0]["phases"]] == [
+        "optimum", "vectors", "finalize", "vectors (optimum)", "finalize (optimum)", "index (cosine)", "index (raw)"]
     r = datablame("plan", trained_workdir, "--method", "influence", "--params", "head", "--curvature", "sketch",
                   "--at", "optimum", "--json", "--sample", "8", "--device", "cpu")
     assert r.returncode == 0, r.stderr

@@ -157,7 +157,7 @@ def test_ivfpq_reads_stored_shards_and_reranks_exactly(scoring, tmp_path, monkey
     np.testing.assert_allclose(scores, np.take_along_axis(brute, ids, 1), rtol=1e-5, atol=1e-6)
     assert recall_at_k(ids, np.argsort(-brute, axis=1)[:, :10]) >= 0.9
     index.save(tmp_path)
-    again = VectorIndex.load(tmp_path, "tracin", scoring, lambda: rows)
+    again = VectorIndex.load(tmp_path, "tracin", scoring, lambda meta: rows)
     assert np.array_equal(again.search(q, 10)[1], ids)
     with pytest.raises(DatablameError, match="IVF-PQ index needs"):
         VectorIndex.load(tmp_path, "tracin", scoring)

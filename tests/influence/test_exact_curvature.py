@@ -74,7 +74,7 @@ def test_faithful_settings_choose_exact_for_a_head_and_the_sketch_beyond(trained
     assert method.damping(method.hessian) == pytest.approx(float(torch.trace(method.hessian)) / len(method.hessian))
     assert method.damping() == 0.01  # LiSSA's, when it answers
     everything = build_method(trained_workdir, "influence", MethodSettings.faithful(device="cpu")).method
-    assert everything.query_curvature == "sketch" and everything.projector.out_dim == 1024  # influence's own k
+    assert everything.query_curvature == "sketch" and everything.projector.out_dim == 2048  # influence's own k
     sketched = build_method(trained_workdir, "influence", MethodSettings.faithful(params=["head"], dim=32,
                                                                                      device="cpu")).method
     assert sketched.query_curvature == "sketch"  # the exact Hessian does not go with sketched vectors

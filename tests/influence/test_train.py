@@ -72,7 +72,7 @@ def test_params_train_only_the_last_layer(trained_workdir, tiny_examples, tmp_pa
     assert config.training["params"] == ["last-layer"]
     method = build_method(tmp_path, "influence", MethodSettings.faithful(device="cpu"), fit=False).method
     assert set(method.names) == {k for k in after if k.startswith(("classifier.", "bert.encoder.layer.1."))}
-    assert method.projector.out_dim == 1024 and method.query_curvature == "sketch"
+    assert method.projector.out_dim == 2048 and method.query_curvature == "sketch"
     with pytest.raises(DatablameError, match="--freeze-encoder trains the head alone"):
         train(tiny_examples, str(base), tmp_path / "x", TrainSettings(freeze_encoder=True, params=["head"]))
 
