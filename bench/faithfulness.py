@@ -23,8 +23,8 @@ margins with the measured ones (mean over test points), the ceiling retraining's
 Setting (non-convex, ``--train-params last-layer``): the last encoder layer and the head fine-tuned by ``train``
 (``train --params last-layer``: the same recipe with the layers below frozen, dropout on), and every subset
 retrained by ``train`` from the base model, one after another (minutes each on 2 CPU cores, so fewer subsets and
-sentences; no leave-one-out check; of the peers, ``--peers`` runs Kronfluence's (E)K-FAC over the fine-tuned
-linear layers, ``peers.text_peer_scores``). The methods select the trained parameters (about 1.8M, sketched:
+sentences; no leave-one-out check; of the peers, ``--peers`` runs those that take a whole model, Kronfluence's
+(E)K-FAC over the fine-tuned linear layers and dattri's TRAK, ``peers.text_peer_scores``). The methods select the trained parameters (about 1.8M, sketched:
 exact dimensions and the exact curvature do not apply).
 
 Configurations: each registered method (``datablame.influence.registry``), built from the workdir by
@@ -633,7 +633,7 @@ def main() -> None:
                         "much: retraining's own noise)")
     parser.add_argument("--train-params", nargs="+", help="the non-convex setting: fine-tune these parameters "
                         "(e.g. last-layer: the last encoder layer and the head) instead of the head on a frozen "
-                        "encoder; every subset is retrained by train(); no leave-one-out; --peers: Kronfluence alone")
+                        "encoder; every subset is retrained by train(); no leave-one-out; --peers: Kronfluence and dattri TRAK")
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--dims", type=dimension, nargs="+", default=[None, 256, 1024],
                         help="sketch dimensions; 'exact' for no projection")

@@ -1,4 +1,8 @@
-"""Peer libraries on faithfulness.py's convex task (issue 17): Kronfluence, dattri and Captum attribution scores.
+"""Peer libraries on faithfulness.py's tasks (issue 17): Kronfluence, dattri and Captum attribution scores.
+
+Beyond a head (faithfulness.py's non-convex setting, ``--train-params last-layer --peers``): ``text_peer_scores``
+runs the peers that take a whole model on token tensors, Kronfluence's (E)K-FAC (its linear layers among the
+fine-tuned parameters) and dattri's TRAK (all of them), each with the configurations and dampings below.
 
 ``peer_scores`` scores every training example for every test point with each peer configuration that can run
 (a library that is not installed is skipped with a note on stderr), on the task of bench/faithfulness.py: frozen
@@ -245,6 +249,43 @@ def kronfluence_configs(data: dict, strategies: tuple[str, ...] = ("ekfac", "kfa
 
 
 # ------------------------------------------------------------------------------------------------------- dattri
+def dattri_text_configs(data: dict) -> list[tuple[str, dict, Callable[[], np.ndarray]]]:
+    """dattri's TRAK beyond a head (:func:`text_peer_scores`): the margin's gradients over the selected parameters
+    (``data["params"]``, named in the :class:`TextModel`), projected to :data:`TRAK_DIM`, λ 0.01, at the final
+    checkpoint. (Its explicit and CG influence functions need the Hessian of 1.8M parameters: not run.)"""
+    from dattri.algorithm.trak import TRAKAttributor
+    from dattri.task import AttributionTask
+
+    model = data["model"]
+    for name, p in model.named_parameters():  # dattri differentiates the parameters that require a gradient
+        p.requires_grad_(name in data["params"])
+    final = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def call(params, tensors):  # per-example calls come without the batch dimension (vmap over dim 0)
+        *inputs, labels = [t[None] for t in tensors] if tensors[0].dim() == 1 else tensors
+        return torch.func.functional_call(model, params, tuple(inputs)), labels.long()
+
+    def margin_f(params, tensors):
+        logits, labels = call(params, tensors)
+        return margin(logits, labels).sum()
+
+    def correct_probability(params, tensors):
+        logits, labels = call(params, tensors)
+        return torch.exp(-F.cross_entropy(logits, labels))
+
+    def trak() -> np.ndarray:
+        task = AttributionTask(loss_func=margin_f, model=model, checkpoints=final,
+                               checkpoints_load_func=lambda m, _checkpoint: m)  # the model is at the checkpoint
+        attributor = TRAKAttributor(task=task, correct_probability_func=correct_probability, device="cpu",
+                                    projector_kwargs={"proj_dim": TRAK_DIM, "proj_seed": data["seed"],
+                                                      "device": "cpu"}, regularization=DAMPING)
+        attributor.cache(DataLoader(data["train_set"], batch_size=16))
+        return attributor.attribute(DataLoader(data["query_set"], batch_size=16)).T.detach().double().numpy()
+
+    return [(f"dattri-trak-{TRAK_DIM}", {"proj_dim": TRAK_DIM, "regularization": DAMPING, "test_function": "margin(ŷ)",
+                                        "checkpoints": 1, "params": len(final)}, trak)]
+
+
 def dattri_configs(data: dict) -> list[tuple[str, dict, Callable[[], np.ndarray]]]:
     from dattri.algorithm.influence_function import IFAttributorCG, IFAttributorExplicit, IFAttributorLiSSA
     from dattri.algorithm.rps import RPSAttributor
@@ -434,8 +475,9 @@ def text_peer_scores(model: nn.Module, task, names: list[str], train_texts: list
                      seed: int = 0) -> list[dict]:
     """:func:`peer_scores` beyond a head (faithfulness.py's non-convex setting): the peers that take a whole
     model, Kronfluence's (E)K-FAC over the ``nn.Linear`` modules among the selected parameters ``names`` (the
-    others, such as LayerNorms, are not attributed: Kronfluence supports linear and convolution layers), on the
-    texts tokenized once and padded to the longest. ``model`` is modified (see :class:`TextModel`)."""
+    others, such as LayerNorms, are not attributed: Kronfluence supports linear and convolution layers) and
+    dattri's TRAK over all of them (:func:`dattri_text_configs`), on the texts tokenized once and padded to the
+    longest. ``model`` is modified (see :class:`TextModel`)."""
     tracked = [f"model.{m}" for m, module in model.named_modules()
                if isinstance(module, nn.Linear) and f"{m}.weight" in names]
 
@@ -445,11 +487,13 @@ def text_peer_scores(model: nn.Module, task, names: list[str], train_texts: list
             ([batch["token_type_ids"]] if "token_type_ids" in batch else [])
         return TensorDataset(*tensors, torch.as_tensor(labels).long())
 
-    data = {"model": TextModel(model, task), "tracked": tracked, "train_set": dataset(train_texts, y_train),
-            "query_set": dataset(test_texts, y_test_pred), "batch_size": 32, "seed": seed}
-    log(f"attributing {len(tracked)} linear modules of the model: {', '.join(tracked)}")
-    return run_configs({"kronfluence": kronfluence_configs}, data, (len(test_texts), len(train_texts)), settings,
-                       only)
+    data = {"model": TextModel(model, task), "tracked": tracked, "params": {f"model.{n}" for n in names},
+            "train_set": dataset(train_texts, y_train), "query_set": dataset(test_texts, y_test_pred),
+            "batch_size": 32, "seed": seed}
+    log(f"Kronfluence attributes {len(tracked)} linear modules of the model: {', '.join(tracked)}")
+    # dattri first: Kronfluence's prepare_model wraps the model's linear layers
+    return run_configs({"dattri": dattri_text_configs, "kronfluence": kronfluence_configs}, data,
+                       (len(test_texts), len(train_texts)), settings, only)
 
 
 def run_configs(libraries: dict, data: dict, shape: tuple[int, int], settings=None,

@@ -59,11 +59,11 @@ def index_workdir(workdir: str | Path, method: str, settings: MethodSettings = M
     return [meta for s in sets for meta in build_indexes(workdir, method, s, s.scorings, approximate)]
 
 
-def build_indexes(workdir: str | Path, method: str, vectors: VectorSet, scorings: Sequence[str] = SCORINGS,
+def build_indexes(workdir: str | Path, method: str, vector_set: VectorSet, scorings: Sequence[str] = SCORINGS,
                   approximate: bool = False) -> list[IndexMeta]:
     """One index per scoring over a finished set of ``method``'s vectors (recording the settings they were
     computed with), saved under ``WORKDIR/index/``."""
-    built, store, manifest = vectors.built, vectors.store, vectors.manifest
+    built, store, manifest = vector_set.built, vector_set.store, vector_set.manifest
     settings = MethodSettings.from_dict(manifest.settings)
     rows = store.rows(manifest)
     # IVF-PQ reads the shards as it goes; the in-memory kinds get them loaded once for every scoring
@@ -324,10 +324,10 @@ def explain_batches(explainers: Sequence[Explainer], texts: Sequence[Text], top:
     input, one :class:`Explanation` per explainer. Query vectors are computed once per distinct query side
     (explainers of equal ``context``, such as ``with_scoring`` copies, share them); memory holds one batch, not
     the whole run. ``progress(done, total)`` counts the inputs (of the first query side)."""
+    sides = [json.dumps(e.context, sort_keys=True, default=str) for e in explainers]
     for lo in range(0, len(texts), batch):
         chunk = texts[lo:lo + batch]
         computed: dict[str, tuple[Queries, int, float]] = {}
-        sides = [json.dumps(e.context, sort_keys=True, default=str) for e in explainers]
         for e, side in zip(explainers, sides):
             if side not in computed:
                 start = time.perf_counter()
