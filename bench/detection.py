@@ -369,10 +369,14 @@ def run_setting(x: np.ndarray, clean: np.ndarray, kind: str, rate: float, args, 
     start = time.perf_counter()
     checkpoints = train_head(x, y, args.epochs, args.lr, args.seed)
     probs = probabilities(checkpoints[-1][0], x)
-    cv = detect.cross_validated_probabilities(x, y, classes(y), folds=5, lam=args.cv_lambda, seed=args.seed,
-                                              repeats=args.cv_repeats)
-    cv_mlp = detect.cross_validated_mlp_probabilities(x, y, classes(y), folds=5, seed=args.seed,
-                                                      repeats=args.cv_repeats)
+    if args.cv_lambda is None:  # as the scan: two rounds (see detect.cleaned_cross_validation)
+        cv, cv_mlp = detect.cleaned_cross_validation(x, y, classes(y), folds=5, seed=args.seed,
+                                                     repeats=args.cv_repeats, share=args.cleaning_share)
+    else:  # a fixed penalty: one round
+        cv = detect.cross_validated_probabilities(x, y, classes(y), folds=5, lam=args.cv_lambda, seed=args.seed,
+                                                  repeats=args.cv_repeats)
+        cv_mlp = detect.cross_validated_mlp_probabilities(x, y, classes(y), folds=5, seed=args.seed,
+                                                          repeats=args.cv_repeats)
     influence = self_influences(x, y, checkpoints, args.dim, args.lam)
     aum = area_under_margin(training_dynamics(x, y, args.epochs, args.lr, args.seed), y)  # the scan head's own
     signals_s = time.perf_counter() - start
@@ -439,6 +443,9 @@ def main() -> None:
     parser.add_argument("--cv-lambda", type=lambda v: None if v == "auto" else float(v), default=None,
                         help="the cross-validated heads' L2 penalty, or auto (chosen by the given labels, as scan does)")
     parser.add_argument("--cv-repeats", type=int, default=detect.DEFAULT_REPEATS)
+    parser.add_argument("--cleaning-share", type=float, default=detect.CLEANING_SHARE,
+                        help="the share of most suspicious examples the second round of cross-validation fits "
+                        "without (0: one round, as before session 13)")
     parser.add_argument("--flag-top", type=float, default=0.05)
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS))
     parser.add_argument("--plots", type=Path, default=Path(__file__).resolve().parent / "results" / "detection",
@@ -456,6 +463,8 @@ def main() -> None:
            "encoder": f"all-MiniLM-L6-v2 (frozen, pooling {args.pooling})", "encode_seconds": round(time.perf_counter() - start, 1),
            "head": {"epochs": args.epochs, "lr": args.lr, "batch_size": 16, "checkpoints": 4,
                     "dynamics_epochs": args.dynamics_epochs},
+           "cv": {"repeats": args.cv_repeats, "lambda": args.cv_lambda or "auto",
+                  "cleaning_share": args.cleaning_share if args.cv_lambda is None else 0},
            "settings": {}}
     for name in args.settings:
         kind, rate = SETTINGS[name]

@@ -30,6 +30,7 @@ given, averaged over the linear and MLP heads when both are, else the model's ow
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
@@ -60,9 +61,14 @@ SCAN_METHODS: dict[str, dict[str, float]] = {
 """Scan methods: the signals each one weighs (see :func:`rank_label_issues`); one per registered attribution
 method that gives self-influence (:mod:`.registry`)."""
 DEFAULT_SCAN = "cv"
-"""The scan method that detects best in ``bench/detection.py``: cross-validated linear and MLP heads, each
-averaged over 3 partitions, their ranks averaged."""
+"""The scan method that detects best in ``bench/detection.py``: cross-validated linear and MLP heads, their ranks
+averaged, in two rounds (:func:`cleaned_cross_validation`)."""
 DEFAULT_REPEATS = 3
+CLEANING_SHARE = 0.1
+"""The share of most suspicious examples (after a first round of cross-validation) that the second round's heads
+are fitted without (:func:`cleaned_cross_validation`). Measured in ``bench/detection.py`` at the same number of
+fits: systematic noise AUROC 0.787 → 0.813 (SST-2) and 0.551 → 0.565 (drug reviews), uniform noise within
+±0.005."""
 CV_LAMBDAS = (1e-3, 1e-2, 1e-1, 1.0)
 """The L2 penalties (on standardised features; the objective is the mean cross-entropy + λ‖W‖²) that
 :func:`cross_validated_probabilities` chooses from. Measured (``bench/detection.py``): 6,000 SST-2 sentences
@@ -175,45 +181,80 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int = 0) -> np.ndarra
 
 
 def cross_validated_probabilities(features: np.ndarray, labels: Sequence[int], num_classes: int, folds: int = 5,
-                                  lam: float | None = None, seed: int = 0, repeats: int = DEFAULT_REPEATS
-                                  ) -> np.ndarray:
+                                  lam: float | None = None, seed: int = 0, repeats: int = DEFAULT_REPEATS,
+                                  fit: np.ndarray | None = None) -> np.ndarray:
     """(n, K) float64 out-of-sample probabilities: each example predicted by a softmax head fit on the other folds.
 
     features: (n, h) penultimate features, standardised with each training fold's mean and deviation.
     Folds are a seeded random partition, stratified by label; the probabilities are averaged over ``repeats``
     partitions (seeds ``seed``, ``seed + 1``, …), which lowers their variance. ``lam``: the heads' L2 penalty;
     None (auto) chooses it from :data:`CV_LAMBDAS` on the first partition (:func:`choose_cv_lambda`), whose
-    probabilities at the chosen penalty are then reused.
+    probabilities at the chosen penalty are then reused. ``fit``: (n,) bool, the examples the heads may be fitted
+    on (None: all); every example is predicted.
     """
     runs = []
     if lam is None:
-        lam, first = choose_cv_lambda(features, labels, num_classes, folds, seed)
+        lam, first = choose_cv_lambda(features, labels, num_classes, folds, seed, fit)
         runs.append(first)
-    runs += [_out_of_fold(features, labels, num_classes, folds, seed + r, _softmax_head(num_classes, lam))
+    runs += [_out_of_fold(features, labels, num_classes, folds, seed + r, _softmax_head(num_classes, lam), fit=fit)
              for r in range(len(runs), repeats)]
     return np.mean(runs, axis=0)
 
 
 def cross_validated_mlp_probabilities(features: np.ndarray, labels: Sequence[int], num_classes: int,
                                       folds: int = 5, seed: int = 0, repeats: int = DEFAULT_REPEATS,
-                                      device: str | torch.device = "cpu") -> np.ndarray:
+                                      device: str | torch.device = "cpu", fit: np.ndarray | None = None
+                                      ) -> np.ndarray:
     """(n, K) float64 out-of-sample probabilities, as :func:`cross_validated_probabilities` (same folds, same
-    standardisation, ``repeats`` partitions averaged) but from one-hidden-layer MLPs (:func:`.heads.fit_mlp_head`,
-    seeded by the partition's seed), fitted in float32 on ``device``."""
+    standardisation, ``repeats`` partitions averaged, ``fit``) but from one-hidden-layer MLPs
+    (:func:`.heads.fit_mlp_head`, seeded by the partition's seed), fitted in float32 on ``device``."""
     return np.mean([_out_of_fold(features, labels, num_classes, folds, seed + r,
-                                 lambda x, y, s=seed + r: fit_mlp_head(x, y, num_classes, s), torch.float32, device)
-                    for r in range(repeats)], axis=0)
+                                 lambda x, y, s=seed + r: fit_mlp_head(x, y, num_classes, s), torch.float32, device,
+                                 fit) for r in range(repeats)], axis=0)
 
 
-def choose_cv_lambda(features: np.ndarray, labels: Sequence[int], num_classes: int, folds: int = 5, seed: int = 0
-                     ) -> tuple[float, np.ndarray]:
-    """The penalty of :data:`CV_LAMBDAS` whose out-of-fold probabilities (one partition, seed ``seed``) give the
-    given labels the least mean cross-entropy (nats), and those (n, K) probabilities. Model selection on the given
-    labels alone, as any cross-validation does: no clean label is needed."""
+def cleaned_cross_validation(features: np.ndarray, labels: Sequence[int], num_classes: int, folds: int = 5,
+                             seed: int = 0, repeats: int = DEFAULT_REPEATS, share: float = CLEANING_SHARE,
+                             linear: bool = True, mlp: bool = True, device: str | torch.device = "cpu"
+                             ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(n, K) out-of-sample probabilities of the linear heads and of the MLPs (None for a kind not asked for), in
+    two rounds, as noisy cross-validation does (Chen et al. 2019): the first, one partition (seed ``seed``), ranks
+    every example by its heads' 1 − p(given label) (ranks averaged over the kinds); the second, ``repeats`` − 1
+    partitions (seeds ``seed + 1`` …), fits its heads without the ``share`` most suspicious of them, so that fewer
+    wrong labels teach the heads that judge the others, and predicts every example. The second round's
+    probabilities are returned: ``repeats`` partitions' fits in all, as one round of ``repeats`` would take.
+    ``repeats`` 1 or ``share`` 0: one round."""
+    y = np.asarray(labels, dtype=np.int64)
+
+    def round_of(partitions: int, start: int, fit: np.ndarray | None, lam: float | None
+                 ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        return (cross_validated_probabilities(features, y, num_classes, folds, lam, start, partitions, fit)
+                if linear else None,
+                cross_validated_mlp_probabilities(features, y, num_classes, folds, start, partitions, device, fit)
+                if mlp else None)
+
+    if repeats < 2 or share <= 0:
+        return round_of(repeats, seed, None, None)
+    lam, first = choose_cv_lambda(features, y, num_classes, folds, seed) if linear else (None, None)
+    probabilities = [first, cross_validated_mlp_probabilities(features, y, num_classes, folds, seed, 1, device)
+                     if mlp else None]
+    suspicion = np.mean([rank_scores(-given_label_probability(y, p)) for p in probabilities if p is not None], 0)
+    keep = np.ones(len(y), dtype=bool)
+    keep[np.argsort(-suspicion, kind="stable")[:math.ceil(share * len(y))]] = False
+    log.info("second round of cross-validation: heads fitted without the %d most suspicious examples",
+             int((~keep).sum()))
+    return round_of(repeats - 1, seed + 1, keep, lam)
+
+
+def choose_cv_lambda(features: np.ndarray, labels: Sequence[int], num_classes: int, folds: int = 5, seed: int = 0,
+                     fit: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+    """The penalty of :data:`CV_LAMBDAS` whose out-of-fold probabilities (one partition, seed ``seed``, heads fitted
+    on ``fit``) give the given labels the least mean cross-entropy (nats), and those (n, K) probabilities. Model
+    selection on the given labels alone, as any cross-validation does: no clean label is needed."""
     y = np.asarray(labels, dtype=np.int64)
     best = None
     for lam in CV_LAMBDAS:
-        probs = _out_of_fold(features, y, num_classes, folds, seed, _softmax_head(num_classes, lam))
+        probs = _out_of_fold(features, y, num_classes, folds, seed, _softmax_head(num_classes, lam), fit=fit)
         loss = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean())
         log.info("cross-validated heads, λ %g: out-of-fold cross-entropy %.4f nats", lam, loss)
         if best is None or loss < best[0]:
@@ -235,20 +276,24 @@ def _softmax_head(num_classes: int, lam: float) -> Fitter:
 
 
 def _out_of_fold(features: np.ndarray, labels: Sequence[int], num_classes: int, folds: int, seed: int,
-                 fit: Fitter, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> np.ndarray:
-    """(n, K) float64: each fold's probabilities from a head ``fit`` on the other folds (seeded stratified
-    partition), features standardised with the fitted folds' mean and deviation."""
+                 fitter: Fitter, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu",
+                 fit: np.ndarray | None = None) -> np.ndarray:
+    """(n, K) float64: each fold's probabilities from a head ``fitter`` fits on the other folds (seeded stratified
+    partition; only their examples in ``fit``, when given), features standardised with the fitted rows' mean and
+    deviation."""
     x = torch.as_tensor(np.asarray(features), dtype=dtype, device=device)
     y = np.asarray(labels, dtype=np.int64)
     if len(y) < 2 * folds:
         raise DatablameError(f"{len(y)} examples are too few for {folds}-fold cross-validation",
                              f"give at least {2 * folds} examples or fewer folds")
     fold = torch.as_tensor(stratified_folds(y, folds, seed), device=device)
+    allowed = torch.ones(len(y), dtype=torch.bool, device=device) if fit is None else \
+        torch.as_tensor(np.asarray(fit, dtype=bool), device=device)
     out = np.empty((len(y), num_classes), dtype=np.float64)
     for k in range(folds):
-        held, fitted = fold == k, fold != k
+        held, fitted = fold == k, (fold != k) & allowed
         mean, std = x[fitted].mean(0), x[fitted].std(0).clamp_min(1e-8)
-        predict = fit((x[fitted] - mean) / std, torch.as_tensor(y, device=device)[fitted])
+        predict = fitter((x[fitted] - mean) / std, torch.as_tensor(y, device=device)[fitted])
         with torch.no_grad():
             out[held.cpu().numpy()] = predict((x[held] - mean) / std).double().softmax(-1).cpu().numpy()
     return out

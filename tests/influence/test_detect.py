@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from datablame.influence.detect import (CV_LAMBDAS, SCAN_METHODS, choose_cv_lambda, cross_validated_mlp_probabilities,
-                                        cross_validated_probabilities, fit_softmax_head,
+from datablame.influence.detect import (CV_LAMBDAS, SCAN_METHODS, choose_cv_lambda, cleaned_cross_validation,
+                                        cross_validated_mlp_probabilities, cross_validated_probabilities,
+                                        fit_softmax_head,
                                         rank_label_issues, rank_scores, stratified_folds, suggest_labels)
 from datablame.influence.errors import DatablameError
 
@@ -132,3 +133,43 @@ def test_cross_validated_mlps_find_flips_a_linear_head_cannot():
     assert set(both.parts) == {"cv", "cv_mlp"}
     assert np.allclose(both.score, (both.parts["cv"] + both.parts["cv_mlp"]) / 2)
     assert np.allclose(both.label_probability, ((linear + mlp) / 2)[np.arange(n), noisy])
+
+
+def test_heads_fitted_without_some_examples_still_predict_them():
+    """``fit`` leaves rows out of every fold's fit (and its standardisation) but predicts them: replacing those
+    rows' features changes their own probabilities only."""
+    rng = np.random.default_rng(2)
+    n, h = 60, 5
+    y = rng.integers(0, 2, n)
+    x = rng.normal(size=(n, h)) + (2 * y[:, None] - 1)
+    fit = np.ones(n, dtype=bool)
+    fit[:6] = False
+    garbage = x.copy()
+    garbage[:6] = 50 * rng.normal(size=(6, h))
+    for probabilities in (lambda f: cross_validated_probabilities(f, y, 2, lam=1e-1, repeats=1, fit=fit),
+                          lambda f: cross_validated_mlp_probabilities(f, y, 2, repeats=1, fit=fit)):
+        a, b = probabilities(x), probabilities(garbage)
+        assert np.allclose(a[6:], b[6:]) and not np.allclose(a[:6], b[:6])
+    assert not np.allclose(cross_validated_probabilities(x, y, 2, lam=1e-1, repeats=1)[6:],  # without fit: all
+                           cross_validated_probabilities(garbage, y, 2, lam=1e-1, repeats=1)[6:])
+
+
+def test_cleaned_cross_validation_refits_without_the_first_rounds_most_suspicious():
+    """Round one: one partition of each kind; round two: repeats − 1 partitions fitted without the ``share`` most
+    suspicious by round one's ranks (what is returned); share 0 is one round of ``repeats`` partitions."""
+    rng = np.random.default_rng(3)
+    n, h = 100, 6
+    clean = rng.integers(0, 2, n)
+    x = rng.normal(size=(n, h)) + 1.2 * (2 * clean[:, None] - 1) * (np.arange(h) < 2)
+    noisy = clean.copy()
+    noisy[:10] = 1 - noisy[:10]
+    linear, mlp = cleaned_cross_validation(x, noisy, 2, repeats=3, share=0.2)
+    lam, first = choose_cv_lambda(x, noisy, 2)
+    mlp_first = cross_validated_mlp_probabilities(x, noisy, 2, repeats=1)
+    suspicion = (rank_scores(-first[np.arange(n), noisy]) + rank_scores(-mlp_first[np.arange(n), noisy])) / 2
+    keep = np.ones(n, dtype=bool)
+    keep[np.argsort(-suspicion, kind="stable")[:20]] = False
+    assert np.allclose(linear, cross_validated_probabilities(x, noisy, 2, lam=lam, seed=1, repeats=2, fit=keep))
+    assert np.allclose(mlp, cross_validated_mlp_probabilities(x, noisy, 2, seed=1, repeats=2, fit=keep))
+    one_round = cleaned_cross_validation(x, noisy, 2, repeats=3, share=0, mlp=False)
+    assert one_round[1] is None and np.allclose(one_round[0], cross_validated_probabilities(x, noisy, 2, repeats=3))
