@@ -55,7 +55,8 @@ def scan(
                                "under the margin of the head's training, replayed; --freeze-encoder workdirs)."),
     flag_top: float = typer.Option(0.05, "--flag-top", help="Fraction of examples to flag as open 'mislabeled'."),
     folds: int = typer.Option(5, help="Folds of the cross-validated heads."),
-    repeats: int = typer.Option(3, help="Fold partitions the cross-validated probabilities are averaged over."),
+    repeats: int = typer.Option(3, help="Fold partitions of the cross-validated heads: one ranks the examples, the "
+                                "others are fitted without the 10% most suspicious and averaged (1: one round)."),
     json_out: bool = typer.Option(False, "--json", help="Print every example, most suspicious first, as JSON."),
     verify: bool = typer.Option(False, "--verify", help="Check the scan by retraining the head (frozen-encoder "
                                 "workdirs): with the flagged examples relabeled to their suggested labels, "
