@@ -112,7 +112,7 @@ from datablame.influence.features import FeatureCache, features_folder  # noqa: 
 from datablame.influence.grads import num_params, select_params  # noqa: E402
 from datablame.influence.heads import with_bias  # noqa: E402
 from datablame.influence.lissa import LissaConfig  # noqa: E402
-from datablame.influence.curvature import MIN_AUTO_DAMPING  # noqa: E402
+from datablame.influence.curvature import mean_eigenvalue  # noqa: E402
 from datablame.influence.methods import compute_train_vectors  # noqa: E402
 from datablame.influence.models import load_classifier, minilm_path  # noqa: E402
 from datablame.influence.registry import method_names, method_spec  # noqa: E402
@@ -291,7 +291,7 @@ def head_hessian(theta: torch.Tensor, x: torch.Tensor, weights: torch.Tensor | N
 
 def damping_of(hessian: torch.Tensor, damping: float | str) -> float:
     """λ: ``damping``, or for ``auto`` trace(H)/p (as datablame's exact curvature takes it)."""
-    return max(float(torch.trace(hessian)) / len(hessian), MIN_AUTO_DAMPING) if damping == "auto" else float(damping)
+    return mean_eigenvalue(hessian) if damping == "auto" else float(damping)
 
 
 def exact_influence(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, xq: torch.Tensor, yq: torch.Tensor,

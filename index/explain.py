@@ -129,9 +129,9 @@ class Explanation:
 class QueryCache:
     """Query vectors on disk, one ``.npz`` per (context, text): the vector (D,), probabilities (K,), prediction."""
 
-    def __init__(self, folder: Path, context: dict):
+    def __init__(self, folder: Path, context: str):
         self.folder = folder
-        self.context = json.dumps(context, sort_keys=True)
+        self.context = context
 
     def path(self, text: Text) -> Path:
         digest = hashlib.sha256((self.context + "\0" + json.dumps(text)).encode()).hexdigest()
@@ -174,7 +174,7 @@ class Explainer:
         self.workdir = Workdir(workdir)
         self.workdir.load()  # a folder that is no workdir is refused as such, not for lacking an index
         self._options = {"device": device, "curvature": curvature, "cache": cache, "damping": damping}
-        self.index = VectorIndex.load(self.workdir.index_dir, method, scoring, self._stored_rows)
+        self.index = VectorIndex.load(self.workdir.index_dir, method, scoring, lambda meta: self._store(meta).rows())
         settings = MethodSettings.from_dict(self.index.meta.settings, device)
         if curvature is not None:
             settings.curvature = curvature
@@ -184,26 +184,26 @@ class Explainer:
         self.index.check_fresh(built.key)
         self.method, self.train, self.settings, self.key = built.method, built.train, settings, built.key
         self.spec = method_spec(method)
-        self.store = VectorStore(self.workdir.vectors_dir(method, settings.at))
+        self.store = self._store(self.index.meta)
         finalized = self.store.finalized(built.key)
         if finalized:
             self.method.use_finalized(finalized)
         query_side = asdict(settings.query) if self.spec.query is not None else {}
-        # what the query vectors depend on: explainers of equal contexts share them (see explain_batches)
-        self.context = {"key": built.key, **query_side}
+        # what the query vectors depend on, as JSON: explainers of equal contexts share them (see explain_batches)
+        self.context = json.dumps({"key": built.key, **query_side}, sort_keys=True)
         self.cache = QueryCache(self.workdir.queries_cache(method), self.context) if cache else None
 
-    def _stored_rows(self, meta: IndexMeta):
+    def _store(self, meta: IndexMeta) -> VectorStore:
         """The stored vectors an index of ``meta`` was built from (at its recorded point)."""
-        return VectorStore(self.workdir.vectors_dir(meta.method, meta.settings.get("at", "checkpoint"))).rows()
+        return VectorStore(self.workdir.vectors_dir(meta.method, meta.settings.get("at", "checkpoint")))
 
     def with_scoring(self, scoring: str) -> "Explainer":
         """The explainer over the index of another scoring: the same one (model, query side, query cache) over
         that index when it was built from the same vectors, else one of its own (influence functions' two vector
         sets, see :func:`.vectors.vector_sets`), with the same options."""
         method = self.index.meta.method
-        index = VectorIndex.load(self.workdir.index_dir, method, scoring, self._stored_rows)
-        if index.meta.settings.get("at", "checkpoint") != self.settings.at:
+        index = VectorIndex.load(self.workdir.index_dir, method, scoring, lambda meta: self._store(meta).rows())
+        if self._store(index.meta).folder != self.store.folder:
             return Explainer(self.workdir.root, method, scoring, **self._options)
         other = copy.copy(self)
         other.index = index
@@ -324,18 +324,17 @@ def explain_batches(explainers: Sequence[Explainer], texts: Sequence[Text], top:
     input, one :class:`Explanation` per explainer. Query vectors are computed once per distinct query side
     (explainers of equal ``context``, such as ``with_scoring`` copies, share them); memory holds one batch, not
     the whole run. ``progress(done, total)`` counts the inputs (of the first query side)."""
-    sides = [json.dumps(e.context, sort_keys=True, default=str) for e in explainers]
     for lo in range(0, len(texts), batch):
         chunk = texts[lo:lo + batch]
         computed: dict[str, tuple[Queries, int, float]] = {}
-        for e, side in zip(explainers, sides):
-            if side not in computed:
+        for e in explainers:
+            if e.context not in computed:
                 start = time.perf_counter()
                 report = None if progress is None or computed else \
                     lambda done, _total, lo=lo: progress(lo + done, len(texts))
                 q, cached = e.queries(chunk, report)
-                computed[side] = (q, cached, time.perf_counter() - start)
-        yield from zip(*(e.explain_queries(chunk, *computed[side], top) for e, side in zip(explainers, sides)))
+                computed[e.context] = (q, cached, time.perf_counter() - start)
+        yield from zip(*(e.explain_queries(chunk, *computed[e.context], top) for e in explainers))
 
 
 @dataclass

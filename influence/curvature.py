@@ -39,6 +39,12 @@ LISSA_AUTO_DAMPING = 0.01
 MIN_AUTO_DAMPING = 1e-8
 """The least automatic λ (a curvature that is all zeros still gets a solvable system)."""
 
+
+def mean_eigenvalue(matrix: Tensor, dims: int | None = None) -> float:
+    """The automatic λ: trace(M)/d, the mean eigenvalue of M over d dimensions (``dims``, else M's size), at least
+    :data:`MIN_AUTO_DAMPING`."""
+    return max(float(torch.trace(matrix)) / (dims or matrix.shape[0]), MIN_AUTO_DAMPING)
+
 HESSIAN_CHUNK = 128
 """Basis vectors per Hessian-vector product call when the exact Hessian is built (p / 128 passes over the data)."""
 
@@ -69,7 +75,7 @@ class Curvature(ABC):
             return self.config.damping
         if matrix is None:
             return LISSA_AUTO_DAMPING
-        return max(float(torch.trace(matrix)) / (dims or matrix.shape[0]), MIN_AUTO_DAMPING)
+        return mean_eigenvalue(matrix, dims)
 
     def damping_for(self, name: str) -> float:
         """λ added to the finalized matrix ``name``: the configured damping; under auto, for the exact ``hessian``

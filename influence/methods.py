@@ -34,7 +34,7 @@ from .features import FeatureCache
 from .gradients import HeadGradients, gradient_computer, labels_of
 from .grads import HEAD, num_params, select_params
 from .heads import fit_softmax_head, head_theta, with_bias
-from .curvature import EXACT_MAX_PARAMS, MIN_AUTO_DAMPING, make_curvature
+from .curvature import EXACT_MAX_PARAMS, make_curvature, mean_eigenvalue
 from .optimum import OptimumReport, damped_optimum, fixed_head, optimum_applies, with_head
 from .lissa import HessianVectorProducts, LissaConfig, LissaReport, Progress
 from .registry import MethodSpec, register
@@ -226,7 +226,7 @@ class InfluenceFunctions:
         the exact curvature's automatic damping, so H + λI is the Hessian of what the head minimises)."""
         if self._linearized is None:
             hessian = self.gradients.loss_hessian(self.model, self.train)
-            lam = max(float(torch.trace(hessian)) / len(hessian), MIN_AUTO_DAMPING)
+            lam = mean_eigenvalue(hessian)
             self._linearized, self.optimum = damped_optimum(
                 self.task, self.model, self._feature_blocks,
                 lambda m: self.gradients.loss_hessian(m, self.train), lam, hessian)
