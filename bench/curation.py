@@ -52,9 +52,9 @@ def dev_accuracy(x: np.ndarray, y: np.ndarray, dev_x: np.ndarray, dev_y: np.ndar
 def cleaned_labels(train, noisy_labels: np.ndarray, x: np.ndarray, folder: Path, args) -> dict[str, tuple]:
     """(ids, labels) of each reviewer's relabeled and dropped export, through the store."""
     noisy = dataclasses.replace(train, labels=noisy_labels, ids=np.arange(len(train)))  # ids: positions
-    cv, cv_mlp = detect.cleaned_cross_validation(x, noisy_labels, 2, seed=args.seed)  # as the default scan
-    issues = detect.rank_label_issues(noisy_labels, cv_probabilities=cv, cv_mlp_probabilities=cv_mlp,
-                                      weights=detect.scan_weights(detect.DEFAULT_SCAN))
+    weights = detect.scan_weights(detect.DEFAULT_SCAN)  # as the default scan
+    signals = detect.cross_validated_signals(x, noisy_labels, 2, list(weights), seed=args.seed)
+    issues = detect.rank_label_issues(noisy_labels, weights=weights, **signals)
     out = {}
     for reviewer in ("auto", "oracle"):
         (folder / reviewer).mkdir()

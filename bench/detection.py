@@ -369,28 +369,36 @@ def run_setting(x: np.ndarray, clean: np.ndarray, kind: str, rate: float, args, 
     start = time.perf_counter()
     checkpoints = train_head(x, y, args.epochs, args.lr, args.seed)
     probs = probabilities(checkpoints[-1][0], x)
-    if args.cv_lambda is None:  # as the scan: two rounds (see detect.cleaned_cross_validation)
-        cv, cv_mlp = detect.cleaned_cross_validation(x, y, classes(y), folds=5, seed=args.seed,
-                                                     repeats=args.cv_repeats, share=args.cleaning_share)
-    else:  # a fixed penalty: one round
-        cv = detect.cross_validated_probabilities(x, y, classes(y), folds=5, lam=args.cv_lambda, seed=args.seed,
-                                                  repeats=args.cv_repeats)
-        cv_mlp = detect.cross_validated_mlp_probabilities(x, y, classes(y), folds=5, seed=args.seed,
-                                                          repeats=args.cv_repeats)
+    if args.cv_lambda is None:  # as the scan: two rounds, neighbours, stacked (see detect.cross_validated_signals)
+        signals = detect.cross_validated_signals(x, y, classes(y), ("cv", "cv_mlp", "knn", "stacked"), folds=5,
+                                                 seed=args.seed, repeats=args.cv_repeats, share=args.cleaning_share)
+    else:  # a fixed penalty: one round, stacked without cleaning
+        signals = {"cv_probabilities": detect.cross_validated_probabilities(
+                       x, y, classes(y), folds=5, lam=args.cv_lambda, seed=args.seed, repeats=args.cv_repeats),
+                   "cv_mlp_probabilities": detect.cross_validated_mlp_probabilities(
+                       x, y, classes(y), folds=5, seed=args.seed, repeats=args.cv_repeats),
+                   "knn_probabilities": detect.neighbour_label_probabilities(x, y, classes(y))}
+        signals["stacked_probabilities"] = detect.stacked_probabilities(list(signals.values()), y, classes(y),
+                                                                        seed=args.seed + args.cv_repeats)
     influence = self_influences(x, y, checkpoints, args.dim, args.lam)
     aum = area_under_margin(training_dynamics(x, y, args.epochs, args.lr, args.seed), y)  # the scan head's own
     signals_s = time.perf_counter() - start
+    available = {"loss", "aum", *(f"self_influence:{m}" for m in influence),
+                 *(k.removesuffix("_probabilities") for k in signals)}
     result = {"noisy": int(noisy.sum()), "signals_seconds": round(signals_s, 1), "methods": {}}
     scans = {}
     for method, weights in detect.SCAN_METHODS.items():
-        issues = detect.rank_label_issues(y, probs, cv, influence, weights, aum, cv_mlp)
+        if any(w and part not in available for part, w in weights.items()):
+            continue
+        issues = detect.rank_label_issues(y, probs, self_influence=influence, weights=weights,
+                                          area_under_margin=aum, **signals)
         scans[method] = issues.score
         entry = metrics(noisy, issues.score, flag_top=args.flag_top)
         entry["suggested_label_accuracy"] = round(float((issues.suggested[noisy] == clean[noisy]).mean()), 4)
         if len([w for w in weights.values() if w]) > 1:  # what each part adds: the combination without it
             entry["without"] = {part: metrics(noisy, detect.rank_label_issues(
-                y, probs, cv, influence, {p: w for p, w in weights.items() if p != part}, aum, cv_mlp).score,
-                flag_top=args.flag_top) for part in weights}
+                y, probs, self_influence=influence, weights={p: w for p, w in weights.items() if p != part},
+                area_under_margin=aum, **signals).score, flag_top=args.flag_top) for part in weights}
         result["methods"][method] = entry
     single = detect.cross_validated_probabilities(x, y, classes(y), folds=5, lam=args.cv_lambda, seed=args.seed,
                                                   repeats=1)
@@ -404,6 +412,7 @@ def run_setting(x: np.ndarray, clean: np.ndarray, kind: str, rate: float, args, 
     result["default_beats_strongest_baseline"] = {
         "baseline": strongest,
         "auroc": default["auroc"] > result[strongest]["auroc"],
+        "auroc_margin": round(default["auroc"] - result[strongest]["auroc"], 4),
         "recall@10%": default["recall@10%"] > max(result[k]["recall@10%"] for k in result if k.startswith("baseline:"))}
     title = f"SST-2 {name}: {int(noisy.sum())} of {len(y)} labels flipped (frozen MiniLM)"
     result["detection_curve"] = shown(plot_setting(noisy, scans, baseline_scores,

@@ -49,8 +49,9 @@ def _dataset(workdir: Path, db: Optional[str], write: bool = False):
 @report_errors
 def scan(
     workdir: Path = WORKDIR,
-    method: str = typer.Option("cv", help="cv (cross-validated linear and MLP heads, the default), "
-                               "cv-linear or cv-mlp (one kind alone), loss, "
+    method: str = typer.Option("cv", help="cv (the default: a head stacked on cross-validated linear heads, MLPs "
+                               "and nearest neighbours), cv-mean (the heads' rank mean), cv-linear, cv-mlp or cv-knn "
+                               "(one kind alone), loss, "
                                f"{', '.join(method_names())} (by its self-influence), combined (cv-linear + tracin), or aum (the area "
                                "under the margin of the head's training, replayed; --freeze-encoder workdirs)."),
     flag_top: float = typer.Option(0.05, "--flag-top", help="Fraction of examples to flag as open 'mislabeled'."),

@@ -78,19 +78,19 @@ def scan_workdir(workdir: str | os.PathLike, method: str = "cv", flag_top: float
                                                         cache=FeatureCache(examples, wd.features_cache))
     log.info("scan %s: %d examples, %d classes, features %s of checkpoint %s; signals %s", method, len(examples),
              len(config.label_names), tuple(features.shape), config.checkpoints[-1].path, weights)
-    cv, cv_mlp = detect.cleaned_cross_validation(
-        features, examples.labels, len(config.label_names), folds, repeats=repeats, linear=bool(weights.get("cv")),
-        mlp=bool(weights.get("cv_mlp")), device=resolve_device(device)) \
-        if weights.get("cv") or weights.get("cv_mlp") else (None, None)
+    signals = detect.cross_validated_signals(features, examples.labels, len(config.label_names),
+                                             [name for name, w in weights.items() if w], folds, repeats=repeats,
+                                             device=resolve_device(device), progress=progress)
     influence = {m: self_influence(workdir, m, config, device, progress)
                  for m in detect.self_influence_methods(weights)}
     aum = training_margins(config, features, examples.labels, device) if weights.get("aum") else None
-    issues = detect.rank_label_issues(examples.labels, probs, cv, influence, weights, aum, cv_mlp)
+    issues = detect.rank_label_issues(examples.labels, probs, self_influence=influence, weights=weights,
+                                      area_under_margin=aum, **signals)
     log.info("given label's mean probability %.3f; flagging the top %.1f%%", issues.label_probability.mean(),
              100 * flag_top)
     record = record_scan(db, ensure_dataset(db, examples), method, issues, next(iter(influence.values()), None),
                          flag_top, {"weights": weights, "folds": folds, "repeats": repeats, "flag_top": flag_top,
-                          "cleaning_share": detect.CLEANING_SHARE},
+                          "cleaning_share": detect.CLEANING_SHARE, "neighbours": detect.NEIGHBOURS},
                          [asdict(c) for c in config.checkpoints])
     top = math.ceil(flag_top * len(issues.order))
     threshold = float(issues.score[issues.order[top - 1]]) if top else math.inf

@@ -7,8 +7,9 @@ import torch
 
 from datablame.influence.detect import (CV_LAMBDAS, SCAN_METHODS, choose_cv_lambda, cleaned_cross_validation,
                                         cross_validated_mlp_probabilities, cross_validated_probabilities,
-                                        fit_softmax_head,
-                                        rank_label_issues, rank_scores, stratified_folds, suggest_labels)
+                                        cross_validated_signals, fit_softmax_head, neighbour_label_probabilities,
+                                        rank_label_issues, rank_scores, stacked_probabilities, stratified_folds,
+                                        suggest_labels)
 from datablame.influence.errors import DatablameError
 
 
@@ -129,7 +130,7 @@ def test_cross_validated_mlps_find_flips_a_linear_head_cannot():
     top = lambda issues: len(set(issues.order[:50].tolist()) & set(flipped.tolist()))  # noqa: E731
     assert top(rank_label_issues(noisy, cv_mlp_probabilities=mlp)) >= 30
     assert top(rank_label_issues(noisy, cv_probabilities=linear)) <= 10
-    both = rank_label_issues(noisy, cv_probabilities=linear, cv_mlp_probabilities=mlp, weights=SCAN_METHODS["cv"])
+    both = rank_label_issues(noisy, cv_probabilities=linear, cv_mlp_probabilities=mlp, weights=SCAN_METHODS["cv-mean"])
     assert set(both.parts) == {"cv", "cv_mlp"}
     assert np.allclose(both.score, (both.parts["cv"] + both.parts["cv_mlp"]) / 2)
     assert np.allclose(both.label_probability, ((linear + mlp) / 2)[np.arange(n), noisy])
@@ -173,3 +174,75 @@ def test_cleaned_cross_validation_refits_without_the_first_rounds_most_suspiciou
     assert np.allclose(mlp, cross_validated_mlp_probabilities(x, noisy, 2, seed=1, repeats=2, fit=keep))
     one_round = cleaned_cross_validation(x, noisy, 2, repeats=3, share=0, mlp=False)
     assert one_round[1] is None and np.allclose(one_round[0], cross_validated_probabilities(x, noisy, 2, repeats=3))
+
+
+def test_neighbour_label_probabilities_equal_brute_force_cosine_neighbours():
+    """Each row: the label shares of its k most cosine-similar other rows (numpy's full similarity matrix); a
+    duplicate of a row counts as its neighbour, the row itself never; blocks do not change anything; k is capped
+    at n − 1."""
+    rng = np.random.default_rng(4)
+    n, h, k = 150, 8, 7
+    x = rng.normal(size=(n, h))
+    x[1] = 3 * x[0]  # same direction: row 0's nearest neighbour is row 1 and vice versa
+    y = rng.integers(0, 3, n)
+    z = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sim = z @ z.T
+    np.fill_diagonal(sim, -np.inf)
+    nearest = np.argsort(-sim, axis=1)[:, :k]
+    expected = np.stack([(y[nearest] == c).mean(1) for c in range(3)], 1)
+    got = neighbour_label_probabilities(x, y, 3, k=k, block=32)
+    assert np.allclose(got, expected) and np.allclose(got, neighbour_label_probabilities(x, y, 3, k=k))
+    assert nearest[0, 0] == 1 and nearest[1, 0] == 0
+    assert np.allclose(neighbour_label_probabilities(x[:4], y[:4], 3, k=30).sum(1), 1.0)  # 3 neighbours each
+    with pytest.raises(DatablameError, match="no neighbours"):
+        neighbour_label_probabilities(x[:1], y[:1], 3)
+
+
+def test_stacking_learns_a_class_prior_an_input_is_confounded_by():
+    """An input that gives a small class a hundredth of its probability ranks that whole class as suspicious; the head
+    stacked on it learns the class's offset from the given labels and finds the flips as the unconfounded input
+    does; a junk input beside it is given no trust."""
+    rng = np.random.default_rng(5)
+    n = 900
+    clean = rng.choice(3, n, p=[0.45, 0.45, 0.1])
+    flipped = rng.choice(n, 90, replace=False)
+    noisy = clean.copy()
+    noisy[flipped] = (clean[flipped] + rng.integers(1, 3, 90)) % 3
+    logits = 2.5 * np.eye(3)[clean] + rng.normal(size=(n, 3))
+    good = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    confounded = good * [1, 1, 0.01]
+    confounded /= confounded.sum(1, keepdims=True)
+    junk = rng.dirichlet(np.ones(3), n)
+    top = lambda p: len(set(np.argsort(p[np.arange(n), noisy])[:90].tolist()) & set(flipped.tolist()))  # noqa
+    stacked = stacked_probabilities([confounded, junk], noisy, 3)
+    assert top(confounded) < top(good) - 15
+    assert top(stacked) >= top(good) - 3
+    assert np.allclose(stacked.sum(1), 1.0)
+    with pytest.raises(DatablameError, match="stacking needs"):
+        stacked_probabilities([good[:, :2]], noisy, 3)
+
+
+def test_cross_validated_signals_stack_the_cleaned_heads_and_the_neighbours():
+    """``stacked`` computes all four: the two-round heads, the neighbours, and the head stacked on them (partition
+    seed + repeats) fitted without the share most suspicious by the heads' mean rank; one signal alone computes
+    only itself."""
+    rng = np.random.default_rng(6)
+    n, h = 100, 6
+    clean = rng.integers(0, 2, n)
+    x = rng.normal(size=(n, h)) + 1.2 * (2 * clean[:, None] - 1) * (np.arange(h) < 2)
+    noisy = clean.copy()
+    noisy[:10] = 1 - noisy[:10]
+    got = cross_validated_signals(x, noisy, 2, repeats=3, share=0.2)
+    linear, mlp = cleaned_cross_validation(x, noisy, 2, repeats=3, share=0.2)
+    knn = neighbour_label_probabilities(x, noisy, 2)
+    suspicion = (rank_scores(-linear[np.arange(n), noisy]) + rank_scores(-mlp[np.arange(n), noisy])) / 2
+    keep = np.ones(n, dtype=bool)
+    keep[np.argsort(-suspicion, kind="stable")[:20]] = False
+    assert np.allclose(got["cv_probabilities"], linear) and np.allclose(got["cv_mlp_probabilities"], mlp)
+    assert np.allclose(got["knn_probabilities"], knn)
+    assert np.allclose(got["stacked_probabilities"], stacked_probabilities([linear, mlp, knn], noisy, 2, seed=3,
+                                                                           fit=keep))
+    assert list(cross_validated_signals(x, noisy, 2, ["knn"])) == ["knn_probabilities"]
+    issues = rank_label_issues(noisy, weights=SCAN_METHODS["cv"], **got)
+    assert np.allclose(issues.score, issues.parts["stacked"])
+    assert np.allclose(issues.label_probability, got["stacked_probabilities"][np.arange(n), noisy])
