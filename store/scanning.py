@@ -1,9 +1,9 @@
 """Scanning a workdir: the whole ``datablame scan``, which the CLI, the demo and notebooks call.
 
 :func:`scan_workdir` reads the last checkpoint's probabilities and features, computes the signals of the scan
-method (cross-validated linear and MLP heads, self-influence from a registered method's vectors, the area under
-the margin), ranks every training example by how likely its label is wrong, and records the ranking and the
-flags in the store (:func:`.scans.record_scan`).
+method (cross-validated linear and MLP heads, nearest neighbours and the head stacked on them, self-influence from
+a registered method's vectors, the area under the margin), ranks every training example by how likely its label
+is wrong, and records the ranking and the flags in the store (:func:`.scans.record_scan`).
 
 What costs the encoder's time, the training features (and the vectors of a scan by self-influence), splits into
 shards of rows, as ``vectors`` does (:mod:`datablame.index.shards`): :func:`scan_part` computes one part's shards
