@@ -176,10 +176,13 @@ def test_cleaned_cross_validation_refits_without_the_first_rounds_most_suspiciou
     assert one_round[1] is None and np.allclose(one_round[0], cross_validated_probabilities(x, noisy, 2, repeats=3))
 
 
-def test_neighbour_label_probabilities_equal_brute_force_cosine_neighbours():
+def test_neighbour_label_probabilities_equal_brute_force_cosine_neighbours(monkeypatch):
     """Each row: the label shares of its k most cosine-similar other rows (numpy's full similarity matrix); a
     duplicate of a row counts as its neighbour, the row itself never; blocks do not change anything; k is capped
-    at n − 1."""
+    at n − 1; past ``exact_up_to`` examples an HNSW graph searches, near-exact on so few."""
+    import faiss
+
+    hnsw = faiss.IndexHNSWFlat
     rng = np.random.default_rng(4)
     n, h, k = 150, 8, 7
     x = rng.normal(size=(n, h))
@@ -194,6 +197,10 @@ def test_neighbour_label_probabilities_equal_brute_force_cosine_neighbours():
     assert np.allclose(got, expected) and np.allclose(got, neighbour_label_probabilities(x, y, 3, k=k))
     assert nearest[0, 0] == 1 and nearest[1, 0] == 0
     assert np.allclose(neighbour_label_probabilities(x[:4], y[:4], 3, k=30).sum(1), 1.0)  # 3 neighbours each
+    graphs = []
+    monkeypatch.setattr(faiss, "IndexHNSWFlat", lambda *args: graphs.append(args) or hnsw(*args))
+    graph = neighbour_label_probabilities(x, y, 3, k=k, exact_up_to=n - 1)  # past the limit: HNSW, near-exact here
+    assert len(graphs) == 1 and np.abs(graph - expected).mean() < 0.02
     with pytest.raises(DatablameError, match="no neighbours"):
         neighbour_label_probabilities(x[:1], y[:1], 3)
 
