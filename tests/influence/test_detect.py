@@ -155,21 +155,34 @@ def test_heads_fitted_without_some_examples_still_predict_them():
                            cross_validated_probabilities(garbage, y, 2, lam=1e-1, repeats=1)[6:])
 
 
-def test_cleaned_cross_validation_refits_without_the_first_rounds_most_suspicious():
-    """Round one: one partition of each kind; round two: repeats − 1 partitions fitted without the ``share`` most
-    suspicious by round one's ranks (what is returned); share 0 is one round of ``repeats`` partitions."""
-    rng = np.random.default_rng(3)
-    n, h = 100, 6
+def flipped_blobs(seed: int, n: int = 100, h: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """(n, h) features whose first two dimensions carry a random binary label, and (n,) labels with the first 10
+    flipped."""
+    rng = np.random.default_rng(seed)
     clean = rng.integers(0, 2, n)
     x = rng.normal(size=(n, h)) + 1.2 * (2 * clean[:, None] - 1) * (np.arange(h) < 2)
     noisy = clean.copy()
     noisy[:10] = 1 - noisy[:10]
+    return x, noisy
+
+
+def without_most_suspicious(suspicion: np.ndarray, count: int) -> np.ndarray:
+    """(n,) bool: every example but the ``count`` of highest suspicion (ties: lower position first)."""
+    keep = np.ones(len(suspicion), dtype=bool)
+    keep[np.argsort(-suspicion, kind="stable")[:count]] = False
+    return keep
+
+
+def test_cleaned_cross_validation_refits_without_the_first_rounds_most_suspicious():
+    """Round one: one partition of each kind; round two: repeats − 1 partitions fitted without the ``share`` most
+    suspicious by round one's ranks (what is returned); share 0 is one round of ``repeats`` partitions."""
+    x, noisy = flipped_blobs(3)
+    n = len(noisy)
     linear, mlp = cleaned_cross_validation(x, noisy, 2, repeats=3, share=0.2)
     lam, first = choose_cv_lambda(x, noisy, 2)
     mlp_first = cross_validated_mlp_probabilities(x, noisy, 2, repeats=1)
     suspicion = (rank_scores(-first[np.arange(n), noisy]) + rank_scores(-mlp_first[np.arange(n), noisy])) / 2
-    keep = np.ones(n, dtype=bool)
-    keep[np.argsort(-suspicion, kind="stable")[:20]] = False
+    keep = without_most_suspicious(suspicion, 20)
     assert np.allclose(linear, cross_validated_probabilities(x, noisy, 2, lam=lam, seed=1, repeats=2, fit=keep))
     assert np.allclose(mlp, cross_validated_mlp_probabilities(x, noisy, 2, seed=1, repeats=2, fit=keep))
     one_round = cleaned_cross_validation(x, noisy, 2, repeats=3, share=0, mlp=False)
@@ -233,18 +246,13 @@ def test_cross_validated_signals_stack_the_cleaned_heads_and_the_neighbours():
     """``stacked`` computes all four: the two-round heads, the neighbours, and the head stacked on them (partition
     seed + repeats) fitted without the share most suspicious by the heads' mean rank; one signal alone computes
     only itself."""
-    rng = np.random.default_rng(6)
-    n, h = 100, 6
-    clean = rng.integers(0, 2, n)
-    x = rng.normal(size=(n, h)) + 1.2 * (2 * clean[:, None] - 1) * (np.arange(h) < 2)
-    noisy = clean.copy()
-    noisy[:10] = 1 - noisy[:10]
+    x, noisy = flipped_blobs(6)
+    n = len(noisy)
     got = cross_validated_signals(x, noisy, 2, repeats=3, share=0.2)
     linear, mlp = cleaned_cross_validation(x, noisy, 2, repeats=3, share=0.2)
     knn = neighbour_label_probabilities(x, noisy, 2)
     suspicion = (rank_scores(-linear[np.arange(n), noisy]) + rank_scores(-mlp[np.arange(n), noisy])) / 2
-    keep = np.ones(n, dtype=bool)
-    keep[np.argsort(-suspicion, kind="stable")[:20]] = False
+    keep = without_most_suspicious(suspicion, 20)
     assert np.allclose(got["cv_probabilities"], linear) and np.allclose(got["cv_mlp_probabilities"], mlp)
     assert np.allclose(got["knn_probabilities"], knn)
     assert np.allclose(got["stacked_probabilities"], stacked_probabilities([linear, mlp, knn], noisy, 2, seed=3,
