@@ -51,9 +51,9 @@ def scan(
     workdir: Path = WORKDIR,
     method: str = typer.Option("cv", help="cv (the default: a head stacked on cross-validated linear heads, MLPs "
                                "and nearest neighbours), cv-mean (the heads' rank mean), cv-linear, cv-mlp or cv-knn "
-                               "(one kind alone), loss, "
-                               f"{', '.join(method_names())} (by its self-influence), combined (cv-linear + tracin), or aum (the area "
-                               "under the margin of the head's training, replayed; --freeze-encoder workdirs)."),
+                               f"(one kind alone), loss, {', '.join(method_names())} (by its self-influence), "
+                               "combined (cv-linear + tracin), or aum (the area under the margin of the head's "
+                               "training, replayed; --freeze-encoder workdirs)."),
     flag_top: float = typer.Option(0.05, "--flag-top", help="Fraction of examples to flag as open 'mislabeled'."),
     folds: int = typer.Option(5, help="Folds of the cross-validated heads."),
     repeats: int = typer.Option(3, help="Fold partitions of the cross-validated heads: one ranks the examples, the "

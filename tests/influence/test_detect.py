@@ -221,7 +221,7 @@ def test_neighbour_label_probabilities_equal_brute_force_cosine_neighbours(monke
 def test_stacking_learns_a_class_prior_an_input_is_confounded_by():
     """An input that gives a small class a hundredth of its probability ranks that whole class as suspicious; the head
     stacked on it learns the class's offset from the given labels and finds the flips as the unconfounded input
-    does; a junk input beside it is given no trust."""
+    does, with a junk input beside it."""
     rng = np.random.default_rng(5)
     n = 900
     clean = rng.choice(3, n, p=[0.45, 0.45, 0.1])
