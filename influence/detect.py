@@ -94,6 +94,8 @@ NEIGHBOUR_EF_SEARCH = 64
 STACK_LAMBDA = 0.1
 """The stacked head's L2 penalty (:func:`stacked_probabilities`). Measured as :data:`NEIGHBOURS`: 0.01 loses 0.016
 AUROC under systematic noise; 1 gains 0.03 there and loses 0.03–0.04 under the drug reviews' uniform noise."""
+ANCHOR_PERCENTILE = 97
+"""Anchors of a class, for :func:`noise_transition`: the examples at or above this percentile of its probability."""
 CV_LAMBDAS = (1e-3, 1e-2, 1e-1, 1.0)
 """The L2 penalties (on standardised features; the objective is the mean cross-entropy + λ‖W‖²) that
 :func:`cross_validated_probabilities` chooses from. Measured (``bench/detection.py``): 6,000 SST-2 sentences
@@ -331,6 +333,31 @@ def stacked_probabilities(inputs: Sequence[np.ndarray], labels: Sequence[int], n
     return _out_of_fold(x, y, num_classes, folds, seed, _softmax_head(num_classes, lam), fit=fit)
 
 
+def noise_transition(probabilities: np.ndarray, percentile: float = ANCHOR_PERCENTILE) -> np.ndarray:
+    """(K, K) estimate of the label noise T[j, k] = P(given label k | true class j) by anchor points (Patrini et al.
+    2017): row j is the mean (n, K) probability row of class j's anchors, the examples at or above the
+    ``percentile`` of p(j). ``probabilities`` must model the given labels as they are (fitted on all of them, out of
+    sample), so that an anchor's row is the given-label distribution of a sure member of its class."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    return np.stack([p[p[:, j] >= np.percentile(p[:, j], percentile)].mean(0) for j in range(p.shape[1])])
+
+
+def diagonally_dominant(transition: np.ndarray) -> bool:
+    """Whether every class keeps its own label more often than it takes any other (T[j, j] > T[j, k], k ≠ j): the
+    condition under which anchor points identify T. A small class no model recognises fails it."""
+    t = np.asarray(transition)
+    return bool(all(t[j, j] > np.delete(t[j], j).max() for j in range(len(t))))
+
+
+def clean_label_posterior(labels: Sequence[int], probabilities: np.ndarray, transition: np.ndarray) -> np.ndarray:
+    """(n, K) P(true class j | x, given label k) ∝ T[j, k] · p(j | x): Bayes' rule with (n, K) clean-class
+    probabilities and the (K, K) noise ``transition``; its column at the given label is the probability that the
+    label is right."""
+    y = np.asarray(labels, dtype=np.int64)
+    joint = np.asarray(probabilities, dtype=np.float64) * np.asarray(transition, dtype=np.float64)[:, y].T
+    return joint / np.clip(joint.sum(1, keepdims=True), 1e-300, None)
+
+
 def cross_validated_signals(features: np.ndarray, labels: Sequence[int], num_classes: int,
                             signals: Sequence[str] = ("stacked",), folds: int = 5, seed: int = 0,
                             repeats: int = DEFAULT_REPEATS, share: float = CLEANING_SHARE,
@@ -344,7 +371,10 @@ def cross_validated_signals(features: np.ndarray, labels: Sequence[int], num_cla
     :func:`neighbour_label_probabilities` (``progress`` follows its search); ``stacked`` needs all three and stacks
     them (:func:`stacked_probabilities`) on a partition of its own (seed ``seed + repeats``), fitted without the
     ``share`` most suspicious by the mean rank of the heads' probabilities, as the second round fits its heads.
-    (n, K) float64 each."""
+    The label noise is then estimated by anchor points on the same stack fitted on every label
+    (:func:`noise_transition`); when the estimate is diagonally dominant, ``stacked`` is the posterior of the true
+    class given the features and the given label (:func:`clean_label_posterior`), else the cleaned stack's
+    probabilities. (n, K) float64 each."""
     wanted = set(signals) | ({"cv", "cv_mlp", "knn"} if "stacked" in signals else set())
     y = np.asarray(labels, dtype=np.int64)
     out: dict[str, np.ndarray] = {}
@@ -359,7 +389,14 @@ def cross_validated_signals(features: np.ndarray, labels: Sequence[int], num_cla
         suspicion = np.mean([rank_scores(-given_label_probability(y, p)) for p in inputs[:2]], 0)
         keep = np.ones(len(y), dtype=bool)
         keep[np.argsort(-suspicion, kind="stable")[:math.ceil(share * len(y))]] = False
-        out["stacked_probabilities"] = stacked_probabilities(inputs, y, num_classes, folds, seed + repeats, keep)
+        stacked = stacked_probabilities(inputs, y, num_classes, folds, seed + repeats, keep)
+        transition = noise_transition(stacked_probabilities(inputs, y, num_classes, folds, seed + repeats))
+        if diagonally_dominant(transition):
+            stacked = clean_label_posterior(y, stacked, transition)
+        log.info("label noise estimated by anchor points (rows: true class; columns: given label)%s:\n%s",
+                 "" if diagonally_dominant(transition) else ", not diagonally dominant, so not used",
+                 np.array2string(transition, precision=3))
+        out["stacked_probabilities"] = stacked
     return out
 
 
