@@ -28,7 +28,10 @@ A small functional API in the spirit of cleanlab, over plain arrays:
   uniform ones, ``bench/detection.py``), and how much to trust each, class by class, is learnt from the given
   labels by a head stacked on their out-of-sample log-probabilities, itself cross-validated. No clean label is
   needed, and the class-prior confound of the neighbours (a small class is rare among anyone's neighbours) is
-  learnt away with it.
+  learnt away with it. Last, the label noise is estimated by anchor points (:func:`noise_transition`) and, where the
+  estimate is trustworthy (:func:`diagonally_dominant`), Bayes' rule turns the stack's probabilities into those of
+  the true class given the given label (:func:`clean_label_posterior`): systematic noise, one class relabelled as
+  another, is then expected where it is found.
 - :func:`probabilities_and_features` runs a model over examples once.
 
 The suggested label is the most probable label other than the given one (the stacked head's when given, else
