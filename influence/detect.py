@@ -98,7 +98,9 @@ STACK_LAMBDA = 0.1
 """The stacked head's L2 penalty (:func:`stacked_probabilities`). Measured as :data:`NEIGHBOURS`: 0.01 loses 0.016
 AUROC under systematic noise; 1 gains 0.03 there and loses 0.03–0.04 under the drug reviews' uniform noise."""
 ANCHOR_PERCENTILE = 97
-"""Anchors of a class, for :func:`noise_transition`: the examples at or above this percentile of its probability."""
+"""Anchors of a class, for :func:`noise_transition`: the examples at or above this percentile of its probability.
+Measured offline on ``bench/detection.py``'s SST-2 settings: 97 and 90 detect alike (systematic noise 0.911 and
+0.903 AUROC with Bayes' rule through T⁻¹)."""
 CV_LAMBDAS = (1e-3, 1e-2, 1e-1, 1.0)
 """The L2 penalties (on standardised features; the objective is the mean cross-entropy + λ‖W‖²) that
 :func:`cross_validated_probabilities` chooses from. Measured (``bench/detection.py``): 6,000 SST-2 sentences
@@ -394,10 +396,11 @@ def cross_validated_signals(features: np.ndarray, labels: Sequence[int], num_cla
         keep[np.argsort(-suspicion, kind="stable")[:math.ceil(share * len(y))]] = False
         stacked = stacked_probabilities(inputs, y, num_classes, folds, seed + repeats, keep)
         transition = noise_transition(stacked_probabilities(inputs, y, num_classes, folds, seed + repeats))
-        if diagonally_dominant(transition):
+        trusted = diagonally_dominant(transition)
+        if trusted:
             stacked = clean_label_posterior(y, stacked, transition)
         log.info("label noise estimated by anchor points (rows: true class; columns: given label)%s:\n%s",
-                 "" if diagonally_dominant(transition) else ", not diagonally dominant, so not used",
+                 "" if trusted else ", not diagonally dominant, so not used",
                  np.array2string(transition, precision=3))
         out["stacked_probabilities"] = stacked
     return out
