@@ -176,17 +176,9 @@ def rank_label_issues(labels: Sequence[int], probabilities: np.ndarray | None = 
     needed.
     """
     y = np.asarray(labels, dtype=np.int64)
-    parts: dict[str, np.ndarray] = {}
-    if probabilities is not None:
-        parts["loss"] = rank_scores(-given_label_probability(y, probabilities))
-    if cv_probabilities is not None:
-        parts["cv"] = rank_scores(-given_label_probability(y, cv_probabilities))
-    if cv_mlp_probabilities is not None:
-        parts["cv_mlp"] = rank_scores(-given_label_probability(y, cv_mlp_probabilities))
-    if knn_probabilities is not None:
-        parts["knn"] = rank_scores(-given_label_probability(y, knn_probabilities))
-    if stacked_probabilities is not None:
-        parts["stacked"] = rank_scores(-given_label_probability(y, stacked_probabilities))
+    parts = {name: rank_scores(-given_label_probability(y, p))
+             for name, p in (("loss", probabilities), ("cv", cv_probabilities), ("cv_mlp", cv_mlp_probabilities),
+                             ("knn", knn_probabilities), ("stacked", stacked_probabilities)) if p is not None}
     for name, values in (self_influence or {}).items():
         values = np.asarray(values, dtype=np.float64)
         if values.shape != y.shape or not np.isfinite(values).all():
@@ -253,6 +245,16 @@ def cross_validated_mlp_probabilities(features: np.ndarray, labels: Sequence[int
                                  fit) for r in range(repeats)], axis=0)
 
 
+def without_most_suspicious(labels: Sequence[int], probabilities: Sequence[np.ndarray], share: float) -> np.ndarray:
+    """(n,) bool: every example but the ``share`` most suspicious (rounded up) by the mean rank of 1 − p(given label)
+    under the (n, K) ``probabilities`` given; ties leave out the lower position first."""
+    y = np.asarray(labels, dtype=np.int64)
+    suspicion = np.mean([rank_scores(-given_label_probability(y, p)) for p in probabilities], 0)
+    keep = np.ones(len(y), dtype=bool)
+    keep[np.argsort(-suspicion, kind="stable")[:math.ceil(share * len(y))]] = False
+    return keep
+
+
 def cleaned_cross_validation(features: np.ndarray, labels: Sequence[int], num_classes: int, folds: int = 5,
                              seed: int = 0, repeats: int = DEFAULT_REPEATS, share: float = CLEANING_SHARE,
                              linear: bool = True, mlp: bool = True, device: str | torch.device = "cpu"
@@ -278,9 +280,7 @@ def cleaned_cross_validation(features: np.ndarray, labels: Sequence[int], num_cl
     lam, first = choose_cv_lambda(features, y, num_classes, folds, seed) if linear else (None, None)
     probabilities = [first, cross_validated_mlp_probabilities(features, y, num_classes, folds, seed, 1, device)
                      if mlp else None]
-    suspicion = np.mean([rank_scores(-given_label_probability(y, p)) for p in probabilities if p is not None], 0)
-    keep = np.ones(len(y), dtype=bool)
-    keep[np.argsort(-suspicion, kind="stable")[:math.ceil(share * len(y))]] = False
+    keep = without_most_suspicious(y, [p for p in probabilities if p is not None], share)
     log.info("second round of cross-validation: heads fitted without the %d most suspicious examples",
              int((~keep).sum()))
     return round_of(repeats - 1, seed + 1, keep, lam)
@@ -391,9 +391,7 @@ def cross_validated_signals(features: np.ndarray, labels: Sequence[int], num_cla
         out["knn_probabilities"] = neighbour_label_probabilities(features, y, num_classes, progress=progress)
     if "stacked" in wanted:
         inputs = [out[k] for k in ("cv_probabilities", "cv_mlp_probabilities", "knn_probabilities")]
-        suspicion = np.mean([rank_scores(-given_label_probability(y, p)) for p in inputs[:2]], 0)
-        keep = np.ones(len(y), dtype=bool)
-        keep[np.argsort(-suspicion, kind="stable")[:math.ceil(share * len(y))]] = False
+        keep = without_most_suspicious(y, inputs[:2], share)
         stacked = stacked_probabilities(inputs, y, num_classes, folds, seed + repeats, keep)
         transition = noise_transition(stacked_probabilities(inputs, y, num_classes, folds, seed + repeats))
         trusted = diagonally_dominant(transition)

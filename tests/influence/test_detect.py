@@ -167,7 +167,7 @@ def flipped_blobs(seed: int, n: int = 100, h: int = 6) -> tuple[np.ndarray, np.n
     return x, noisy
 
 
-def without_most_suspicious(suspicion: np.ndarray, count: int) -> np.ndarray:
+def keep_all_but_top(suspicion: np.ndarray, count: int) -> np.ndarray:
     """(n,) bool: every example but the ``count`` of highest suspicion (ties: lower position first)."""
     keep = np.ones(len(suspicion), dtype=bool)
     keep[np.argsort(-suspicion, kind="stable")[:count]] = False
@@ -183,7 +183,7 @@ def test_cleaned_cross_validation_refits_without_the_first_rounds_most_suspiciou
     lam, first = choose_cv_lambda(x, noisy, 2)
     mlp_first = cross_validated_mlp_probabilities(x, noisy, 2, repeats=1)
     suspicion = (rank_scores(-first[np.arange(n), noisy]) + rank_scores(-mlp_first[np.arange(n), noisy])) / 2
-    keep = without_most_suspicious(suspicion, 20)
+    keep = keep_all_but_top(suspicion, 20)
     assert np.allclose(linear, cross_validated_probabilities(x, noisy, 2, lam=lam, seed=1, repeats=2, fit=keep))
     assert np.allclose(mlp, cross_validated_mlp_probabilities(x, noisy, 2, seed=1, repeats=2, fit=keep))
     one_round = cleaned_cross_validation(x, noisy, 2, repeats=3, share=0, mlp=False)
@@ -253,7 +253,7 @@ def test_cross_validated_signals_stack_the_cleaned_heads_and_the_neighbours():
     linear, mlp = cleaned_cross_validation(x, noisy, 2, repeats=3, share=0.2)
     knn = neighbour_label_probabilities(x, noisy, 2)
     suspicion = (rank_scores(-linear[np.arange(n), noisy]) + rank_scores(-mlp[np.arange(n), noisy])) / 2
-    keep = without_most_suspicious(suspicion, 20)
+    keep = keep_all_but_top(suspicion, 20)
     assert np.allclose(got["cv_probabilities"], linear) and np.allclose(got["cv_mlp_probabilities"], mlp)
     assert np.allclose(got["knn_probabilities"], knn)
     cleaned = stacked_probabilities([linear, mlp, knn], noisy, 2, seed=3, fit=keep)
