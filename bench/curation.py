@@ -82,7 +82,7 @@ def main() -> None:
     bench.set_threads(args.threads)
     train = bench.load_split(args.data, "train", args.n, args.seed)
     dev = bench.load_split(args.data, "dev", None, args.seed)
-    x, dev_x = bench.encode(train, args.cache, args.pooling), bench.encode(dev, args.cache, args.pooling)
+    x, dev_x = (bench.encode(part, args.cache, args.pooling, args.max_length) for part in (train, dev))
     result = {"data": {"train": len(train), "dev": len(dev), "seed": args.seed}, "flag_top": args.flag_top,
               "scan": detect.DEFAULT_SCAN, "clean_labels_accuracy": dev_accuracy(x, train.labels, dev_x, dev.labels, args),
               "settings": {}}

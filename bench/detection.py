@@ -13,7 +13,11 @@ the most frequent class (SST-2's positive) relabeled as the second most frequent
 another dataset in SST-2's layout (``bench/datasets.py``: drug reviews, three classes). Metrics per method: AUROC of the score against "label was flipped", recall after inspecting
 the top 10% and 20% of the ranking, and precision of the flagged set (the top ``--flag-top`` for rankings,
 cleanlab's own set for cleanlab). ``default_beats_strongest_baseline`` compares the default scan with the
-baseline of highest AUROC, and its recall@10% with the best baseline recall@10%.
+baseline of highest AUROC, and its recall@10% with the best baseline recall@10%. ``by_given_label`` says where
+that is won or lost: per given label, the share flipped, the AUROC within it of the default and of the strongest
+baseline, and how far ahead each puts the label as a whole (mean rank score); and the default's metrics were each
+label's noise rate known (its suspicions shifted in log-odds, label by label, to the true flipped share): the
+ceiling of any per-label recalibration.
 
 Baselines, on the same encoder's features, each reported as ``baseline:<name>`` (``--baselines`` picks them by
 the name in brackets; their seconds under ``baseline_seconds``):
@@ -42,6 +46,7 @@ scan method is left out: it ranks as baseline (a) does; so is ``cleanlab_find_la
 ``detection_curve``.
 
     python bench/detection.py [--data ../shared/data/sst2] [--n 6000] [--seed 0] [--plots DIR] [--threads 1]
+        [--max-length 64]
         [--baselines in_sample_loss cleanlab cv_head_loss cv_mlp_loss dynamics] [--dynamics-epochs 10]
         > detection.json
 """
@@ -97,12 +102,14 @@ def load_split(data: Path, name: str, n: int | None, seed: int) -> Examples:
     return ex
 
 
-def encode(examples: Examples, cache: Path, pooling: str = "auto", batch_size: int = 64) -> np.ndarray:
+def encode(examples: Examples, cache: Path, pooling: str = "auto", max_length: int = 64,
+           batch_size: int = 64) -> np.ndarray:
     """(n, 384) float32 features of the frozen MiniLM encoder as its head reads them with ``pooling`` (as
-    ``datablame train --pooling``: auto is mean for MiniLM, cls the pooler output), cached by the texts' hash."""
-    model, task = load_classifier(minilm_path(), ["0", "1"], "auto", max_length=64, pooling=pooling)
+    ``datablame train --pooling``: auto is mean for MiniLM, cls the pooler output) from each text's first
+    ``max_length`` tokens, cached by the texts' hash and those settings."""
+    model, task = load_classifier(minilm_path(), ["0", "1"], "auto", max_length=max_length, pooling=pooling)
     key = hashlib.sha256("\n".join(examples.texts).encode()).hexdigest()[:16]
-    path = cache / f"minilm-{key}{'' if task.pooling == 'cls' else '-' + task.pooling}.npy"
+    path = cache / f"minilm-{key}{'' if task.pooling == 'cls' else '-' + task.pooling}-{max_length}.npy"
     if path.is_file():
         return np.load(path)
     _, feats = detect.probabilities_and_features(task, model, examples, batch_size)
@@ -317,19 +324,58 @@ BASELINES: dict[str, Callable[..., dict[str, Ranking]]] = {
 """The baselines ``--baselines`` chooses from, by name: each gives one or more rankings."""
 
 
-def baselines(x: np.ndarray, y: np.ndarray, noisy: np.ndarray, in_sample: np.ndarray, args) -> tuple[dict, dict]:
-    """Each chosen baseline ranking's metrics (``baseline:<name>``), its seconds (``baseline_seconds``), and the
-    (n,) suspicion score of each ranking drawn in the plot, by legend."""
-    entries, scores, seconds = {}, {}, {}
+def baselines(x: np.ndarray, y: np.ndarray, noisy: np.ndarray, in_sample: np.ndarray, args
+              ) -> tuple[dict, dict[str, Ranking]]:
+    """Each chosen baseline ranking's metrics (``baseline:<name>``) with their seconds (``baseline_seconds``), and
+    the rankings by the same keys."""
+    entries, rankings, seconds = {}, {}, {}
     for name in args.baselines:
         start = time.perf_counter()
-        rankings = BASELINES[name](x, y, in_sample, args)
+        found = BASELINES[name](x, y, in_sample, args)
         seconds[name] = round(time.perf_counter() - start, 1)
-        for key, ranking in rankings.items():
+        for key, ranking in found.items():
             entries[f"baseline:{key}"] = metrics(noisy, ranking.score, ranking.flagged, args.flag_top)
-            if ranking.legend is not None:
-                scores[ranking.legend] = ranking.score
-    return {**entries, "baseline_seconds": seconds}, scores
+            rankings[f"baseline:{key}"] = ranking
+    return {**entries, "baseline_seconds": seconds}, rankings
+
+
+def shifted_to_rates(labels: np.ndarray, suspicion: np.ndarray, rates: np.ndarray) -> np.ndarray:
+    """(n,) suspicion probabilities in (0, 1) moved, given label by given label, by one shift of their log-odds each,
+    so that their mean over the examples given label k is ``rates[k]``; the order within a label is kept."""
+    odds = np.log(np.clip(suspicion, 1e-6, 1 - 1e-6)) - np.log(np.clip(1 - suspicion, 1e-6, 1 - 1e-6))
+    out = np.empty(len(labels))
+    for k in np.unique(labels):
+        rows, low, high = labels == k, -30.0, 30.0
+        for _ in range(60):  # bisection on the shift: the mean grows with it
+            shift = (low + high) / 2
+            low, high = (shift, high) if np.mean(1 / (1 + np.exp(-(odds[rows] + shift)))) < rates[k] else (low, shift)
+        out[rows] = 1 / (1 + np.exp(-(odds[rows] + shift)))
+    return out
+
+
+def by_given_label(y: np.ndarray, noisy: np.ndarray, names: list[str], default, strongest: tuple[str, np.ndarray],
+                   flag_top: float) -> dict:
+    """Where the default's detection is won or lost: per given label, its examples, the share of them flipped, the
+    AUROC within them of the default and of the strongest baseline (None without both kinds) and their mean rank
+    score (``detect.rank_scores``: 1 = most suspicious; how far each puts the label as a whole ahead); and, as a
+    ceiling, the default's metrics when the per-label noise rates are known (``shifted_to_rates`` with the true
+    flipped shares): what no estimate of those rates from the given labels can beat."""
+    from sklearn.metrics import roc_auc_score
+
+    baseline, baseline_score = strongest
+    scores = {"default": default.score, baseline: baseline_score}
+    ranks = {who: detect.rank_scores(score) for who, score in scores.items()}
+    out = {}
+    for k, name in enumerate(names):
+        rows = y == k
+        two = 0 < noisy[rows].sum() < rows.sum()
+        out[name] = {"examples": int(rows.sum()), "flipped_share": round(float(noisy[rows].mean()), 4),
+                     "auroc_within": {who: round(float(roc_auc_score(noisy[rows], score[rows])), 4) if two else None
+                                      for who, score in scores.items()},
+                     "mean_rank": {who: round(float(rank[rows].mean()), 4) for who, rank in ranks.items()}}
+    rates = np.array([noisy[y == k].mean() if (y == k).any() else 0.0 for k in range(len(names))])
+    ceiling = shifted_to_rates(y, 1 - default.label_probability, rates)
+    return {"labels": out, "default_with_true_label_rates": metrics(noisy, ceiling, flag_top=flag_top)}
 
 
 def add_noise(y: np.ndarray, kind: str, rate: float, seed: int) -> np.ndarray:
@@ -345,12 +391,12 @@ def add_noise(y: np.ndarray, kind: str, rate: float, seed: int) -> np.ndarray:
     return noisy
 
 
-def plot_setting(noisy: np.ndarray, scans: dict[str, np.ndarray], baseline_scores: dict[str, np.ndarray],
+def plot_setting(noisy: np.ndarray, scans: dict[str, np.ndarray], rankings: dict[str, Ranking],
                  path: Path, title: str) -> Path:
     """The detection curve of the default scan method against the other scan methods and the baselines."""
     ranked = lambda score: noisy[np.argsort(-score, kind="stable")]  # noqa: E731 (the order metrics() uses)
     extra = {f"scan: {m}": ranked(s) for m, s in scans.items() if m not in (detect.DEFAULT_SCAN, "loss")}
-    extra.update({f"baseline: {b}": ranked(s) for b, s in baseline_scores.items()})
+    extra.update({f"baseline: {r.legend}": ranked(r.score) for r in rankings.values() if r.legend is not None})
     return detection_curve(ranked(scans[detect.DEFAULT_SCAN]), path, f"scan: {detect.DEFAULT_SCAN} (default)", extra,
                            title=title, at=0.1)
 
@@ -363,7 +409,8 @@ def shown(path: Path) -> str:
         return str(path)
 
 
-def run_setting(x: np.ndarray, clean: np.ndarray, kind: str, rate: float, args, name: str = "") -> dict:
+def run_setting(x: np.ndarray, clean: np.ndarray, kind: str, rate: float, args, name: str = "",
+                label_names: list[str] | None = None) -> dict:
     y = add_noise(clean, kind, rate, args.seed)
     noisy = y != clean
     start = time.perf_counter()
@@ -393,6 +440,8 @@ def run_setting(x: np.ndarray, clean: np.ndarray, kind: str, rate: float, args, 
         issues = detect.rank_label_issues(y, probs, self_influence=influence, weights=weights,
                                           area_under_margin=aum, **signals)
         scans[method] = issues.score
+        if method == detect.DEFAULT_SCAN:
+            default_issues = issues
         entry = metrics(noisy, issues.score, flag_top=args.flag_top)
         entry["suggested_label_accuracy"] = round(float((issues.suggested[noisy] == clean[noisy]).mean()), 4)
         if len([w for w in weights.values() if w]) > 1:  # what each part adds: the combination without it
@@ -405,7 +454,7 @@ def run_setting(x: np.ndarray, clean: np.ndarray, kind: str, rate: float, args, 
     result["methods"]["cv, one partition"] = metrics(  # what averaging partitions adds
         noisy, detect.rank_label_issues(y, cv_probabilities=single).score, flag_top=args.flag_top)
     result["default_scan"] = detect.DEFAULT_SCAN
-    baseline_metrics, baseline_scores = baselines(x, y, noisy, probs, args)
+    baseline_metrics, rankings = baselines(x, y, noisy, probs, args)
     result.update(baseline_metrics)
     strongest = max((k for k in result if k.startswith("baseline:")), key=lambda k: result[k]["auroc"])
     default = result["methods"][detect.DEFAULT_SCAN]
@@ -414,8 +463,10 @@ def run_setting(x: np.ndarray, clean: np.ndarray, kind: str, rate: float, args, 
         "auroc": default["auroc"] > result[strongest]["auroc"],
         "auroc_margin": round(default["auroc"] - result[strongest]["auroc"], 4),
         "recall@10%": default["recall@10%"] > max(result[k]["recall@10%"] for k in result if k.startswith("baseline:"))}
-    title = f"SST-2 {name}: {int(noisy.sum())} of {len(y)} labels flipped (frozen MiniLM)"
-    result["detection_curve"] = shown(plot_setting(noisy, scans, baseline_scores,
+    title = f"{args.data.name} {name}: {int(noisy.sum())} of {len(y)} labels flipped (frozen MiniLM)"
+    result["by_given_label"] = by_given_label(y, noisy, label_names or [str(k) for k in range(classes(y))],
+                                              default_issues, (strongest, rankings[strongest].score), args.flag_top)
+    result["detection_curve"] = shown(plot_setting(noisy, scans, rankings,
                                                    args.plots / f"{name.replace('%', '')}.png", title))
     return result
 
@@ -433,6 +484,9 @@ def common_arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="torch and BLAS threads (1 on a busy machine)")
     parser.add_argument("--pooling", default="auto", help="what the head reads, as 'datablame train --pooling': "
                         "auto (mean for MiniLM), cls (its pooler output) or mean")
+    parser.add_argument("--max-length", type=int, default=64,
+                        help="tokens of each text the encoder reads, as 'datablame train --max-length' (default 64, "
+                        "as every recorded run; train's own default is 128)")
     return parser
 
 
@@ -467,9 +521,9 @@ def main() -> None:
     set_threads(args.threads)
     train = load_split(args.data, "train", args.n, args.seed)
     start = time.perf_counter()
-    x = encode(train, args.cache, args.pooling)
+    x = encode(train, args.cache, args.pooling, args.max_length)
     out = {"data": {"train": str(args.data / "train.tsv"), "n": len(train), "seed": args.seed},
-           "encoder": f"all-MiniLM-L6-v2 (frozen, pooling {args.pooling})", "encode_seconds": round(time.perf_counter() - start, 1),
+           "encoder": f"all-MiniLM-L6-v2 (frozen, pooling {args.pooling}, max_length {args.max_length})", "encode_seconds": round(time.perf_counter() - start, 1),
            "head": {"epochs": args.epochs, "lr": args.lr, "batch_size": 16, "checkpoints": 4,
                     "dynamics_epochs": args.dynamics_epochs},
            "cv": {"repeats": args.cv_repeats, "lambda": args.cv_lambda or "auto",
@@ -477,7 +531,7 @@ def main() -> None:
            "settings": {}}
     for name in args.settings:
         kind, rate = SETTINGS[name]
-        out["settings"][name] = run_setting(x, train.labels, kind, rate, args, name)
+        out["settings"][name] = run_setting(x, train.labels, kind, rate, args, name, train.label_names)
         print(f"{name} done", file=sys.stderr)
     print(json.dumps(out, indent=2))
 

@@ -33,6 +33,17 @@ its ``finalize`` and self-influence, reading the shards a block at a time) and t
     python bench/scale.py --ann 10000000 --ann-workdir WD [--ann-method influence] [--ann-dir /tmp/ann] \
         [--ann-shard 262144] [--ann-kind auto|hnsw|ivfpq] [--ann-finalize] [--queries 200] [--threads 2] \
         [--out bench/results/scale-ann.json]
+
+With ``--neighbours N --neighbours-workdir WD``, instead: the scan's nearest-neighbour step
+(``detect.neighbour_label_probabilities``, k ``detect.NEIGHBOURS``) over N synthetic examples shaped like WD's
+training features (its final checkpoint's feature cache, as ``scan`` reads it, rows ``resampled`` with their
+labels) in a fresh process: seconds, the most resident memory it adds (polled), the search kind (exact up to
+``detect.EXACT_NEIGHBOURS_UP_TO`` examples, HNSW beyond), and for ``--queries`` random examples the label shares
+of their exact k nearest (brute force) against the step's: the mean absolute difference and the share of examples
+whose shares agree to 1e-9.
+
+    python bench/scale.py --neighbours 1000000 --neighbours-workdir WD [--queries 200] [--threads 2] \
+        [--out bench/results/scale-neighbours.json]
 """
 
 from __future__ import annotations
@@ -222,6 +233,87 @@ def finalize_at_scale(workdir: Path, method: str, store: VectorStore, rows: Stor
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
+def training_features(workdir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(n, h) float32 training features of a workdir's final checkpoint (its feature cache, as ``scan`` reads
+    them) and (n,) labels."""
+    from datablame.influence.features import FeatureCache
+    from datablame.influence.models import load_classifier
+    from datablame.influence.workdir import Workdir
+
+    wd = Workdir(workdir)
+    config = wd.load()
+    examples = wd.load_examples(config)
+    model, task = load_classifier(wd.checkpoint_path(config.checkpoints[-1]), config.label_names, "cpu",
+                                  config.max_length)
+    features = FeatureCache(examples, wd.features_cache).of(task, model).rows(np.arange(len(examples)))
+    return features.float().numpy(), np.asarray(examples.labels)
+
+
+def neighbour_step(folder: Path, threads: int) -> dict:
+    """Run in a fresh process: the scan's neighbour step over ``folder``'s x.npy and labels.npy on ``threads``
+    threads (its shares written to shares.npy); seconds, and the most resident memory it added to the loaded
+    arrays (/proc polled every 10 ms from a thread)."""
+    import threading
+
+    import faiss
+
+    from datablame.influence import detect
+
+    faiss.omp_set_num_threads(threads)  # (and its library loaded before the count starts)
+    x, labels = np.load(folder / "x.npy"), np.load(folder / "labels.npy")
+    loaded, most, done = resident_bytes(), [0], threading.Event()
+
+    def poll() -> None:
+        while not done.wait(0.01):
+            most[0] = max(most[0], resident_bytes())
+
+    watcher = threading.Thread(target=poll)
+    watcher.start()
+    try:
+        seconds, shares = timed(lambda: detect.neighbour_label_probabilities(x, labels, int(labels.max()) + 1))
+    finally:
+        done.set()
+        watcher.join()
+    np.save(folder / "shares.npy", shares)
+    return {"seconds": seconds, "rss_growth_bytes": max(0, most[0] - loaded)}
+
+
+def neighbours_at_scale(args) -> dict:
+    """The scan's neighbour step over ``--neighbours`` examples resampled from a workdir's features, measured in a
+    fresh process; its label shares checked against brute force on ``--queries`` examples."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from datablame.influence import detect
+
+    base, base_labels = training_features(args.neighbours_workdir)
+    rng = np.random.default_rng(0)
+    source = rng.integers(0, len(base), args.neighbours)
+    x, labels = resampled(base, len(source), rng, source=source), base_labels[source]
+    k, classes = min(detect.NEIGHBOURS, len(x) - 1), int(labels.max()) + 1
+    with tempfile.TemporaryDirectory() as folder:
+        np.save(Path(folder) / "x.npy", x)
+        np.save(Path(folder) / "labels.npy", labels)
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            step = pool.submit(neighbour_step, Path(folder), args.threads).result()
+        shares = np.load(Path(folder) / "shares.npy")
+    queries = rng.choice(len(x), args.queries, replace=False)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    exact = np.empty((len(queries), classes))
+    for i, q in enumerate(queries):
+        similarity = unit @ unit[q]
+        similarity[q] = -np.inf  # never its own neighbour
+        exact[i] = np.bincount(labels[np.argpartition(-similarity, k)[:k]], minlength=classes) / k
+    difference = np.abs(shares[queries] - exact).sum(1)
+    return {"n": len(x), "dim": x.shape[1], "k": k, "threads": args.threads,
+            "base": {"workdir": str(args.neighbours_workdir), "rows": len(base)},
+            "kind": "exact" if len(x) <= detect.EXACT_NEIGHBOURS_UP_TO else
+            f"hnsw (M {detect.NEIGHBOUR_HNSW_M}, efSearch {max(detect.NEIGHBOUR_EF_SEARCH, k + 1)})",
+            **step, "features_bytes": x.nbytes, "queries": len(queries),
+            "mean_abs_share_difference": round(float(difference.mean()), 4),
+            "share_exact": round(float((difference < 1e-9).mean()), 4)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -238,9 +330,16 @@ def main() -> None:
                         help="the index kind (auto: the one index --approximate picks for the size)")
     parser.add_argument("--ann-finalize", action="store_true", help="also time finalize's reductions over the "
                         "synthetic vectors (the workdir's method, read from the shards a block at a time)")
+    parser.add_argument("--neighbours", type=int, help="time the scan's neighbour step over this many examples")
+    parser.add_argument("--neighbours-workdir", type=Path, help="workdir whose training features they imitate")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if args.neighbours:
+        out = neighbours_at_scale(args)
+        atomic_write_json(args.out or RESULTS / "scale-neighbours.json", out)
+        print(json.dumps(out, indent=2))
+        return
     if args.ann:
         import faiss
 

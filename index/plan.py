@@ -183,11 +183,12 @@ def _hessian_seconds(method, part: Examples, n: int) -> float:
     return seconds * n / len(block) * -(-p // chunk)
 
 
-def resampled(vectors: np.ndarray, n: int, rng: np.random.Generator, noise: float = 0.3) -> np.ndarray:
-    """(n, D) float32 rows shaped like real sketches: rows of ``vectors`` drawn with replacement, plus
-    N(0, (noise · ‖row‖)² / D) per coordinate (the synthetic vectors of ``bench/retrieval.py`` and
-    ``bench/scale.py``, and IVF-PQ's calibration rows here)."""
-    rows = vectors[rng.integers(0, len(vectors), n)]
+def resampled(vectors: np.ndarray, n: int, rng: np.random.Generator, noise: float = 0.3,
+              source: np.ndarray | None = None) -> np.ndarray:
+    """(n, D) float32 rows shaped like real sketches: rows of ``vectors`` drawn with replacement (or the (n,) ids
+    ``source``), plus N(0, (noise · ‖row‖)² / D) per coordinate (the synthetic vectors of ``bench/retrieval.py``
+    and ``bench/scale.py``, and IVF-PQ's calibration rows here)."""
+    rows = vectors[rng.integers(0, len(vectors), n) if source is None else source]
     scale = noise * np.linalg.norm(rows, axis=1, keepdims=True) / np.sqrt(vectors.shape[1])
     return (rows + scale * rng.standard_normal(rows.shape, dtype=np.float32)).astype(np.float32)
 

@@ -292,27 +292,34 @@ def neighbour_label_probabilities(features: np.ndarray, labels: Sequence[int], n
     """(n, K) float64: the share of each label among each example's ``k`` nearest other examples (min(k, n − 1)),
     by cosine similarity of its (n, h) features: FAISS inner product on unit rows, exact up to ``exact_up_to``
     examples, an HNSW graph beyond (:data:`EXACT_NEIGHBOURS_UP_TO`); ``block`` queries at a time. An example is never
-    its own neighbour (a duplicate of it is), so the share is out of sample."""
+    its own neighbour (a duplicate of it is), so the share is out of sample. The unit rows are made ``block`` at a
+    time, so that FAISS holds the only full copy of them (n · h · 4 bytes: 1.5 GB at 1M × 384) besides
+    ``features``."""
     import faiss
 
     y = np.asarray(labels, dtype=np.int64)
     k = min(k, len(y) - 1)
     if k < 1:
         raise DatablameError(f"{len(y)} example: no neighbours to ask", "give at least two examples")
-    z = np.ascontiguousarray(features, dtype=np.float32)
-    z = z / np.clip(np.linalg.norm(z, axis=1, keepdims=True), 1e-12, None)
+
+    def unit(rows: np.ndarray) -> np.ndarray:
+        z = np.asarray(features[rows], dtype=np.float32)
+        return np.ascontiguousarray(z / np.clip(np.linalg.norm(z, axis=1, keepdims=True), 1e-12, None))
+
+    blocks = [np.arange(start, min(start + block, len(y))) for start in range(0, len(y), block)]
+    dim = np.shape(features)[1]
     if len(y) <= exact_up_to:
-        index = faiss.IndexFlatIP(z.shape[1])
+        index = faiss.IndexFlatIP(dim)
     else:
-        index = faiss.IndexHNSWFlat(z.shape[1], NEIGHBOUR_HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexHNSWFlat(dim, NEIGHBOUR_HNSW_M, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efSearch = max(NEIGHBOUR_EF_SEARCH, k + 1)
         log.info("neighbours of %d examples: HNSW (M %d, efSearch %d)", len(y), NEIGHBOUR_HNSW_M,
                  index.hnsw.efSearch)
-    index.add(z)
+    for rows in blocks:
+        index.add(unit(rows))
     out = np.empty((len(y), num_classes), dtype=np.float64)
-    for start in range(0, len(y), block):
-        rows = np.arange(start, min(start + block, len(y)))
-        _, found = index.search(z[rows], k + 1)
+    for rows in blocks:
+        _, found = index.search(unit(rows), k + 1)
         # the first k results that are neither the example itself (wherever ties put it) nor missing (−1)
         valid = (found != rows[:, None]) & (found >= 0)
         use = valid & (np.cumsum(valid, axis=1) <= k)
