@@ -16,8 +16,8 @@ cleanlab's own set for cleanlab). ``default_beats_strongest_baseline`` compares 
 baseline of highest AUROC, and its recall@10% with the best baseline recall@10%. ``by_given_label`` says where
 that is won or lost: per given label, the share flipped, the AUROC within it of the default and of the strongest
 baseline, and how far ahead each puts the label as a whole (mean rank score); and the default's metrics were each
-label's noise rate known (its suspicions shifted in log-odds, label by label, to the true flipped share): the
-ceiling of any per-label recalibration.
+label's noise rate known (its suspicions shifted in log-odds, label by label, to the true flipped share): what a
+per-label recalibration would give with perfectly estimated rates.
 
 Baselines, on the same encoder's features, each reported as ``baseline:<name>`` (``--baselines`` picks them by
 the name in brackets; their seconds under ``baseline_seconds``):
@@ -353,13 +353,13 @@ def shifted_to_rates(labels: np.ndarray, suspicion: np.ndarray, rates: np.ndarra
     return out
 
 
-def by_given_label(y: np.ndarray, noisy: np.ndarray, names: list[str], default, strongest: tuple[str, np.ndarray],
-                   flag_top: float) -> dict:
+def by_given_label(y: np.ndarray, noisy: np.ndarray, names: list[str], default: detect.LabelIssues,
+                   strongest: tuple[str, np.ndarray], flag_top: float) -> dict:
     """Where the default's detection is won or lost: per given label, its examples, the share of them flipped, the
     AUROC within them of the default and of the strongest baseline (None without both kinds) and their mean rank
     score (``detect.rank_scores``: 1 = most suspicious; how far each puts the label as a whole ahead); and, as a
     ceiling, the default's metrics when the per-label noise rates are known (``shifted_to_rates`` with the true
-    flipped shares): what no estimate of those rates from the given labels can beat."""
+    flipped shares): what recalibrating it label by label would give with perfectly estimated rates."""
     from sklearn.metrics import roc_auc_score
 
     baseline, baseline_score = strongest
@@ -523,7 +523,8 @@ def main() -> None:
     start = time.perf_counter()
     x = encode(train, args.cache, args.pooling, args.max_length)
     out = {"data": {"train": str(args.data / "train.tsv"), "n": len(train), "seed": args.seed},
-           "encoder": f"all-MiniLM-L6-v2 (frozen, pooling {args.pooling}, max_length {args.max_length})", "encode_seconds": round(time.perf_counter() - start, 1),
+           "encoder": f"all-MiniLM-L6-v2 (frozen, pooling {args.pooling}, max_length {args.max_length})",
+           "encode_seconds": round(time.perf_counter() - start, 1),
            "head": {"epochs": args.epochs, "lr": args.lr, "batch_size": 16, "checkpoints": 4,
                     "dynamics_epochs": args.dynamics_epochs},
            "cv": {"repeats": args.cv_repeats, "lambda": args.cv_lambda or "auto",
